@@ -1,0 +1,33 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from clinik import views
+from clinik.accounts import views as account_views
+from clinik.privacy import views as privacy_views
+
+org_patterns = [
+    path("", account_views.org_overview, name="org_overview"),
+    path("settings/", account_views.org_settings, name="org_settings"),
+    path("team/", account_views.team, name="team"),
+    path("team/invite/", account_views.team_invite, name="team_invite"),
+    path(
+        "team/invitations/<int:invitation_id>/revoke/",
+        account_views.team_invite_revoke,
+        name="team_invite_revoke",
+    ),
+    path("team/members/<int:member_id>/role/", account_views.team_role, name="team_role"),
+    path("team/members/<int:member_id>/remove/", account_views.team_remove, name="team_remove"),
+    path("<str:section>/", account_views.coming_soon, name="coming_soon"),
+]
+
+urlpatterns = [
+    path("", views.landing, name="landing"),
+    path("healthz", views.healthz, name="healthz"),
+    path("privacy", privacy_views.policy, name="privacy"),
+    path("security", views.security, name="security"),
+    path("accounts/", include("clinik.accounts.urls")),
+    path("dashboard/", account_views.dashboard, name="dashboard"),
+    path("orgs/new/", account_views.org_create, name="org_create"),
+    path("o/<uuid:org_id>/", include(org_patterns)),
+    path("staff/", admin.site.urls),
+]
