@@ -48,9 +48,7 @@ def do_invite(
 
 
 @transaction.atomic
-def do_accept_invitation(
-    *, invitation: Invitation, user: User, request: HttpRequest
-) -> Membership:
+def do_accept_invitation(*, invitation: Invitation, user: User, request: HttpRequest) -> Membership:
     locked = Invitation.objects.select_for_update().get(pk=invitation.pk)
     membership, _created = Membership.objects.get_or_create(
         user=user, org=locked.org, defaults={"role": locked.role}
@@ -67,9 +65,7 @@ def _lock_owners(org: Organization) -> int:
 
 
 @transaction.atomic
-def do_change_role(
-    *, membership: Membership, role: str, actor: User, request: HttpRequest
-) -> None:
+def do_change_role(*, membership: Membership, role: str, actor: User, request: HttpRequest) -> None:
     owners = _lock_owners(membership.org)
     membership.refresh_from_db()
     if membership.role == Membership.Role.OWNER and role != Membership.Role.OWNER and owners <= 1:

@@ -60,9 +60,9 @@ class ProfileForm(forms.Form):
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
         email = data.get("email")
-        if email and email != self.user.email and self.user.has_usable_password():
-            if not self.user.check_password(data.get("current_password") or ""):
-                self.add_error("current_password", "Enter your current password.")
+        needs_password = email and email != self.user.email and self.user.has_usable_password()
+        if needs_password and not self.user.check_password(data.get("current_password") or ""):
+            self.add_error("current_password", "Enter your current password.")
         return data
 
 

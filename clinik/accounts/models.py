@@ -17,9 +17,7 @@ def normalize_email(email: str) -> str:
 class UserManager(BaseUserManager["User"]):
     use_in_migrations = True
 
-    def create_user(
-        self, email: str, password: str | None = None, **fields: Any
-    ) -> "User":
+    def create_user(self, email: str, password: str | None = None, **fields: Any) -> "User":
         if not email:
             raise ValueError("A user needs an email address")
         user = self.model(email=normalize_email(email), **fields)
@@ -51,7 +49,7 @@ class User(AbstractBaseUser, PermissionsMixin):
     date_joined = models.DateTimeField(default=timezone.now)
     analytics_opt_out = models.BooleanField(default=False)
 
-    objects: ClassVar[UserManager] = UserManager()  # type: ignore[assignment]
+    objects: ClassVar[UserManager] = UserManager()
 
     USERNAME_FIELD = "email"
     EMAIL_FIELD = "email"

@@ -16,7 +16,8 @@ def is_locked(email: str, ip: str) -> bool:
     counts = cache.get_many(_keys(email, ip))
     # An IP gets a larger allowance: several people may share one address.
     limits = [settings.SIGNIN_MAX_FAILURES, settings.SIGNIN_MAX_FAILURES * 4]
-    return any(counts.get(key, 0) >= limit for key, limit in zip(_keys(email, ip), limits))
+    pairs = zip(_keys(email, ip), limits, strict=True)
+    return any(counts.get(key, 0) >= limit for key, limit in pairs)
 
 
 def note_failure(email: str, ip: str) -> None:

@@ -13,7 +13,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse, reverse_lazy
 from django.utils.http import url_has_allowed_host_and_scheme
-from django.views.decorators.http import require_safe, require_http_methods, require_POST
+from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from clinik import audit
 from clinik.accounts import throttle
@@ -43,9 +43,7 @@ from clinik.lib.http import AuthedHttpRequest, client_ip
 def get_membership(request: AuthedHttpRequest, org_id: UUID) -> Membership:
     """The caller's membership in org_id; 404 for anyone outside it."""
     try:
-        membership = Membership.objects.select_related("org").get(
-            org_id=org_id, user=request.user
-        )
+        membership = Membership.objects.select_related("org").get(org_id=org_id, user=request.user)
     except Membership.DoesNotExist:
         raise Http404 from None
     if membership.org.status == membership.org.Status.CLOSED:
@@ -164,7 +162,7 @@ class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
     template_name = "accounts/password_reset_confirm.html"
     success_url = reverse_lazy("accounts:password_reset_complete")
 
-    def form_valid(self, form: SetPasswordForm) -> HttpResponse:  # type: ignore[override]
+    def form_valid(self, form: SetPasswordForm) -> HttpResponse:
         response = super().form_valid(form)
         audit.record("account.password_reset", org=None, actor=form.user, request=self.request)
         return response
@@ -304,7 +302,9 @@ def team_invite(request: AuthedHttpRequest, org_id: UUID) -> HttpResponse:
 
 @login_required
 @require_POST
-def team_invite_revoke(request: AuthedHttpRequest, org_id: UUID, invitation_id: int) -> HttpResponse:
+def team_invite_revoke(
+    request: AuthedHttpRequest, org_id: UUID, invitation_id: int
+) -> HttpResponse:
     membership = get_managing_membership(request, org_id)
     invitation = get_object_or_404(membership.org.invitations.pending(), pk=invitation_id)
     with transaction.atomic():
@@ -388,11 +388,11 @@ def invitation(request: HttpRequest, token: str) -> HttpResponse:
     user = request.user
     if not user.is_authenticated:
         return render(request, "accounts/invitation.html", ctx)
-    ctx["email_matches"] = user.email == invitation.email  # type: ignore[union-attr]
+    ctx["email_matches"] = user.email == invitation.email
     if request.method == "POST":
         if not ctx["email_matches"]:
             return render(request, "accounts/invitation.html", ctx, status=403)
-        do_accept_invitation(invitation=invitation, user=user, request=request)  # type: ignore[arg-type]
+        do_accept_invitation(invitation=invitation, user=user, request=request)
         request.session["org_id"] = str(invitation.org_id)
         messages.success(request, f"Welcome to {invitation.org.name}.")
         return redirect("org_overview", invitation.org_id)

@@ -8,8 +8,8 @@ class AuditEventAdmin(admin.ModelAdmin[AuditEvent]):
     list_display = ("time", "action", "outcome", "org_id", "actor_type", "actor_id", "target_type")
     list_filter = ("outcome", "action")
 
-    def has_change_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+    def has_change_permission(self, request, obj=None):
         return False
 
-    def has_delete_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+    def has_delete_permission(self, request, obj=None):
         return False

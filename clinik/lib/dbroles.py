@@ -24,7 +24,8 @@ def grant_app_privileges(using: str = "default", **_kwargs: Any) -> None:
         cursor.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(role))
         cursor.execute(
             sql.SQL(
-                "GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA public TO {}"
+                "GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE"
+                " ON ALL TABLES IN SCHEMA public TO {}"
             ).format(role)
         )
         cursor.execute(

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 class AuthedHttpRequest(HttpRequest):
     """A dashboard request from a signed-in user (after @login_required)."""
 
-    user: "User"  # type: ignore[assignment]
+    user: "User"
     htmx: "HtmxDetails"
 
 

@@ -77,8 +77,9 @@ def bootstrap(database_url: str, owner_url: str, admin_url: str) -> list[str]:
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone()
             if not exists:
                 conn.execute(
-                    sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEROLE " + extra)
-                    .format(sql.Identifier(role))
+                    sql.SQL(
+                        "CREATE ROLE {} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEROLE " + extra
+                    ).format(sql.Identifier(role))
                 )
                 created.append(f"role {role}")
             if password:

@@ -5,31 +5,47 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='AuditEvent',
+            name="AuditEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('time', models.DateTimeField(default=django.utils.timezone.now)),
-                ('org_id', models.UUIDField(blank=True, null=True)),
-                ('actor_type', models.CharField(max_length=10)),
-                ('actor_id', models.CharField(blank=True, max_length=64)),
-                ('action', models.CharField(max_length=64)),
-                ('target_type', models.CharField(blank=True, max_length=64)),
-                ('target_id', models.CharField(blank=True, max_length=64)),
-                ('outcome', models.CharField(choices=[('success', 'Success'), ('failure', 'Failure'), ('denied', 'Denied')], max_length=10)),
-                ('request_id', models.CharField(blank=True, max_length=64)),
-                ('ip', models.GenericIPAddressField(blank=True, null=True)),
-                ('user_agent', models.CharField(blank=True, max_length=256)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("time", models.DateTimeField(default=django.utils.timezone.now)),
+                ("org_id", models.UUIDField(blank=True, null=True)),
+                ("actor_type", models.CharField(max_length=10)),
+                ("actor_id", models.CharField(blank=True, max_length=64)),
+                ("action", models.CharField(max_length=64)),
+                ("target_type", models.CharField(blank=True, max_length=64)),
+                ("target_id", models.CharField(blank=True, max_length=64)),
+                (
+                    "outcome",
+                    models.CharField(
+                        choices=[
+                            ("success", "Success"),
+                            ("failure", "Failure"),
+                            ("denied", "Denied"),
+                        ],
+                        max_length=10,
+                    ),
+                ),
+                ("request_id", models.CharField(blank=True, max_length=64)),
+                ("ip", models.GenericIPAddressField(blank=True, null=True)),
+                ("user_agent", models.CharField(blank=True, max_length=256)),
             ],
             options={
-                'indexes': [models.Index(fields=['org_id', 'time'], name='audit_audit_org_id_241c70_idx'), models.Index(fields=['action', 'time'], name='audit_audit_action_1b3553_idx')],
+                "indexes": [
+                    models.Index(fields=["org_id", "time"], name="audit_audit_org_id_241c70_idx"),
+                    models.Index(fields=["action", "time"], name="audit_audit_action_1b3553_idx"),
+                ],
             },
         ),
     ]

@@ -18,13 +18,17 @@ def publish_first_version(apps, schema_editor):
 
 class Migration(migrations.Migration):
     initial = True
-    dependencies: list[tuple[str, str]] = []
 
     operations = [
         migrations.CreateModel(
             name="PolicyVersion",
             fields=[
-                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
                 ("version", models.PositiveIntegerField(unique=True)),
                 ("last_updated", models.DateField()),
                 ("effective_on", models.DateField()),

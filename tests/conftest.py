@@ -1,0 +1,83 @@
+"""Shared fixtures: the test database is created and migrated as the owner role,
+then every test connects as the ordinary application role (DESIGN.md)."""
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.core.cache import cache
+from django.db import connections
+from django.test import Client
+from django.test.utils import setup_databases, teardown_databases
+
+from tests.factories import MembershipFactory, OrganizationFactory, UserFactory
+
+
+def _use_credentials(credentials: dict[str, Any]) -> None:
+    connection = connections["default"]
+    connection.close()
+    connection.settings_dict.update(credentials)
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_test_environment: None, django_db_blocker: Any) -> Iterator[None]:
+    app_credentials = {
+        "USER": connections["default"].settings_dict["USER"],
+        "PASSWORD": connections["default"].settings_dict["PASSWORD"],
+    }
+    with django_db_blocker.unblock():
+        _use_credentials(settings.DATABASE_OWNER_CREDENTIALS)
+        old_config = setup_databases(verbosity=0, interactive=False, keepdb=False)
+        _use_credentials(app_credentials)
+    yield
+    with django_db_blocker.unblock():
+        _use_credentials(settings.DATABASE_OWNER_CREDENTIALS)
+        teardown_databases(old_config, verbosity=0)
+
+
+@pytest.fixture(autouse=True)
+def _clean_cache() -> Iterator[None]:
+    cache.clear()  # the test Redis database (15) only
+    yield
+
+
+class Persona:
+    def __init__(self, user: Any, org: Any, membership: Any, password: str) -> None:
+        self.user, self.org, self.membership, self.password = user, org, membership, password
+
+    def client(self) -> Client:
+        client = Client()
+        client.force_login(self.user)
+        return client
+
+
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture
+def owner(db: None) -> Persona:
+    org = OrganizationFactory(name="Acme Health")
+    user = UserFactory(email="owner@acme.test", name="Olivia Owner", password=PASSWORD)
+    return Persona(user, org, MembershipFactory(user=user, org=org, role="owner"), PASSWORD)
+
+
+@pytest.fixture
+def teammate(owner: Persona) -> Persona:
+    user = UserFactory(email="dev@acme.test", name="Devon Dev", password=PASSWORD)
+    membership = MembershipFactory(user=user, org=owner.org, role="developer")
+    return Persona(user, owner.org, membership, PASSWORD)
+
+
+@pytest.fixture
+def admin(owner: Persona) -> Persona:
+    user = UserFactory(email="admin@acme.test", name="Ada Admin", password=PASSWORD)
+    membership = MembershipFactory(user=user, org=owner.org, role="admin")
+    return Persona(user, owner.org, membership, PASSWORD)
+
+
+@pytest.fixture
+def outsider(db: None) -> Persona:
+    org = OrganizationFactory(name="Other Clinic")
+    user = UserFactory(email="out@other.test", name="Oscar Outsider", password=PASSWORD)
+    return Persona(user, org, MembershipFactory(user=user, org=org, role="owner"), PASSWORD)
