@@ -20,7 +20,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) clinik/fhir/definitions/.built
+
+# FHIR R4 definitions: `npm pack` of the official package, cached under var/, compiled
+# into compact tables the validator, the path guard and search read at start-up.
+clinik/fhir/definitions/.built: clinik/fhir/build_definitions.py | $(STAMP)
+	$(PY) -m clinik.fhir.build_definitions
+	touch $@
 
 services: $(STAMP)
 	@$(PY) -m clinik.lib.services check
