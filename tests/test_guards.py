@@ -110,10 +110,12 @@ def test_production_hashes_passwords_with_argon2() -> None:
 def test_application_role_is_ordinary() -> None:
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT rolsuper, rolbypassrls, rolcreaterole FROM pg_roles WHERE rolname = current_user"
+            "SELECT rolsuper, rolbypassrls, rolcreaterole FROM pg_roles"
+            " WHERE rolname = current_user"
         )
         assert cursor.fetchone() == (False, False, False)
         cursor.execute(
-            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tableowner = current_user"
+            "SELECT count(*) FROM pg_tables"
+            " WHERE schemaname = 'public' AND tableowner = current_user"
         )
         assert cursor.fetchone() == (0,)
