@@ -210,7 +210,7 @@ MAILERS = {
         "OPTIONS": _SMTP_OPTIONS if _EMAIL_BACKEND.endswith("smtp.EmailBackend") else {},
     }
 }
-DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "ClinikAPI <[email protected]>")
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "ClinikAPI <noreply@clinikapi.com>")
 SERVER_EMAIL = DEFAULT_FROM_EMAIL
 ADMINS: list[tuple[str, str]] = []  # no error emails: they would carry request data
 
