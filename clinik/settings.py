@@ -40,11 +40,15 @@ INSTALLED_APPS = [
     "django_htmx",
     "clinik.accounts",
     "clinik.audit",
+    "clinik.fhir",
     "clinik.privacy",
+    "clinik.keys",
+    "clinik.gateway",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "clinik.gateway.middleware.GatewayMiddleware",  # /fhir/ only; before sessions
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -121,11 +125,62 @@ CELERY_BEAT_SCHEDULE = {
         "task": "clinik.accounts.tasks.clear_expired_sessions",
         "schedule": 3600.0,
     },
+    "erase-deleted-fhir-resources": {
+        "task": "clinik.fhir.tasks.erase_deleted_resources",
+        "schedule": 3600.0,
+    },
     "purge-expired-invitations": {
         "task": "clinik.accounts.tasks.purge_expired_invitations",
         "schedule": 3600.0,
     },
+    "purge-expired-exports": {
+        "task": "clinik.privacy.tasks.purge_expired_exports",
+        "schedule": 3600.0,
+    },
+    "start-due-deletions": {
+        "task": "clinik.privacy.tasks.start_due_deletions",
+        "schedule": 3600.0,
+    },
+    "deletion-safety-net": {
+        "task": "clinik.privacy.tasks.deletion_safety_net",
+        "schedule": 86400.0,
+    },
 }
+
+# --- FHIR store -------------------------------------------------------------------
+FHIR_STORE = env_str("FHIR_STORE", "postgres")
+if FHIR_STORE not in {"postgres"}:
+    raise ImproperlyConfigured(f"FHIR_STORE must be postgres, got {FHIR_STORE!r}")
+# The tag wall is never switched off in a running system: only the isolation tests
+# turn it off (through Django's settings override) to show RLS holds on its own.
+FHIR_TAG_WALL = True
+FHIR_ERASE_DELETED_AFTER_DAYS = env_int("FHIR_ERASE_DELETED_AFTER_DAYS", 7, minimum=0)
+if FHIR_ERASE_DELETED_AFTER_DAYS > 29:
+    raise ImproperlyConfigured("FHIR_ERASE_DELETED_AFTER_DAYS must be at most 29 (policy: 30)")
+
+# --- Data rights: bulk export, account closure and deletion (clinik.privacy) -------
+# Export files go to a directory outside static/media, or to S3 when a bucket is set
+# (credentials from the standard AWS chain: environment, profile or instance role).
+EXPORT_DIR = Path(env_str("EXPORT_DIR", str(BASE_DIR / "var" / "exports")))
+EXPORT_S3_BUCKET = env_str("EXPORT_S3_BUCKET", "")
+EXPORT_S3_PREFIX = env_str("EXPORT_S3_PREFIX", "exports/")
+EXPORT_S3_REGION = env_str("EXPORT_S3_REGION", "")
+EXPORT_S3_ENDPOINT_URL = env_str("EXPORT_S3_ENDPOINT_URL", "")
+EXPORT_S3_SSE = env_str("EXPORT_S3_SSE", "AES256")
+EXPORT_S3_KMS_KEY_ID = env_str("EXPORT_S3_KMS_KEY_ID", "")
+if EXPORT_S3_SSE not in {"AES256", "aws:kms", ""}:
+    raise ImproperlyConfigured(f"EXPORT_S3_SSE must be AES256 or aws:kms, got {EXPORT_S3_SSE!r}")
+if EXPORT_S3_BUCKET and not DEBUG and not EXPORT_S3_SSE:
+    raise ImproperlyConfigured("EXPORT_S3_SSE must be AES256 or aws:kms when DEBUG=false")
+EXPORT_FILE_MAX_BYTES = env_int("EXPORT_FILE_MAX_BYTES", 256 * 1024 * 1024, minimum=1024)
+EXPORT_RETENTION_HOURS = env_int("EXPORT_RETENTION_HOURS", 24, minimum=1)
+EXPORT_POLL_MIN_SECONDS = env_int("EXPORT_POLL_MIN_SECONDS", 2, minimum=0)
+EXPORT_MAX_RUN_MINUTES = env_int("EXPORT_MAX_RUN_MINUTES", 360, minimum=1)
+# Closure and account deletion run this long after the request (cancellable until
+# then). Policy §6 promises deletion within 30 days of closure: more is refused.
+CLOSURE_GRACE_DAYS = env_int("CLOSURE_GRACE_DAYS", 7, minimum=0)
+if CLOSURE_GRACE_DAYS > 30:
+    raise ImproperlyConfigured("CLOSURE_GRACE_DAYS must be at most 30 (policy §6: 30 days)")
 
 # --- Accounts, sessions, passwords --------------------------------------------
 AUTH_USER_MODEL = "accounts.User"
@@ -163,6 +218,25 @@ CSRF_COOKIE_SAMESITE = "Lax"
 SIGNIN_MAX_FAILURES = env_int("SIGNIN_MAX_FAILURES", 5, minimum=1)
 SIGNIN_LOCKOUT_SECONDS = env_int("SIGNIN_LOCKOUT_SECONDS", 900, minimum=1)
 INVITATION_DAYS = env_int("INVITATION_DAYS", 7, minimum=1)
+
+# --- API keys and the gateway (/fhir/) -------------------------------------------
+API_KEY_LAST_USED_RESOLUTION_SECONDS = env_int(
+    "API_KEY_LAST_USED_RESOLUTION_SECONDS", 300, minimum=0
+)
+FHIR_MAX_BODY_BYTES = env_int("FHIR_MAX_BODY_BYTES", 5 * 1024 * 1024, minimum=1024)
+FHIR_MAX_BUNDLE_BYTES = env_int("FHIR_MAX_BUNDLE_BYTES", 50 * 1024 * 1024, minimum=1024)
+# The gateway refuses larger API bodies (413) before they are read; Django's own cap
+# must not be lower, or it would turn an accepted bundle into a 400.
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(FHIR_MAX_BODY_BYTES, FHIR_MAX_BUNDLE_BYTES)
+# Plan defaults (requests per window) until billing provides plans: see limits_for().
+RATE_LIMIT_WINDOW_SECONDS = env_int("RATE_LIMIT_WINDOW_SECONDS", 60, minimum=1)
+RATE_LIMIT_ORG_REQUESTS = env_int("RATE_LIMIT_ORG_REQUESTS", 6000, minimum=1)
+RATE_LIMIT_KEY_REQUESTS = env_int("RATE_LIMIT_KEY_REQUESTS", 6000, minimum=1)
+RATE_LIMIT_IP_REQUESTS = env_int("RATE_LIMIT_IP_REQUESTS", 12000, minimum=1)
+GATEWAY_REDIS_URL = env_str("GATEWAY_REDIS_URL", REDIS_URL)
+GATEWAY_REDIS_TIMEOUT_MS = env_int("GATEWAY_REDIS_TIMEOUT_MS", 200, minimum=1)
+GATEWAY_REDIS_RETRY_SECONDS = env_int("GATEWAY_REDIS_RETRY_SECONDS", 5, minimum=0)
+GATEWAY_REDIS_WARN_SECONDS = env_int("GATEWAY_REDIS_WARN_SECONDS", 60, minimum=0)
 
 # --- Security headers ----------------------------------------------------------
 SECURE_CONTENT_TYPE_NOSNIFF = True

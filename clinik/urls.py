@@ -1,11 +1,13 @@
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import URLPattern, URLResolver, include, path
 
 from clinik import views
 from clinik.accounts import views as account_views
+from clinik.fhir import views as fhir_views
+from clinik.privacy import urls as privacy_urls
 from clinik.privacy import views as privacy_views
 
-org_patterns = [
+org_patterns: list[URLPattern | URLResolver] = [
     path("", account_views.org_overview, name="org_overview"),
     path("settings/", account_views.org_settings, name="org_settings"),
     path("team/", account_views.team, name="team"),
@@ -17,6 +19,8 @@ org_patterns = [
     ),
     path("team/members/<int:member_id>/role/", account_views.team_role, name="team_role"),
     path("team/members/<int:member_id>/remove/", account_views.team_remove, name="team_remove"),
+    path("keys/", include("clinik.keys.urls")),
+    path("privacy/", include(privacy_urls.org_patterns)),
     path("<str:section>/", account_views.coming_soon, name="coming_soon"),
 ]
 
@@ -25,9 +29,12 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("privacy", privacy_views.policy, name="privacy"),
     path("security", views.security, name="security"),
+    path("accounts/data/", include(privacy_urls.account_patterns)),
     path("accounts/", include("clinik.accounts.urls")),
     path("dashboard/", account_views.dashboard, name="dashboard"),
     path("orgs/new/", account_views.org_create, name="org_create"),
     path("o/<uuid:org_id>/", include(org_patterns)),
+    path("fhir/R4", fhir_views.base),
+    path("fhir/R4/", include("clinik.fhir.urls")),
     path("staff/", admin.site.urls),
 ]

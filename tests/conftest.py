@@ -81,3 +81,76 @@ def outsider(db: None) -> Persona:
     org = OrganizationFactory(name="Other Clinic")
     user = UserFactory(email="out@other.test", name="Oscar Outsider", password=PASSWORD)
     return Persona(user, org, MembershipFactory(user=user, org=org, role="owner"), PASSWORD)
+
+
+class Api:
+    """A FHIR API client through the full middleware stack, with one org's key."""
+
+    def __init__(self, key: str, org: Any) -> None:
+        self.key, self.org = key, org
+        self.client = Client()
+
+    def _headers(self, headers: dict[str, str] | None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}", **(headers or {})}
+
+    def get(self, path: str, headers: dict[str, str] | None = None, **kw: Any) -> Any:
+        return self.client.get(f"/fhir/R4/{path}", headers=self._headers(headers), **kw)
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        content_type: str = "application/fhir+json",
+    ) -> Any:
+        import json
+
+        data = body if isinstance(body, (bytes, str)) or body is None else json.dumps(body)
+        payload = (data or "").encode() if isinstance(data, str) or data is None else data
+        return self.client.generic(
+            method,
+            f"/fhir/R4/{path}",
+            data=payload,
+            content_type=content_type,
+            headers=self._headers(headers),
+            CONTENT_LENGTH=str(len(payload)),
+            CONTENT_TYPE=content_type,
+        )
+
+    def post(self, path: str, body: Any, **kw: Any) -> Any:
+        return self.send("POST", path, body, **kw)
+
+    def put(self, path: str, body: Any, **kw: Any) -> Any:
+        return self.send("PUT", path, body, **kw)
+
+    def patch(self, path: str, body: Any, **kw: Any) -> Any:
+        kw.setdefault("content_type", "application/json-patch+json")
+        return self.send("PATCH", path, body, **kw)
+
+    def delete(self, path: str, **kw: Any) -> Any:
+        return self.send("DELETE", path, **kw)
+
+
+def _api_for(persona: Persona, scopes: str = "read-write") -> Api:
+    from clinik.keys.actions import do_create_key
+
+    _key, plaintext = do_create_key(
+        org=persona.org,
+        actor=persona.user,
+        name="tests",
+        scopes=scopes,
+        expires_at=None,
+        request=None,
+    )
+    return Api(plaintext, persona.org)
+
+
+@pytest.fixture
+def api(owner: Persona) -> Api:
+    return _api_for(owner)
+
+
+@pytest.fixture
+def outsider_api(outsider: Persona) -> Api:
+    return _api_for(outsider)

@@ -404,11 +404,9 @@ def invitation(request: HttpRequest, token: str) -> HttpResponse:
 def coming_soon(request: AuthedHttpRequest, org_id: UUID, section: str) -> HttpResponse:
     membership = get_membership(request, org_id)
     titles = {
-        "keys": "API keys",
         "usage": "Usage",
         "audit": "Audit log",
         "billing": "Billing",
-        "privacy": "Data & privacy",
     }
     if section not in titles:
         raise Http404

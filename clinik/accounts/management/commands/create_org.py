@@ -7,6 +7,8 @@ from django.db import transaction
 
 from clinik.accounts.actions import do_create_org
 from clinik.accounts.models import User, normalize_email
+from clinik.keys.actions import do_create_key
+from clinik.keys.models import ApiKey
 
 
 class Command(BaseCommand):
@@ -41,4 +43,12 @@ class Command(BaseCommand):
         self.stdout.write(json.dumps(result))
 
     def issue_first_key(self, org: Any, user: User) -> dict[str, str]:
-        return {}
+        _key, plaintext = do_create_key(
+            org=org,
+            actor=user,
+            name="First key",
+            scopes=ApiKey.Scopes.READ_WRITE,
+            expires_at=None,
+            request=None,
+        )
+        return {"api_key": plaintext}

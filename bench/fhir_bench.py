@@ -1,0 +1,152 @@
+"""FHIR API throughput against the bare-Django floor, in one run.
+
+    make db && .venv/bin/python bench/fhir_bench.py [--duration 10] [--connections 8]
+
+Starts gunicorn twice with the same worker settings: the full application (gateway,
+validation, tenancy, audit) and bench/bare.py (only the essential SQL), drives each
+with wrk (POST Patient, then GET Patient/{id} over at least --patients stored
+patients), and prints one table plus a JSON line per run. wrk runs on this machine,
+so it competes with the server for the two cores: compare runs, not absolutes.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+PY = sys.executable
+DB = os.environ.get("DATABASE_URL", "postgres://clinik@127.0.0.1:5432/clinik")
+
+
+def create_org() -> dict[str, str]:
+    out = subprocess.run(
+        [PY, "manage.py", "create_org", "--name", "Bench", "--email", "bench@example.com"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def start(app: str, port: int) -> subprocess.Popen[bytes]:
+    server = subprocess.Popen(
+        [
+            PY,
+            "-m",
+            "gunicorn",
+            app,
+            "--config",
+            "clinik/gunicorn_conf.py",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--access-logfile",
+            "/dev/null",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "DEBUG": "true", "LOG_LEVEL": "WARNING"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(200):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/fhir/R4/Patient/x", timeout=1)
+        except urllib.error.HTTPError:
+            return server
+        except OSError:
+            time.sleep(0.1)
+    server.kill()
+    raise RuntimeError(f"{app} did not start")
+
+
+def wrk(script: str, port: int, key: str, ids_file: str, args: argparse.Namespace) -> dict:
+    env = {**os.environ, "API_KEY": key, "IDS_FILE": ids_file, "BENCH_DIR": str(BENCH)}
+    out = subprocess.run(
+        [
+            "wrk",
+            f"-t{min(2, args.connections)}",
+            f"-c{args.connections}",
+            f"-d{args.duration}s",
+            "-s",
+            str(BENCH / "wrk" / script),
+            f"http://127.0.0.1:{port}",
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return json.loads(next(line for line in out.splitlines() if line.startswith("{")))
+
+
+def patient_ids(org_id: str, limit: int) -> list[str]:
+    with psycopg.connect(DB) as conn, conn.transaction():
+        conn.execute("SELECT set_config('clinik.org_id', %s, true)", [org_id])
+        rows = conn.execute(
+            "SELECT id FROM fhir_resource WHERE resource_type = 'Patient' LIMIT %s", [limit]
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def ensure_patients(org_id: str, port: int, key: str, wanted: int) -> list[str]:
+    ids = patient_ids(org_id, wanted)
+    body = (BENCH / "wrk" / "patient.json").read_bytes()
+    while len(ids) < wanted:
+        for _ in range(wanted - len(ids)):
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/fhir/R4/Patient",
+                data=body,
+                headers={"Authorization": f"Bearer {key}", "Content-Type": "application/fhir+json"},
+            )
+            urllib.request.urlopen(request, timeout=10).read()
+        ids = patient_ids(org_id, wanted)
+    return ids
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--patients", type=int, default=10_000)
+    args = parser.parse_args()
+    org = create_org()
+    results = {}
+    ids_file = tempfile.NamedTemporaryFile("w", suffix=".ids", delete=False)  # noqa: SIM115
+    for name, app, port in (
+        ("full", "clinik.wsgi", 8001),
+        ("bare", "bench.bare:application", 8002),
+    ):
+        server = start(app, port)
+        try:
+            results[f"{name} POST"] = wrk("post_patient.lua", port, org["api_key"], "", args)
+            ids = ensure_patients(org["org_id"], port, org["api_key"], args.patients)
+            Path(ids_file.name).write_text("\n".join(ids) + "\n")
+            results[f"{name} GET"] = wrk(
+                "get_patient.lua", port, org["api_key"], ids_file.name, args
+            )
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    print(f"{'run':<10} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>7}")
+    for name, r in results.items():
+        print(
+            f"{name:<10} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} {r['p95_ms']:>8.2f}"
+            f" {r['p99_ms']:>8.2f} {r['errors']:>7}"
+        )
+    for verb in ("POST", "GET"):
+        ratio = results[f"full {verb}"]["rps"] / results[f"bare {verb}"]["rps"]
+        print(f"full/bare {verb}: {ratio:.0%}")
+    print(json.dumps({"args": vars(args), "results": results}))
+
+
+if __name__ == "__main__":
+    main()

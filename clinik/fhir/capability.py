@@ -1,0 +1,123 @@
+"""The CapabilityStatement, generated from the resource table and the store's declared
+features so it stays in step with the code."""
+
+from functools import cache
+from typing import Any
+
+import orjson
+
+from clinik.fhir.search import registry
+from clinik.fhir.spec import FHIR_VERSION, RESOURCE_TYPES
+from clinik.fhir.store import get_store
+
+SOFTWARE_VERSION = "0.1.0"
+
+
+def _search_params(resource_type: str) -> list[dict[str, Any]]:
+    """The R4 parameters this type can be searched by, as the registry compiled them."""
+    return [
+        {"name": p.code, "definition": p.url, "type": p.type}
+        for p in registry.searchable(resource_type)
+    ]
+
+
+def _includes(resource_type: str) -> list[str]:
+    return [
+        f"{resource_type}:{p.code}"
+        for p in registry.searchable(resource_type)
+        if p.type == "reference"
+    ]
+
+
+def _revincludes(resource_type: str) -> list[str]:
+    return sorted(
+        f"{p.resource_type}:{p.code}"
+        for source in RESOURCE_TYPES
+        for p in registry.searchable(source)
+        if p.type == "reference" and (not p.targets or resource_type in p.targets)
+    )
+
+
+def statement(base: str) -> dict[str, Any]:
+    features = get_store().features
+    codes = [*features.interactions, *(["search-type"] if features.search else [])]
+    interactions = [{"code": code} for code in codes]
+    resources = [
+        {
+            "type": resource_type,
+            "interaction": interactions,
+            "versioning": "versioned-update",
+            "readHistory": features.history,
+            "updateCreate": True,
+            "conditionalCreate": features.conditional_update,
+            "conditionalRead": "full-support",
+            "conditionalUpdate": features.conditional_update,
+            "conditionalDelete": "not-supported",
+            "searchParam": [
+                *(_search_params(resource_type) if features.search else []),
+                {
+                    "name": "_count",
+                    "type": "number",
+                    "documentation": "Page size (default 20, at most 1,000)",
+                },
+            ],
+            **(
+                {
+                    "searchInclude": ["*", *_includes(resource_type)],
+                    "searchRevInclude": _revincludes(resource_type),
+                }
+                if features.search
+                else {}
+            ),
+            "operation": [
+                {
+                    "name": "expunge",
+                    "definition": "https://clinikapi.com/fhir/OperationDefinition/expunge",
+                    "documentation": "Erase every version of one resource for good, at once",
+                }
+            ],
+        }
+        for resource_type in sorted(RESOURCE_TYPES)
+    ]
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-11-27",
+        "publisher": "ClinikAPI",
+        "kind": "instance",
+        "software": {"name": "ClinikAPI", "version": SOFTWARE_VERSION},
+        "implementation": {"description": "ClinikAPI FHIR R4 API", "url": base},
+        "fhirVersion": FHIR_VERSION,
+        "format": ["application/fhir+json", "json"],
+        "patchFormat": ["application/json-patch+json"],
+        "rest": [
+            {
+                "mode": "server",
+                "security": {
+                    "cors": True,
+                    "description": "Authorization: Bearer <API key> from the dashboard",
+                },
+                "resource": resources,
+                "interaction": [
+                    {"code": "history-system"},
+                    *([{"code": "search-system"}] if features.search else []),
+                ],
+                **(
+                    {
+                        "searchParam": [
+                            {"name": p.code, "definition": p.url, "type": p.type}
+                            for p in registry.searchable("Patient")
+                            if p.code in registry.COMMON
+                        ]
+                    }
+                    if features.search
+                    else {}
+                ),
+            }
+        ],
+    }
+
+
+@cache
+def statement_json(base: str) -> bytes:
+    return orjson.dumps(statement(base))

@@ -1,0 +1,146 @@
+"""The FHIR store interface. Every call names the tenant explicitly (never a
+thread-local), so a second store (AWS HealthLake) can sit behind the same views,
+tenancy and audit."""
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
+from uuid import UUID
+
+if TYPE_CHECKING:
+    from clinik.fhir.search.query import SearchQuery, SearchResult
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """One stored version. `content` is the resource's JSON text, None for a delete."""
+
+    resource_type: str
+    id: str
+    version_id: int
+    last_updated: datetime
+    content: str | None
+    method: str = "update"  # create, update or delete
+
+    @property
+    def deleted(self) -> bool:
+        return self.content is None
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.version_id}"'
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    versions: list[Version]
+    total: int
+    has_more: bool
+
+
+@dataclass(frozen=True)
+class StoreFeatures:
+    """What a store supports, so the CapabilityStatement tells the truth."""
+
+    history: bool = True
+    versioned_reads: bool = True
+    conditional_update: bool = False
+    transactions: bool = False
+    search: bool = False
+    search_features: frozenset[str] = frozenset()
+    """Which parts of FHIR search the store answers (see SEARCH_FEATURES)."""
+    expunge: bool = True
+    interactions: tuple[str, ...] = field(
+        default=(
+            "read",
+            "vread",
+            "update",
+            "patch",
+            "delete",
+            "history-instance",
+            "history-type",
+            "create",
+        )
+    )
+
+
+SEARCH_FEATURES = frozenset(
+    {
+        "parameters",  # every R4 SearchParameter of types string ... composite
+        "modifiers",  # :exact :contains :missing :not :text :identifier :[type] :below :above
+        "chain",
+        "has",
+        "include",
+        "revinclude",
+        "iterate",
+        "sort",
+        "total",
+        "summary",
+        "elements",
+        "system",  # GET [base]?_type=...
+    }
+)
+
+
+class StoreError(Exception):
+    pass
+
+
+class VersionConflict(StoreError):
+    """If-Match named a version that is not the current one."""
+
+    def __init__(self, current: int | None) -> None:
+        super().__init__("version conflict")
+        self.current = current
+
+
+class FhirStore(Protocol):
+    features: StoreFeatures
+
+    def read(self, tenant: UUID, resource_type: str, resource_id: str) -> Version | None: ...
+
+    def vread(
+        self, tenant: UUID, resource_type: str, resource_id: str, version_id: int
+    ) -> Version | None: ...
+
+    def create(
+        self, tenant: UUID, resource: dict[str, Any], *, resource_id: str | None = None
+    ) -> Version: ...
+
+    def update(
+        self,
+        tenant: UUID,
+        resource: dict[str, Any],
+        resource_id: str,
+        *,
+        if_match: int | None = None,
+    ) -> tuple[Version, bool]: ...
+
+    def delete(self, tenant: UUID, resource_type: str, resource_id: str) -> Version | None: ...
+
+    def expunge(self, tenant: UUID, resource_type: str, resource_id: str) -> int: ...
+
+    def history(
+        self,
+        tenant: UUID,
+        *,
+        resource_type: str | None = None,
+        resource_id: str | None = None,
+        since: datetime | None = None,
+        at: datetime | None = None,
+        count: int = 20,
+        offset: int = 0,
+    ) -> HistoryPage: ...
+
+    def list_current(
+        self, tenant: UUID, resource_type: str, count: int, offset: int
+    ) -> tuple[list[Version], bool]: ...
+
+    def search(self, tenant: UUID, query: "SearchQuery") -> "SearchResult": ...
+
+    def iter_tenant(
+        self, tenant: UUID, *, types: list[str] | None = None, since: datetime | None = None
+    ) -> Iterator[Version]: ...
+
+    def purge_tenant(self, tenant: UUID) -> dict[str, int]: ...

@@ -1,0 +1,16 @@
+from datetime import timedelta
+
+from celery import shared_task
+from django.conf import settings
+
+from clinik.fhir.store.postgres import erase_deleted
+
+
+def erase_deleted_resources_now() -> int:
+    """Erase all versions of resources deleted more than the grace period ago."""
+    return erase_deleted(timedelta(days=settings.FHIR_ERASE_DELETED_AFTER_DAYS))
+
+
+@shared_task
+def erase_deleted_resources() -> int:
+    return erase_deleted_resources_now()

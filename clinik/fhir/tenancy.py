@@ -1,0 +1,79 @@
+"""The two tenancy walls.
+
+1. The tag: every resource written carries the tenant tag (a client-sent tag with our
+   system is replaced), and stores restrict every read to it.
+2. The database: `tenant_transaction` sets `clinik.org_id` for one transaction; the
+   FORCE row-level security policies of the FHIR tables refuse every other row.
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from django.db import connection, transaction
+
+TENANT_SYSTEM = "https://clinikapi.com/fhir/tenant"
+
+
+def tenant_tag(org_id: UUID) -> dict[str, str]:
+    return {"system": TENANT_SYSTEM, "code": str(org_id)}
+
+
+def stamp(
+    resource: dict[str, Any], org_id: UUID, resource_id: str, version_id: int, updated: datetime
+) -> dict[str, Any]:
+    """The resource as stored: server id, versionId and lastUpdated, and exactly one
+    tenant tag (ours). Keys come in the order FHIR servers conventionally emit."""
+    meta = dict(resource.get("meta") or {})
+    tags = [
+        t
+        for t in meta.get("tag", [])
+        if not (isinstance(t, dict) and t.get("system") == TENANT_SYSTEM)
+    ]
+    tags.append(tenant_tag(org_id))
+    meta["versionId"] = str(version_id)
+    meta["lastUpdated"] = format_instant(updated)
+    meta["tag"] = tags
+    stamped: dict[str, Any] = {
+        "resourceType": resource["resourceType"],
+        "id": resource_id,
+        "meta": meta,
+    }
+    for key, value in resource.items():
+        if key not in stamped:
+            stamped[key] = value
+    return stamped
+
+
+def carries_tenant_tag(resource: dict[str, Any], org_id: UUID) -> bool:
+    tags = (resource.get("meta") or {}).get("tag") or []
+    return any(t.get("system") == TENANT_SYSTEM and t.get("code") == str(org_id) for t in tags)
+
+
+def format_instant(moment: datetime) -> str:
+    """FHIR instant with millisecond precision in UTC, e.g. 2026-11-27T20:31:03.123Z."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+@contextmanager
+def tenant_transaction(org_id: UUID) -> Iterator[None]:
+    """One database transaction in which row-level security admits org_id's rows only.
+
+    Nested calls for the same tenant join the open transaction without another
+    round trip; switching tenants inside one transaction is refused."""
+    current = getattr(connection, "clinik_tenant", None)
+    if current is not None and connection.in_atomic_block:
+        if current != org_id:
+            raise RuntimeError("a transaction cannot switch tenants")
+        yield
+        return
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('clinik.org_id', %s, true)", [str(org_id)])
+        connection.clinik_tenant = org_id  # type: ignore[attr-defined]
+        try:
+            yield
+        finally:
+            connection.clinik_tenant = None  # type: ignore[attr-defined]

@@ -1,0 +1,301 @@
+"""The gateway's checks, as plain functions. Each returns what it found or raises
+`Refused`, which the middleware turns into an OperationOutcome with its status.
+
+Regular expressions are compiled once, at import; no check reads the request body.
+"""
+
+import ipaddress
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+
+from clinik.accounts.models import Organization
+from clinik.fhir.outcomes import outcome_response
+from clinik.fhir.spec import RESOURCE_TYPES
+from clinik.gateway.ratelimit import Verdict
+from clinik.keys import tokens
+from clinik.keys.models import ApiKey
+
+BASE = "/fhir/R4"
+REALM = 'Bearer realm="ClinikAPI"'
+UNAUTHORIZED = "A valid API key is required: send it as `Authorization: Bearer <key>`."
+
+
+class Refused(Exception):
+    """A request the gateway answers itself, with an OperationOutcome."""
+
+    def __init__(
+        self, status: int, code: str, diagnostics: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(diagnostics)
+        self.status, self.code, self.diagnostics = status, code, diagnostics
+        self.headers = headers or {}
+
+    def response(self) -> HttpResponse:
+        response = outcome_response(self.status, self.code, self.diagnostics, headers=self.headers)
+        response["Content-Length"] = str(len(response.content))
+        return response
+
+
+# --- 1. request id ---------------------------------------------------------------
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{8,64}")
+
+
+def request_id(meta: dict[str, Any]) -> str:
+    """The client's X-Request-ID when well formed, else a new one. A malformed value
+    is dropped, never echoed (it could carry CR/LF into our response headers)."""
+    given = meta.get("HTTP_X_REQUEST_ID")
+    if given and _REQUEST_ID.fullmatch(given):
+        return str(given)
+    return uuid.uuid4().hex
+
+
+# --- 2. body size ------------------------------------------------------------------
+
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+def body_limit(method: str, path: str) -> int:
+    """Bundles (POST to the base) may be larger than single resources."""
+    if method == "POST" and path in (BASE, BASE + "/"):
+        return int(settings.FHIR_MAX_BUNDLE_BYTES)
+    return int(settings.FHIR_MAX_BODY_BYTES)
+
+
+def check_body(method: str, path: str, meta: dict[str, Any]) -> int:
+    """The declared body length, checked against the limit before anything is read.
+
+    Django wraps wsgi.input, before any middleware runs, in a LimitedStream that
+    never reads past Content-Length (a body longer than it declares is read only up
+    to it), and treats a body without Content-Length as empty. So a Content-Length
+    over the limit is refused unread (413), and a chunked or length-less body is
+    refused (411) instead of being processed as empty."""
+    if meta.get("HTTP_TRANSFER_ENCODING"):
+        raise Refused(
+            411,
+            "invalid",
+            "Chunked request bodies are not accepted: send the body with a Content-Length.",
+        )
+    raw = meta.get("CONTENT_LENGTH")
+    if raw in (None, ""):
+        if method in _BODY_METHODS:
+            raise Refused(411, "invalid", f"A {method} request needs a Content-Length header.")
+        return 0
+    if not str(raw).isdigit() or len(str(raw)) > 18:
+        raise Refused(400, "invalid", "The Content-Length header is not a number.")
+    length = int(raw)
+    limit = body_limit(method, path)
+    if length > limit:
+        raise Refused(
+            413, "too-costly", f"The request body is larger than the limit of {limit} bytes."
+        )
+    return length
+
+
+# --- 3. path guard -----------------------------------------------------------------
+
+_PATH_CHARS = re.compile(r"[A-Za-z0-9/$._-]*")
+_ENCODED_DOLLAR = re.compile(r"%24", re.IGNORECASE)
+_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+_OPERATION = re.compile(r"\$[A-Za-z][A-Za-z0-9-]{0,63}")
+_MAX_PATH = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    template: str
+    """`/fhir/R4/Patient/{id}`: the shape with the real type, never an id."""
+    resource_type: str
+    kind: str
+    """base, metadata, history, operation, type, search, instance, vread."""
+
+    @property
+    def is_public(self) -> bool:
+        return self.kind == "metadata"
+
+
+def _bad_path(diagnostics: str) -> Refused:
+    return Refused(400, "invalid", diagnostics)
+
+
+def _not_found() -> Refused:
+    return Refused(404, "not-found", "There is no FHIR R4 endpoint at this path.")
+
+
+def api_path(meta: dict[str, Any], path: str) -> str:
+    """The path as the client sent it, checked against the one Django routes on.
+
+    Django and the WSGI server decode PATH_INFO, so `..%2f` or `%252e` may look
+    harmless there. Under gunicorn (RAW_URI) or uWSGI/mod_wsgi (REQUEST_URI) the raw
+    request target is available: the only escape allowed in it is `%24` (`$`, for
+    operations); anything else encoded makes the raw and routed paths differ and is
+    refused. Without a raw target (the test client, runserver) the routed path is
+    checked as it is, and any `%` left in it (double encoding) is refused by the
+    character check."""
+    raw = meta.get("RAW_URI") or meta.get("REQUEST_URI")
+    if not raw:
+        return path
+    raw = str(raw).split("?", 1)[0].split("#", 1)[0]
+    if not raw.startswith("/"):
+        scheme, sep, rest = raw.partition("://")  # absolute-form: http://host/path
+        if not sep or scheme.lower() not in ("http", "https") or "/" not in rest:
+            raise _bad_path("The request target is not a path.")
+        raw = rest[rest.index("/") :]
+    if _ENCODED_DOLLAR.sub("$", raw) != path:
+        raise _bad_path("Percent-encoded characters are not allowed in the request path.")
+    return path
+
+
+def guard_path(path: str) -> Route:
+    """Accept only the FHIR R4 REST shapes, with known resource types and valid ids."""
+    if len(path) > _MAX_PATH:
+        raise _bad_path("The request path is too long.")
+    if not _PATH_CHARS.fullmatch(path):
+        raise _bad_path("The request path contains characters that are not allowed.")
+    if path in (BASE, BASE + "/"):
+        return Route(BASE + "/", "", "base")
+    if not path.startswith(BASE + "/"):
+        raise _not_found()
+    segments = path[len(BASE) + 1 :].split("/")
+    for segment in segments:
+        if not segment:
+            raise _bad_path("The request path has an empty segment.")
+        if segment.strip(".") == "":
+            raise _bad_path("Relative path segments are not allowed.")
+    first, rest = segments[0], segments[1:]
+    if not rest:
+        if first == "metadata":
+            return Route(f"{BASE}/metadata", "", "metadata")
+        if first == "_history":
+            return Route(f"{BASE}/_history", "", "history")
+        if first.startswith("$"):
+            return Route(f"{BASE}/{_operation(first)}", "", "operation")
+    if first not in RESOURCE_TYPES:
+        raise _not_found()
+    base = f"{BASE}/{first}"
+    if not rest:
+        return Route(base, first, "type")
+    second = rest[0]
+    if len(rest) == 1:
+        if second == "_search":
+            return Route(f"{base}/_search", first, "search")
+        if second == "_history":
+            return Route(f"{base}/_history", first, "history")
+        if second.startswith("$"):
+            return Route(f"{base}/{_operation(second)}", first, "operation")
+    _check_id(second)
+    if len(rest) == 1:
+        return Route(f"{base}/{{id}}", first, "instance")
+    third = rest[1]
+    if len(rest) == 2 and third == "_history":
+        return Route(f"{base}/{{id}}/_history", first, "history")
+    if len(rest) == 2 and third.startswith("$"):
+        return Route(f"{base}/{{id}}/{_operation(third)}", first, "operation")
+    if len(rest) == 3 and third == "_history":
+        _check_id(rest[2])
+        return Route(f"{base}/{{id}}/_history/{{vid}}", first, "vread")
+    raise _not_found()
+
+
+def _check_id(value: str) -> None:
+    if not _ID.fullmatch(value):
+        raise _bad_path("A resource id must be 1-64 letters, digits, '-' or '.'.")
+
+
+def _operation(segment: str) -> str:
+    if not _OPERATION.fullmatch(segment):
+        raise _bad_path("An operation name must be a letter followed by letters, digits or '-'.")
+    return segment
+
+
+# --- 4. authentication ---------------------------------------------------------------
+
+_KEY_PARAMETERS = frozenset({"api_key", "apikey", "access_token", "key"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def check_query_string(query_string: str) -> None:
+    """Keys in URLs end up in logs, browser history and proxies: refuse them."""
+    if not query_string:
+        return
+    for name, value in parse_qsl(query_string, keep_blank_values=True):
+        if name.lower() in _KEY_PARAMETERS or tokens.looks_like_key(value):
+            raise Refused(
+                400,
+                "security",
+                "Send API keys in the Authorization header, never in the URL. "
+                "Consider the key exposed and replace it.",
+            )
+
+
+def _unauthorized(error: bool = True) -> Refused:
+    header = f'{REALM}, error="invalid_token"' if error else REALM
+    return Refused(401, "login", UNAUTHORIZED, {"WWW-Authenticate": header})
+
+
+def presented_digest(meta: dict[str, Any]) -> str | None:
+    """The SHA-256 of a well-formed bearer key, without I/O; None for anything else."""
+    scheme, _, token = str(meta.get("HTTP_AUTHORIZATION", "")).partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not tokens.is_well_formed(token):
+        return None
+    return tokens.digest(token)
+
+
+def bearer_token(meta: dict[str, Any]) -> str:
+    header = meta.get("HTTP_AUTHORIZATION")
+    if not header:
+        raise _unauthorized(error=False)
+    scheme, _, token = str(header).partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise _unauthorized()
+    return token
+
+
+def authenticate(meta: dict[str, Any]) -> ApiKey:
+    """The usable key of an open organization, or 401 with one body for every way a
+    key can be wrong (missing, malformed, unknown, expired, revoked, closed org)."""
+    key = ApiKey.objects.authenticate(bearer_token(meta))
+    if key is None or key.org.status == Organization.Status.CLOSED:
+        raise _unauthorized()
+    return key
+
+
+def authorize(key: ApiKey, method: str, route: Route) -> None:
+    """Writes need a read-write key of an active organization. POST _search reads."""
+    if method in SAFE_METHODS or (method == "POST" and route.kind == "search"):
+        return
+    if not key.can_write:
+        raise Refused(403, "forbidden", "This API key is read-only.")
+    if key.org.status != Organization.Status.ACTIVE:
+        raise Refused(
+            403, "forbidden", "This organization is closing: its data can be read, not changed."
+        )
+
+
+def check_rate(verdict: Verdict) -> None:
+    if not verdict.allowed:
+        raise Refused(
+            429,
+            "throttled",
+            "Too many requests: slow down and retry after the time in Retry-After.",
+            {"Retry-After": str(max(1, verdict.retry_after))},
+        )
+
+
+def client_id(request: HttpRequest) -> str:
+    """The rate-limit identity of the caller's address (IPv6: its /64)."""
+    ip = str(request.META.get("REMOTE_ADDR", ""))
+    if ":" not in ip:
+        return ip
+    try:
+        return str(ipaddress.IPv6Network(f"{ip}/64", strict=False).network_address)
+    except ValueError:
+        return ip

@@ -1,0 +1,117 @@
+"""The gateway: what guards every request under /fhir/, before any view runs.
+
+In order: request id, body size, path guard, rate limit per client IP, CORS
+preflight, authentication (and scope), rate limit per key and per organization.
+Each refusal is an OperationOutcome; every response gets X-Request-ID, the
+RateLimit headers of the buckets checked, and CORS headers when allowed.
+
+Placed right after SecurityMiddleware. API requests carry no session: their
+cookies are dropped here, so the session and auth middleware never load a session,
+and CSRF does not apply (the key is in a header a browser never adds by itself).
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import cast
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+
+from clinik.gateway import checks, cors, ratelimit
+from clinik.gateway.limits import limits_for
+from clinik.gateway.ratelimit import Bucket, BucketState, Policy, known_keys, limiter
+from clinik.keys.models import ApiKey
+from clinik.lib.http import ApiHttpRequest
+
+PREFIX = "/fhir/"
+
+
+class GatewayRequest(ApiHttpRequest):
+    fhir_route: str
+    fhir_resource_type: str
+
+
+@dataclass
+class Passage:
+    """What one request collected on its way through, for its response headers."""
+
+    preflight: bool
+    public: bool = False
+    limits: tuple[BucketState, ...] = ()
+
+
+class GatewayMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if not request.path_info.startswith(PREFIX):
+            return self.get_response(request)
+        return self.handle(cast(GatewayRequest, request))
+
+    def handle(self, request: GatewayRequest) -> HttpResponse:
+        meta = request.META
+        request.request_id = checks.request_id(meta)
+        request.api_key = request.org = None
+        request.fhir_route = request.fhir_resource_type = ""
+        request._dont_enforce_csrf_checks = True  # type: ignore[attr-defined]
+        meta.pop("HTTP_COOKIE", None)
+        passage = Passage(preflight=cors.is_preflight(request.method or "", meta))
+        try:
+            response = self.admit(request, passage)
+        except checks.Refused as refusal:
+            response = refusal.response()
+        response["X-Request-ID"] = request.request_id
+        for name, value in ratelimit.headers(passage.limits).items():
+            response[name] = value
+        origin = meta.get("HTTP_ORIGIN")
+        if origin and not passage.preflight:
+            cors.decorate(response, str(origin), request.org, passage.public)
+        return response
+
+    def admit(self, request: GatewayRequest, passage: Passage) -> HttpResponse:
+        """The checks in order; then the preflight's answer or the view's."""
+        meta, method = request.META, request.method or "GET"
+        checks.check_body(method, request.path_info, meta)
+        route = checks.guard_path(checks.api_path(meta, request.path))
+        request.fhir_route, request.fhir_resource_type = route.template, route.resource_type
+        passage.public = route.is_public and method in ("GET", "HEAD", "OPTIONS")
+        digest = None if passage.public or passage.preflight else checks.presented_digest(meta)
+        known = known_keys.get(digest) if digest else None
+        self.limit(passage, [_ip_bucket(request), *(known or [])])  # before any query
+        if passage.preflight:
+            return cors.preflight(meta, passage.public)
+        checks.check_query_string(str(meta.get("QUERY_STRING", "")))
+        if not passage.public:
+            try:
+                key = checks.authenticate(meta)
+            except checks.Refused:
+                if digest:
+                    known_keys.forget(digest)
+                raise
+            request.api_key, request.org = key, key.org
+            checks.authorize(key, method, route)
+            if known is None:
+                known_keys.remember(str(digest), self.limit(passage, _key_buckets(key)))
+            key.note_use()
+        return self.get_response(request)
+
+    @staticmethod
+    def limit(passage: Passage, buckets: list[Bucket]) -> list[Bucket]:
+        verdict = limiter.hit(buckets)
+        passage.limits += verdict.states
+        checks.check_rate(verdict)
+        return buckets
+
+
+def _ip_bucket(request: HttpRequest) -> Bucket:
+    policy = Policy("ip", settings.RATE_LIMIT_IP_REQUESTS, settings.RATE_LIMIT_WINDOW_SECONDS)
+    return policy, checks.client_id(request)
+
+
+def _key_buckets(key: ApiKey) -> list[Bucket]:
+    limits = limits_for(key.org)
+    return [
+        (Policy("key", limits.key_requests, limits.window), str(key.pk)),
+        (Policy("org", limits.org_requests, limits.window), str(key.org_id)),
+    ]
