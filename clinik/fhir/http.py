@@ -10,7 +10,7 @@ import orjson
 from django.http import HttpRequest, HttpResponse
 from django.utils.http import http_date, parse_http_date_safe
 
-from clinik.fhir.outcomes import FHIR_JSON, outcome_response
+from clinik.fhir.outcomes import FHIR_JSON, outcome_body, outcome_response
 
 JSON_TYPES = {"application/fhir+json", "application/json", "application/json+fhir"}
 PATCH_TYPE = "application/json-patch+json"
@@ -40,6 +40,11 @@ class FhirError(Exception):
         super().__init__(diagnostics)
         self.status, self.code, self.diagnostics = status, code, diagnostics
         self.expression, self.issues, self.headers = expression, issues, headers
+
+    def response_body(self) -> dict[str, Any]:
+        if self.issues:
+            return {"resourceType": "OperationOutcome", "issue": self.issues}
+        return outcome_body("error", self.code, self.diagnostics, self.expression)
 
     def response(self) -> HttpResponse:
         if self.issues:

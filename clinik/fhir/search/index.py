@@ -1,0 +1,141 @@
+"""Writing and removing a resource's search index rows (PostgreSQL store).
+
+One statement per change: data-modifying CTEs delete the old rows and insert the
+new ones (all sub-statements see the same snapshot, so the DELETE never sees the
+rows the INSERTs add), inside the caller's transaction, so a resource and its index
+rows are committed or rolled back together.
+"""
+
+from typing import Any
+from uuid import UUID
+
+import orjson
+from django.db import connection
+
+from clinik.fhir.search.extract import TABLES, IndexRows, extract
+from clinik.fhir.tenancy import tenant_transaction
+
+# table -> (IndexRows attribute, columns after org_id/resource_type/id, SQL array types)
+_LAYOUT: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
+    "fhir_idx_string": ("string", ("param", "value", "exact"), ("text",) * 3),
+    "fhir_idx_token": ("token", ("param", "system", "code"), ("text",) * 3),
+    "fhir_idx_date": ("date", ("param", "low", "high"), ("text", "timestamptz", "timestamptz")),
+    "fhir_idx_number": ("number", ("param", "low", "high"), ("text", "float8", "float8")),
+    "fhir_idx_quantity": (
+        "quantity",
+        ("param", "low", "high", "system", "code", "unit"),
+        ("text", "float8", "float8", "text", "text", "text"),
+    ),
+    "fhir_idx_reference": ("reference", ("param", "target_type", "target_id"), ("text",) * 3),
+    "fhir_idx_uri": ("uri", ("param", "value"), ("text",) * 2),
+    "fhir_idx_composite": (
+        "composite",
+        (
+            "param",
+            "system1",
+            "code1",
+            "system2",
+            "code2",
+            "text2",
+            "low2",
+            "high2",
+            "dlow2",
+            "dhigh2",
+            "low3",
+            "high3",
+        ),
+        ("text",) * 6 + ("float8", "float8", "timestamptz", "timestamptz", "float8", "float8"),
+    ),
+}
+assert set(_LAYOUT) == set(TABLES)
+
+
+def _statement(
+    tenant: UUID, resource_type: str, resource_id: str, rows: IndexRows | None, *, replace: bool
+) -> tuple[str, list[Any]]:
+    parts: list[str] = []
+    args: list[Any] = []
+    if replace:
+        for number, table in enumerate(TABLES):
+            parts.append(
+                f"d{number} AS (DELETE FROM {table}"  # noqa: S608 - table names are constants
+                " WHERE org_id = %s AND resource_type = %s AND id = %s)"
+            )
+            args += [tenant, resource_type, resource_id]
+    if rows is not None:
+        for number, table in enumerate(TABLES):
+            attribute, columns, types = _LAYOUT[table]
+            values = getattr(rows, attribute)
+            if not values:
+                continue
+            arrays = ", ".join(f"%s::{t}[]" for t in types)
+            names = ", ".join(columns)
+            parts.append(
+                f"i{number} AS (INSERT INTO {table} (org_id, resource_type, id, {names})"  # noqa: S608
+                f" SELECT %s, %s, %s, * FROM unnest({arrays}))"
+            )
+            args += [
+                tenant,
+                resource_type,
+                resource_id,
+                *(list(c) for c in zip(*values, strict=True)),
+            ]
+    if not parts:
+        return "", []
+    return f"WITH {', '.join(parts)} SELECT 1", args
+
+
+def write_index(
+    cursor: Any,
+    tenant: UUID,
+    resource_type: str,
+    resource_id: str,
+    resource: dict[str, Any],
+    *,
+    replace: bool,
+) -> None:
+    """Index a resource version; `replace` first removes the previous version's rows."""
+    sql, args = _statement(tenant, resource_type, resource_id, extract(resource), replace=replace)
+    if sql:
+        cursor.execute(sql, args)
+
+
+def remove_index(cursor: Any, tenant: UUID, resource_type: str, resource_id: str) -> None:
+    """Remove a resource's rows (delete, expunge, erase): it is absent from search at once."""
+    sql, args = _statement(tenant, resource_type, resource_id, None, replace=True)
+    cursor.execute(sql, args)
+
+
+def purge_index_batch(cursor: Any, table: str, tenant: UUID, batch: int) -> int:
+    """Delete up to `batch` index rows of a tenant from one table; returns the count."""
+    if table not in _LAYOUT:
+        raise ValueError("not an index table")
+    cursor.execute(
+        f"DELETE FROM {table} WHERE ctid = ANY(ARRAY("  # noqa: S608 - checked table name
+        f"SELECT ctid FROM {table} WHERE org_id = %s LIMIT %s))",
+        [tenant, batch],
+    )
+    return int(cursor.rowcount)
+
+
+def reindex_tenant(tenant: UUID, *, batch: int = 500) -> int:
+    """Rebuild the index rows of every current resource of a tenant, in batches (each
+    its own transaction, so it can be stopped and rerun). Returns resources indexed."""
+    indexed, after = 0, ("", "")
+    while True:
+        with tenant_transaction(tenant), connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT resource_type, id, content FROM fhir_resource"
+                " WHERE org_id = %s AND (resource_type, id) > (%s, %s) AND deleted_at IS NULL"
+                " ORDER BY resource_type, id LIMIT %s",
+                [tenant, *after, batch],
+            )
+            rows = cursor.fetchall()
+            for resource_type, resource_id, content in rows:
+                write_index(
+                    cursor, tenant, resource_type, resource_id, orjson.loads(content), replace=True
+                )
+        indexed += len(rows)
+        if len(rows) < batch:
+            return indexed
+        after = (rows[-1][0], rows[-1][1])

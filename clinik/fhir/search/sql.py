@@ -1,0 +1,700 @@
+# ruff: noqa: S608 - SQL is assembled from constant identifiers; values are parameters
+"""Compile a SearchQuery to parameterized SQL over the store and index tables, and
+run it (PostgreSQL store).
+
+Values are always parameters, never SQL text; identifiers in the SQL (tables,
+columns) come from constants. Only leakproof btree operators touch indexed values
+(`=`, `<`, `>=` on COLLATE "C" text, float8 and timestamptz), so PostgreSQL can use
+the indexes under row-level security. A string prefix is a range
+(`value >= p AND value < p || U+10FFFF`), never LIKE. `:contains` is `strpos`, which
+is not leakproof: PostgreSQL evaluates it after the policy, over the index range of
+(org_id, resource_type, param); correct, but linear in that parameter's rows.
+
+Every statement names the tenant (`org_id = %s`, the tag wall) unless the store was
+built with tag_wall=False, in which case row-level security alone restricts it.
+"""
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from django.db import connection
+
+from clinik.fhir.search.extract import TEXT_SUFFIX
+from clinik.fhir.search.query import (
+    Chain,
+    Clause,
+    CompositeValue,
+    Cursor,
+    DateValue,
+    Has,
+    Include,
+    NumberValue,
+    QuantityValue,
+    ReferenceValue,
+    SearchQuery,
+    SearchResult,
+    StringValue,
+    TokenValue,
+    UriValue,
+)
+from clinik.fhir.search.registry import get as get_param
+from clinik.fhir.search.values import MAX_CHAR, clip, normalize, prefix_bounds
+from clinik.fhir.store.base import Version
+from clinik.fhir.tenancy import TENANT_SYSTEM
+
+TABLE = {
+    "string": "fhir_idx_string",
+    "token": "fhir_idx_token",
+    "date": "fhir_idx_date",
+    "number": "fhir_idx_number",
+    "quantity": "fhir_idx_quantity",
+    "reference": "fhir_idx_reference",
+    "uri": "fhir_idx_uri",
+    "composite": "fhir_idx_composite",
+}
+MAX_INCLUDED = 1000
+"""Resources added by _include/_revinclude to one page, at most."""
+MAX_ITERATIONS = 3
+"""Rounds of _include:iterate / _revinclude:iterate after the first."""
+COLUMNS = "r.resource_type, r.id, r.version_id, r.last_updated, r.content"
+
+Sql = tuple[str, list[Any]]
+
+
+def _join(parts: Sequence[Sql], separator: str) -> Sql:
+    return separator.join(p[0] for p in parts), [a for p in parts for a in p[1]]
+
+
+# --- value predicates ---------------------------------------------------------------------
+
+
+def _string(value: StringValue, modifier: str | None, alias: str, column: str = "value") -> Sql:
+    text = normalize(value.text)
+    if modifier == "exact":
+        return f"({alias}.{column} = %s AND {alias}.exact = %s)", [text, clip(value.text)]
+    if modifier == "contains":
+        return f"strpos({alias}.{column}, %s) > 0", [text]
+    low, high = prefix_bounds(text)
+    return f"({alias}.{column} >= %s AND {alias}.{column} < %s)", [low, high]
+
+
+def _token(value: TokenValue, alias: str, system: str = "system", code: str = "code") -> Sql:
+    parts: list[Sql] = []
+    if value.code is not None:
+        parts.append((f"{alias}.{code} = %s", [value.code]))
+    if value.system is not None:
+        parts.append((f"{alias}.{system} = %s", [value.system]))
+    return _join(parts, " AND ")
+
+
+def _date_range(prefix: str, low: datetime, high: datetime, lo: str, hi: str) -> Sql:
+    """FHIR date comparison of a stored range [lo, hi] with the search range [low, high]."""
+    if prefix == "eq":
+        return f"({lo} >= %s AND {lo} <= %s AND {hi} <= %s)", [low, high, high]
+    if prefix == "ne":
+        return f"({lo} < %s OR {hi} > %s)", [low, high]
+    if prefix == "gt":
+        return f"{hi} > %s", [high]
+    if prefix == "lt":
+        return f"{lo} < %s", [low]
+    if prefix == "ge":
+        return f"({hi} > %s OR ({lo} >= %s AND {hi} <= %s))", [high, low, high]
+    if prefix == "le":
+        return f"({lo} < %s OR ({lo} >= %s AND {hi} <= %s))", [low, low, high]
+    if prefix == "sa":
+        return f"{lo} > %s", [high]
+    if prefix == "eb":
+        return f"{hi} < %s", [low]
+    # ap: overlaps the search range widened by a tenth of its distance from now.
+    now = datetime.now(UTC)
+    slack = max(abs(now - low) / 10, high - low, timedelta(days=1))
+    return f"({lo} <= %s AND {hi} >= %s)", [high + slack, low - slack]
+
+
+def _number_range(prefix: str, value: float, low: float, high: float, lo: str, hi: str) -> Sql:
+    """FHIR number comparison: eq/ne use the implicit precision range [low, high)."""
+    if prefix == "eq":
+        return f"({lo} >= %s AND {hi} < %s)", [low, high]
+    if prefix == "ne":
+        return f"({lo} < %s OR {hi} >= %s)", [low, high]
+    if prefix == "gt":
+        return f"{hi} > %s", [value]
+    if prefix == "lt":
+        return f"{lo} < %s", [value]
+    if prefix == "ge":
+        return f"{hi} >= %s", [value]
+    if prefix == "le":
+        return f"{lo} <= %s", [value]
+    if prefix == "sa":
+        return f"{lo} > %s", [value]
+    if prefix == "eb":
+        return f"{hi} < %s", [value]
+    margin = abs(value) / 10  # ap: within 10 %
+    return f"({lo} <= %s AND {hi} >= %s)", [value + margin, value - margin]
+
+
+def _quantity(value: QuantityValue, alias: str, suffix: str = "", units: bool = True) -> Sql:
+    parts = [
+        _number_range(
+            value.prefix,
+            value.value,
+            value.low,
+            value.high,
+            f"{alias}.low{suffix}",
+            f"{alias}.high{suffix}",
+        )
+    ]
+    if value.system is not None:
+        parts.append((f"{alias}.system{suffix} = %s", [value.system]))
+    if value.code is not None:
+        if value.system is None and units:
+            parts.append((f"({alias}.code = %s OR {alias}.unit = %s)", [value.code, value.code]))
+        else:
+            parts.append((f"{alias}.code{suffix} = %s", [value.code]))
+    return _join(parts, " AND ")
+
+
+def _reference(value: ReferenceValue, alias: str, type_modifier: str | None) -> Sql:
+    parts: list[Sql] = [(f"{alias}.target_id = %s", [value.id])]
+    target_type = value.type or type_modifier
+    if target_type and "/" not in value.id:
+        parts.append((f"{alias}.target_type = %s", [target_type]))
+    return _join(parts, " AND ")
+
+
+def _uri(value: UriValue, modifier: str | None, alias: str) -> Sql:
+    if modifier == "below":
+        return f"({alias}.value >= %s AND {alias}.value < %s)", [value.uri, value.uri + MAX_CHAR]
+    if modifier == "above":
+        ancestors = [value.uri]
+        parts = value.uri.split("/")
+        ancestors += ["/".join(parts[:n]) for n in range(len(parts) - 1, 2, -1)]
+        return f"{alias}.value = ANY(%s)", [ancestors]
+    return f"{alias}.value = %s", [value.uri]
+
+
+def _composite(value: CompositeValue, kinds: Sequence[str], alias: str) -> Sql:
+    parts: list[Sql] = []
+    for position, (kind, part) in enumerate(zip(kinds, value.parts, strict=True), start=1):
+        if isinstance(part, TokenValue):
+            parts.append(_token(part, alias, f"system{position}", f"code{position}"))
+        elif isinstance(part, StringValue):
+            low, high = prefix_bounds(normalize(part.text))
+            column = f"{alias}.text{position}"
+            parts.append((f"({column} >= %s AND {column} < %s)", [low, high]))
+        elif isinstance(part, DateValue):
+            parts.append(
+                _date_range(
+                    part.prefix,
+                    part.low,
+                    part.high,
+                    f"{alias}.dlow{position}",
+                    f"{alias}.dhigh{position}",
+                )
+            )
+        elif isinstance(part, QuantityValue) and kind == "quantity":
+            parts.append(_quantity(part, alias, str(position), units=False))
+        elif isinstance(part, QuantityValue | NumberValue):
+            parts.append(
+                _number_range(
+                    part.prefix,
+                    part.value,
+                    part.low,
+                    part.high,
+                    f"{alias}.low{position}",
+                    f"{alias}.high{position}",
+                )
+            )
+    return _join([p for p in parts if p[0]], " AND ")
+
+
+# --- criteria -------------------------------------------------------------------------------
+
+
+class Compiler:
+    def __init__(self, tenant: UUID, tag_wall: bool) -> None:
+        self.tenant = tenant
+        self.tag_wall = tag_wall
+        self.aliases = 0
+
+    def alias(self, stem: str) -> str:
+        self.aliases += 1
+        return f"{stem}{self.aliases}"
+
+    def org(self, alias: str) -> Sql:
+        """The tag wall's share of a WHERE clause (nothing when it is switched off)."""
+        return (f"{alias}.org_id = %s AND ", [self.tenant]) if self.tag_wall else ("", [])
+
+    def types(self, alias: str, types: Sequence[str]) -> Sql:
+        if len(types) == 1:
+            return f"{alias}.resource_type = %s", [types[0]]
+        return f"{alias}.resource_type = ANY(%s)", [list(types)]
+
+    # A clause's values, OR-ed, as a predicate on one index row.
+    def values(self, clause: Clause, alias: str) -> Sql:
+        param, modifier = clause.param, clause.modifier
+        if not clause.values:
+            return "TRUE", []
+        parts: list[Sql] = []
+        for value in clause.values:
+            if modifier == "text":
+                parts.append(_string(value, None, alias))
+            elif isinstance(value, StringValue):
+                parts.append(_string(value, modifier, alias))
+            elif isinstance(value, TokenValue):
+                parts.append(_token(value, alias))
+            elif isinstance(value, DateValue):
+                parts.append(
+                    _date_range(
+                        value.prefix, value.low, value.high, f"{alias}.low", f"{alias}.high"
+                    )
+                )
+            elif isinstance(value, QuantityValue):
+                parts.append(_quantity(value, alias))
+            elif isinstance(value, NumberValue):
+                parts.append(
+                    _number_range(
+                        value.prefix,
+                        value.value,
+                        value.low,
+                        value.high,
+                        f"{alias}.low",
+                        f"{alias}.high",
+                    )
+                )
+            elif isinstance(value, ReferenceValue):
+                type_modifier = modifier if modifier and modifier[0].isupper() else None
+                parts.append(_reference(value, alias, type_modifier))
+            elif isinstance(value, UriValue):
+                parts.append(_uri(value, modifier, alias))
+            elif isinstance(value, CompositeValue):
+                kinds = [c.type for c in param.components]
+                parts.append(_composite(value, kinds, alias))
+        sql, args = _join(parts, " OR ")
+        return f"({sql})", args
+
+    @staticmethod
+    def table_param(clause: Clause) -> tuple[str, str]:
+        if clause.modifier == "text":
+            return TABLE["string"], clause.param.code + TEXT_SUFFIX
+        return TABLE[clause.param.type], clause.param.code
+
+    def tenant_tag(self, clause: Clause) -> tuple[Clause | None, bool]:
+        """`_tag=<tenant system>|<org>`: every own resource carries that tag, which is
+        not indexed. Returns the clause without such values, and whether one of them
+        names this tenant (then every resource matches)."""
+        if clause.param.code != "_tag" or not clause.values:
+            return clause, False
+        ours = [v for v in clause.values if isinstance(v, TokenValue) and v.system == TENANT_SYSTEM]
+        if not ours:
+            return clause, False
+        hit = any(v.code in (None, str(self.tenant)) for v in ours)
+        rest = tuple(v for v in clause.values if v not in ours)
+        if not rest:
+            return None, hit
+        return Clause(clause.param, clause.modifier, rest, clause.missing), hit
+
+    def rows(self, clause: Clause, alias: str, types: Sequence[str], *, pairs: bool) -> Sql:
+        """SELECT of the (type and) ids whose index rows match the clause's values."""
+        table, code = self.table_param(clause)
+        org, org_args = self.org(alias)
+        type_sql, type_args = self.types(alias, types)
+        values, value_args = self.values(clause, alias)
+        columns = f"{alias}.resource_type, {alias}.id" if pairs else f"{alias}.id"
+        return (
+            f"SELECT {columns} FROM {table} {alias} WHERE {org}{type_sql}"
+            f" AND {alias}.param = %s AND {values}",
+            [*org_args, *type_args, code, *value_args],
+        )
+
+    def column_clause(self, clause: Clause, row: str) -> Sql:
+        """_id and _lastUpdated: predicates on fhir_resource itself."""
+        if clause.missing is not None:
+            return ("FALSE" if clause.missing else "TRUE"), []
+        if clause.param.column == "id":
+            ids = [v.code for v in clause.values if isinstance(v, TokenValue) and v.code]
+            sql: Sql = (f"{row}.id = ANY(%s)", [ids])
+        else:
+            column = f"{row}.last_updated"
+            dates = [v for v in clause.values if isinstance(v, DateValue)]
+            sql = _join(
+                [_date_range(v.prefix, v.low, v.high, column, column) for v in dates], " OR "
+            )
+            sql = (f"({sql[0]})", sql[1])
+        if clause.modifier == "not":
+            return f"NOT {sql[0]}", sql[1]
+        return sql
+
+    def match(self, criterion: Any, row: str, types: Sequence[str]) -> Sql:
+        """A predicate on the fhir_resource row `row` (of one of `types`)."""
+        if isinstance(criterion, Clause):
+            if criterion.param.column:
+                return self.column_clause(criterion, row)
+            clause, everything = self.tenant_tag(criterion)
+            if everything or clause is None:
+                hit = everything != criterion.negated
+                return ("TRUE" if hit else "FALSE"), []
+            if clause.negated:
+                return self.absent(clause, row)
+            if clause.missing is False:
+                clause = Clause(clause.param, None, ())
+            pairs = len(types) > 1
+            sql, args = self.rows(clause, self.alias("x"), types, pairs=pairs)
+            target = f"({row}.resource_type, {row}.id)" if pairs else f"{row}.id"
+            return f"{target} IN ({sql})", args
+        assert len(types) == 1
+        sql, args = self.ids(criterion, types[0])
+        return f"{row}.id IN ({sql})", args
+
+    def absent(self, clause: Clause, row: str) -> Sql:
+        """:not and :missing=true: no index row of the resource matches."""
+        alias = self.alias("x")
+        table, code = self.table_param(clause)
+        org, org_args = self.org(alias)
+        values: Sql = ("TRUE", []) if clause.missing else self.values(clause, alias)
+        return (
+            f"NOT EXISTS (SELECT 1 FROM {table} {alias} WHERE {org}{alias}.resource_type ="
+            f" {row}.resource_type AND {alias}.id = {row}.id AND {alias}.param = %s"
+            f" AND {values[0]})",
+            [*org_args, code, *values[1]],
+        )
+
+    def ids(self, criterion: Any, resource_type: str) -> Sql:
+        """SELECT of the ids of resources of one type that match a criterion."""
+        if isinstance(criterion, Clause):
+            clause, everything = self.tenant_tag(criterion)
+            simple = (
+                clause is not None
+                and not everything
+                and not clause.negated
+                and not clause.param.column
+            )
+            if simple and clause is not None:
+                if clause.missing is False:
+                    clause = Clause(clause.param, None, ())
+                return self.rows(clause, self.alias("x"), [resource_type], pairs=False)
+            row = self.alias("r")
+            org, org_args = self.org(row)
+            condition, args = self.match(criterion, row, [resource_type])
+            return (
+                f"SELECT {row}.id FROM fhir_resource {row} WHERE {org}{row}.resource_type = %s"
+                f" AND {row}.deleted_at IS NULL AND {condition}",
+                [*org_args, resource_type, *args],
+            )
+        if isinstance(criterion, Chain):
+            alias = self.alias("c")
+            org, org_args = self.org(alias)
+            branches = []
+            for target_type, inner in criterion.targets:
+                sql, args = self.ids(inner, target_type)
+                branches.append(
+                    (
+                        f"({alias}.target_type = %s AND {alias}.target_id IN ({sql}))",
+                        [target_type, *args],
+                    )
+                )
+            either, either_args = _join(branches, " OR ")
+            return (
+                f"SELECT {alias}.id FROM fhir_idx_reference {alias} WHERE {org}"
+                f"{alias}.resource_type = %s AND {alias}.param = %s AND ({either})",
+                [*org_args, resource_type, criterion.param.code, *either_args],
+            )
+        assert isinstance(criterion, Has)
+        alias = self.alias("h")
+        org, org_args = self.org(alias)
+        sql, args = self.ids(criterion.criterion, criterion.source_type)
+        return (
+            f"SELECT {alias}.target_id FROM fhir_idx_reference {alias} WHERE {org}"
+            f"{alias}.resource_type = %s AND {alias}.param = %s AND {alias}.target_type = %s"
+            f" AND {alias}.id IN ({sql})",
+            [*org_args, criterion.source_type, criterion.param.code, resource_type, *args],
+        )
+
+    # --- sorting ----------------------------------------------------------------------------
+
+    def sort_key(self, code: str, descending: bool, row: str, resource_type: str) -> Sql:
+        param = get_param(resource_type, code)
+        assert param is not None
+        if param.column == "id":
+            return f"{row}.id", []
+        if param.column == "last_updated":
+            return f"{row}.last_updated", []
+        table = TABLE[param.type]
+        column = {
+            "string": ("value", "value"),
+            "token": ("code", "code"),
+            "date": ("low", "high"),
+            "number": ("low", "high"),
+            "quantity": ("low", "high"),
+            "reference": ("target_id", "target_id"),
+            "uri": ("value", "value"),
+        }[param.type][1 if descending else 0]
+        aggregate = "max" if descending else "min"
+        alias = self.alias("s")
+        org, org_args = self.org(alias)
+        return (
+            f"(SELECT {aggregate}({alias}.{column}) FROM {table} {alias} WHERE {org}"
+            f"{alias}.resource_type = {row}.resource_type AND {alias}.id = {row}.id"
+            f" AND {alias}.param = %s)",
+            [*org_args, code],
+        )
+
+
+# --- running a search --------------------------------------------------------------------------
+
+
+def _versions(rows: list[tuple[Any, ...]]) -> list[Version]:
+    return [Version(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+
+def _shared_shape(query: SearchQuery) -> bool:
+    """True when one statement can search every type at once: only plain clauses, each
+    of the same kind of parameter on every type (then the SQL is the same)."""
+    first = query.criteria[query.types[0]]
+    for resource_type in query.types[1:]:
+        other = query.criteria[resource_type]
+        if len(other) != len(first):
+            return False
+        for a, b in zip(first, other, strict=True):
+            if not (isinstance(a, Clause) and isinstance(b, Clause)):
+                return False
+            if a.param.type != b.param.type or a.modifier != b.modifier:
+                return False
+    for key in query.sort:
+        kinds = {p.type for t in query.types if (p := get_param(t, key.code))}
+        if len(kinds) > 1:
+            return False
+    return all(isinstance(c, Clause) for c in first)
+
+
+class _Statement:
+    """The matching rows of a query, as one SELECT (optionally a UNION ALL of one
+    SELECT per type), with sort keys as columns s0, s1, ..."""
+
+    def __init__(self, compiler: Compiler, query: SearchQuery) -> None:
+        self.compiler = compiler
+        self.query = query
+
+    def branch(self, types: Sequence[str], *, sort: bool) -> Sql:
+        compiler = self.compiler
+        org, org_args = compiler.org("r")
+        type_sql, type_args = compiler.types("r", types)
+        conditions: list[Sql] = [
+            compiler.match(c, "r", types) for c in self.query.criteria[types[0]]
+        ]
+        where, where_args = _join(
+            [(f"{org}{type_sql} AND r.deleted_at IS NULL", [*org_args, *type_args]), *conditions],
+            " AND ",
+        )
+        keys: list[Sql] = []
+        if sort:
+            keys = [compiler.sort_key(k.code, k.descending, "r", types[0]) for k in self.query.sort]
+        columns, column_args = _join(
+            [(COLUMNS, []), *[(f"{k[0]} AS s{n}", k[1]) for n, k in enumerate(keys)]], ", "
+        )
+        return f"SELECT {columns} FROM fhir_resource r WHERE {where}", [*column_args, *where_args]
+
+    def matching(self, *, sort: bool) -> Sql:
+        types = self.query.types
+        if len(types) == 1 or _shared_shape(self.query):
+            return self.branch(types, sort=sort)
+        parts = [self.branch([t], sort=sort) for t in types]
+        sql, args = _join([(f"({p[0]})", p[1]) for p in parts], " UNION ALL ")
+        return sql, args
+
+
+def _order(query: SearchQuery, reverse: bool) -> str:
+    keys = []
+    for n, key in enumerate(query.sort):
+        descending = key.descending != reverse
+        keys.append(f"q.s{n} {'DESC' if descending else 'ASC'} NULLS LAST")
+    direction = "DESC" if reverse else "ASC"
+    keys += [f"q.resource_type {direction}", f"q.id {direction}"]
+    return ", ".join(keys)
+
+
+def _page(cursor: Any, query: SearchQuery, statement: _Statement) -> tuple[list[Version], bool]:
+    """The page's rows and whether more follow (in the direction of travel)."""
+    sql, args = statement.matching(sort=bool(query.sort))
+    cursor_sql, cursor_args, offset = "", [], 0
+    reverse = False
+    position = query.cursor
+    if not query.sort and position.after:
+        cursor_sql, cursor_args = " WHERE (q.resource_type, q.id) > (%s, %s)", list(position.after)
+    elif not query.sort and position.before:
+        cursor_sql, cursor_args = " WHERE (q.resource_type, q.id) < (%s, %s)", list(position.before)
+        reverse = True
+    elif query.sort or position.offset:
+        offset = position.offset
+    cursor.execute(
+        f"SELECT q.resource_type, q.id, q.version_id, q.last_updated, q.content FROM ({sql}) q"
+        f"{cursor_sql} ORDER BY {_order(query, reverse)} LIMIT %s OFFSET %s",
+        [*args, *cursor_args, query.count + 1, offset],
+    )
+    rows = cursor.fetchall()
+    more = len(rows) > query.count
+    rows = rows[: query.count]
+    if reverse:
+        rows.reverse()
+    return _versions(rows), more
+
+
+def _count(cursor: Any, statement: _Statement) -> int:
+    """The exact number of matches. `_total=estimate` gets it too: the planner's row
+    estimate comes from table-wide statistics, i.e. from every tenant's values, so
+    reporting it would tell one tenant how common a value is among the others."""
+    sql, args = statement.matching(sort=False)
+    cursor.execute(f"SELECT count(*) FROM ({sql}) q", args)
+    return int(cursor.fetchone()[0])
+
+
+def _key(version: Version) -> tuple[str, str]:
+    return version.resource_type, version.id
+
+
+def _links(query: SearchQuery, matches: list[Version], more: bool) -> tuple[Cursor | None, ...]:
+    """Cursors of the next and previous pages (None: there is none). With _sort pages
+    go by offset; in the default order by key, so they stay put while data changes."""
+    position, count = query.cursor, query.count
+    if query.sort:
+        offset = position.offset
+        following = Cursor(offset + count) if more else None
+        return following, Cursor(max(0, offset - count)) if offset > 0 else None
+    if position.before:
+        # Read backwards: `more` says whether anything precedes this page.
+        offset = position.offset if more else 0
+        following = Cursor(offset + count, after=_key(matches[-1])) if matches else None
+        preceding = (
+            Cursor(max(0, offset - count), before=_key(matches[0])) if more and matches else None
+        )
+        return following, preceding
+    offset = position.offset
+    following = Cursor(offset + count, after=_key(matches[-1])) if more and matches else None
+    if not offset and not position.after:
+        return following, None
+    if not matches:
+        return following, Cursor(0)
+    return following, Cursor(max(0, offset - count), before=_key(matches[0]))
+
+
+def _fetch(cursor: Any, compiler: Compiler, keys: dict[str, set[str]]) -> list[Version]:
+    found: list[Version] = []
+    for resource_type, ids in sorted(keys.items()):
+        org, org_args = compiler.org("r")
+        cursor.execute(
+            f"SELECT {COLUMNS} FROM fhir_resource r WHERE {org}r.resource_type = %s"
+            " AND r.id = ANY(%s) AND r.deleted_at IS NULL ORDER BY r.id",
+            [*org_args, resource_type, sorted(ids)],
+        )
+        found += _versions(cursor.fetchall())
+    return found
+
+
+def _include_targets(
+    cursor: Any, compiler: Compiler, include: Include, sources: list[Version]
+) -> dict[str, set[str]]:
+    types = (
+        {v.resource_type for v in sources} if include.source_type == "*" else {include.source_type}
+    )
+    targets: dict[str, set[str]] = {}
+    for source_type in sorted(types):
+        ids = [v.id for v in sources if v.resource_type == source_type]
+        if not ids:
+            continue
+        org, org_args = compiler.org("x")
+        sql = (
+            f"SELECT DISTINCT x.target_type, x.target_id FROM fhir_idx_reference x WHERE {org}"
+            "x.resource_type = %s AND x.id = ANY(%s) AND x.target_type <> ''"
+        )
+        args: list[Any] = [*org_args, source_type, ids]
+        if include.param != "*":
+            sql += " AND x.param = %s"
+            args.append(include.param)
+        if include.target_type:
+            sql += " AND x.target_type = %s"
+            args.append(include.target_type)
+        cursor.execute(sql + " LIMIT %s", [*args, MAX_INCLUDED + 1])
+        for target_type, target_id in cursor.fetchall():
+            targets.setdefault(target_type, set()).add(target_id)
+    return targets
+
+
+def _revinclude(
+    cursor: Any, compiler: Compiler, include: Include, targets: list[Version]
+) -> list[Version]:
+    found: list[Version] = []
+    for target_type in sorted({v.resource_type for v in targets}):
+        if include.target_type and include.target_type != target_type:
+            continue
+        ids = [v.id for v in targets if v.resource_type == target_type]
+        org, org_args = compiler.org("r")
+        xorg, xorg_args = compiler.org("x")
+        cursor.execute(
+            f"SELECT {COLUMNS} FROM fhir_resource r WHERE {org}r.resource_type = %s"
+            " AND r.deleted_at IS NULL AND r.id IN (SELECT x.id FROM fhir_idx_reference x"
+            f" WHERE {xorg}x.resource_type = %s AND x.param = %s AND x.target_type = %s"
+            " AND x.target_id = ANY(%s)) ORDER BY r.id LIMIT %s",
+            [
+                *org_args,
+                include.source_type,
+                *xorg_args,
+                include.source_type,
+                include.param,
+                target_type,
+                ids,
+                MAX_INCLUDED + 1,
+            ],
+        )
+        found += _versions(cursor.fetchall())
+    return found
+
+
+def _included(
+    cursor: Any, compiler: Compiler, query: SearchQuery, matches: list[Version]
+) -> tuple[list[Version], bool]:
+    seen = {(v.resource_type, v.id) for v in matches}
+    included: list[Version] = []
+    frontier = matches
+    for round_number in range(MAX_ITERATIONS + 1):
+        includes = [i for i in query.includes if round_number == 0 or i.iterate]
+        revincludes = [i for i in query.revincludes if round_number == 0 or i.iterate]
+        if not frontier or not (includes or revincludes):
+            break
+        new: list[Version] = []
+        for include in includes:
+            targets = _include_targets(cursor, compiler, include, frontier)
+            for resource_type in targets:
+                targets[resource_type] -= {i for t, i in seen if t == resource_type}
+            new += _fetch(cursor, compiler, {t: ids for t, ids in targets.items() if ids})
+            seen.update((v.resource_type, v.id) for v in new)
+        for include in revincludes:
+            for version in _revinclude(cursor, compiler, include, frontier):
+                if (version.resource_type, version.id) not in seen:
+                    seen.add((version.resource_type, version.id))
+                    new.append(version)
+        included += new
+        if len(included) > MAX_INCLUDED:
+            return included[:MAX_INCLUDED], True
+        frontier = new
+    return included, False
+
+
+def run_search(tenant: UUID, query: SearchQuery, *, tag_wall: bool = True) -> SearchResult:
+    """Run a parsed search inside the caller's tenant transaction."""
+    compiler = Compiler(tenant, tag_wall)
+    statement = _Statement(compiler, query)
+    with connection.cursor() as cursor:
+        if query.summary == "count" or query.count == 0:
+            return SearchResult([], total=_count(cursor, statement))
+        matches, more = _page(cursor, query, statement)
+        following, preceding = _links(query, matches, more)
+        total: int | None = None
+        first_page = not query.cursor.offset and not query.cursor.after and not query.cursor.before
+        if query.total != "none":
+            # A first page that holds every match is its own count.
+            total = len(matches) if first_page and not more else _count(cursor, statement)
+        included, cut = _included(cursor, compiler, query, matches) if matches else ([], False)
+    notes = [f"Only the first {MAX_INCLUDED} included resources are returned"] if cut else []
+    return SearchResult(matches, included, total, following, preceding, notes)
