@@ -59,10 +59,23 @@ def fhir_view(methods: tuple[str, ...]) -> Callable[[View], View]:
                 return view(request, *args, **kwargs)
             except FhirError as error:
                 return error.response()
+            except Exception:
+                # Logged with the traceback but without the message (it may quote
+                # values); the client gets an OperationOutcome, never an HTML page.
+                logger.exception("FHIR request failed (request id %s)", _request_id(request))
+                return FhirError(
+                    500,
+                    "exception",
+                    f"Internal error; quote request id {_request_id(request)} to support",
+                ).response()
 
         return wrapper
 
     return decorate
+
+
+def _request_id(request: HttpRequest) -> str:
+    return str(getattr(request, "request_id", ""))
 
 
 def _base(request: HttpRequest) -> str:
