@@ -90,3 +90,23 @@ def test_unbuilt_sections_say_so_and_are_private(owner, outsider, section: str) 
 
 def test_unknown_section_is_404(owner) -> None:
     assert owner.client().get(f"/o/{owner.org.pk}/nothing-here/").status_code == 404
+
+
+def test_a_closing_org_is_read_only_in_the_dashboard(owner, teammate) -> None:
+    from clinik.keys.models import ApiKey
+
+    Organization.objects.filter(pk=owner.org.pk).update(status="closing")
+    client = owner.client()
+    base = f"/o/{owner.org.pk}"
+    assert client.post(f"{base}/settings/", {"name": "Renamed"}).status_code == 403
+    invite = {"email": "new@acme.test", "role": "developer"}
+    assert client.post(f"{base}/team/invite/", invite).status_code == 403
+    role = {"role": "admin"}
+    assert (
+        client.post(f"{base}/team/members/{teammate.membership.pk}/role/", role).status_code == 403
+    )
+    key = {"name": "late", "scopes": "read", "expiry": "never"}
+    assert client.post(f"{base}/keys/new/", key).status_code == 403
+    assert not ApiKey.objects.filter(org=owner.org).exists()
+    owner.org.refresh_from_db()
+    assert owner.org.name == "Acme Health"

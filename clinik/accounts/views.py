@@ -60,6 +60,12 @@ def get_managing_membership(request: AuthedHttpRequest, org_id: UUID) -> Members
     return membership
 
 
+def require_active(membership: Membership) -> None:
+    """A closing organization is read-only: no new keys, invitations or settings."""
+    if membership.org.status != membership.org.Status.ACTIVE:
+        raise PermissionDenied("This organization is closing and read-only")
+
+
 def dashboard_context(
     request: AuthedHttpRequest, membership: Membership, active: str, **extra: Any
 ) -> dict[str, Any]:
@@ -248,6 +254,7 @@ def org_settings(request: AuthedHttpRequest, org_id: UUID) -> HttpResponse:
     if request.method == "POST":
         if not membership.can_manage:
             raise PermissionDenied
+        require_active(membership)
         form = OrganizationForm(request.POST)
         if form.is_valid():
             org.name = form.cleaned_data["name"]
@@ -285,6 +292,7 @@ def team(request: AuthedHttpRequest, org_id: UUID) -> HttpResponse:
 @require_POST
 def team_invite(request: AuthedHttpRequest, org_id: UUID) -> HttpResponse:
     membership = get_managing_membership(request, org_id)
+    require_active(membership)
     form = InviteForm(request.POST, membership=membership)
     if not form.is_valid():
         ctx = _team_context(request, membership, invite_form=form)
@@ -331,6 +339,7 @@ def _target_member(membership: Membership, member_id: int) -> Membership:
 @require_POST
 def team_role(request: AuthedHttpRequest, org_id: UUID, member_id: int) -> HttpResponse:
     membership = get_managing_membership(request, org_id)
+    require_active(membership)
     target = _target_member(membership, member_id)
     form = RoleForm(request.POST, membership=membership)
     if not form.is_valid():
@@ -404,8 +413,6 @@ def invitation(request: HttpRequest, token: str) -> HttpResponse:
 def coming_soon(request: AuthedHttpRequest, org_id: UUID, section: str) -> HttpResponse:
     membership = get_membership(request, org_id)
     titles = {
-        "usage": "Usage",
-        "audit": "Audit log",
         "billing": "Billing",
     }
     if section not in titles:

@@ -43,6 +43,8 @@ def do_create_key(
     request: HttpRequest | None,
 ) -> tuple[ApiKey, str]:
     """Issue a live key. Returns the key and its plaintext, which exists nowhere else."""
+    if org.status != Organization.Status.ACTIVE:
+        raise PermissionError("a closing organization cannot get new keys")
     key, plaintext = ApiKey.issue(
         org=org, name=name, scopes=scopes, expires_at=expires_at, created_by=actor
     )

@@ -12,7 +12,12 @@ from django.utils.cache import add_never_cache_headers, patch_vary_headers
 from django.views.decorators.http import require_POST, require_safe
 
 from clinik.accounts.models import Membership
-from clinik.accounts.views import dashboard_context, get_managing_membership, get_membership
+from clinik.accounts.views import (
+    dashboard_context,
+    get_managing_membership,
+    get_membership,
+    require_active,
+)
 from clinik.gateway.actions import do_allow_origin, do_remove_origin
 from clinik.gateway.forms import OriginForm
 from clinik.keys.actions import do_create_key, do_revoke_key
@@ -49,6 +54,7 @@ def keys(request: AuthedHttpRequest, org_id: UUID) -> HttpResponse:
 @require_POST
 def keys_create(request: AuthedHttpRequest, org_id: UUID) -> HttpResponse:
     membership = get_managing_membership(request, org_id)
+    require_active(membership)
     form = KeyForm(request.POST)
     if not form.is_valid():
         return _page(request, membership, form=form, status=400)
