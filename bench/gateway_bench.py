@@ -2,17 +2,22 @@
 
     make db && .venv/bin/python bench/gateway_bench.py [--duration 10] [--rounds 3]
 
+Three configurations: `debug` (DEBUG=true, like `make run`), `no-debug`
+(settings.DEBUG off: no query log, as in production) and `no-debug+prepared` (also
+API_KEY_PREPARED_LOOKUP: the key lookup as a prepared statement). For each:
+
 1. In process: GatewayMiddleware around a view that does nothing, called with
    prepared requests, against the same view called directly: microseconds per
    authenticated GET and per `metadata`, the parts (Redis round trip, key lookup,
    path guard), and database queries per authenticated request.
-2. Over HTTP: gunicorn (clinik/gunicorn_conf.py, one worker) serving the temporary
-   probe endpoint GET /fhir/R4/Patient/{id} with the gateway and without it
-   (bench/gateway_off_settings.py), driven by wrk, alternating rounds.
+2. Over HTTP: gunicorn (clinik/gunicorn_conf.py, one worker) serving the trivial
+   endpoint GET /fhir/R4/Patient/{id} of tests/gateway_probe_urls.py with the gateway
+   (bench/gateway_settings.py) and without it (bench/gateway_off_settings.py), driven
+   by wrk, alternating rounds.
 
 Rate limits are raised so that every request is served (the limiter still runs:
 the cost is the same). wrk runs on this machine and competes with the server for
-the cores: compare the two columns of one run, not absolutes across machines.
+the cores: compare the columns of one run, not absolutes across machines.
 """
 
 import argparse
@@ -31,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 HIGH = str(10**9)
 BENCH_ENV = {
-    "DEBUG": "true",
+    "DEBUG": "true",  # the environment's; bench/gateway_settings.py may turn it off
     "LOG_LEVEL": "WARNING",
     "RATE_LIMIT_IP_REQUESTS": HIGH,
     "RATE_LIMIT_KEY_REQUESTS": HIGH,
@@ -39,7 +44,7 @@ BENCH_ENV = {
     "WEB_CONCURRENCY": "1",
 }
 os.environ.update(BENCH_ENV)
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "clinik.settings")
+os.environ["DJANGO_SETTINGS_MODULE"] = "bench.gateway_settings"
 
 import django  # noqa: E402
 
@@ -48,7 +53,7 @@ django.setup()
 from django.core.management import call_command  # noqa: E402
 from django.db import connection, reset_queries  # noqa: E402
 from django.http import HttpRequest, HttpResponse  # noqa: E402
-from django.test import RequestFactory  # noqa: E402
+from django.test import RequestFactory, override_settings  # noqa: E402
 from django.test.utils import CaptureQueriesContext  # noqa: E402
 
 from clinik.gateway import checks  # noqa: E402
@@ -58,6 +63,12 @@ from clinik.keys import tokens  # noqa: E402
 from clinik.keys.models import ApiKey  # noqa: E402
 
 PATH = "/fhir/R4/Patient/bench-123"
+# name: (settings.DEBUG, API_KEY_PREPARED_LOOKUP)
+CONFIGS = {
+    "debug": (True, False),
+    "no-debug": (False, False),
+    "no-debug+prepared": (False, True),
+}
 GUNICORN = [sys.executable, "-m", "gunicorn", "clinik.wsgi", "--config", "clinik/gunicorn_conf.py"]
 
 
@@ -120,11 +131,17 @@ def in_process(key: str, number: int) -> dict[str, float]:
     }
 
 
-def start(settings_module: str, port: int) -> subprocess.Popen[bytes]:
+def start(settings_module: str, config: str, port: int) -> subprocess.Popen[bytes]:
+    debug, prepared = CONFIGS[config]
     server = subprocess.Popen(
         [*GUNICORN, "--bind", f"127.0.0.1:{port}", "--access-logfile", "/dev/null"],
         cwd=ROOT,
-        env={**os.environ, "DJANGO_SETTINGS_MODULE": settings_module},
+        env={
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": settings_module,
+            "BENCH_DJANGO_DEBUG": str(debug).lower(),
+            "API_KEY_PREPARED_LOOKUP": str(prepared).lower(),
+        },
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -157,12 +174,13 @@ def wrk(port: int, key: str, args: argparse.Namespace) -> dict[str, float]:
 
 
 def over_http(key: str, args: argparse.Namespace) -> dict[str, list[dict[str, float]]]:
-    runs: dict[str, list[dict[str, float]]] = {"with gateway": [], "without gateway": []}
-    servers = {
-        "with gateway": start("clinik.settings", 8021),
-        "without gateway": start("bench.gateway_off_settings", 8022),
-    }
-    ports = {"with gateway": 8021, "without gateway": 8022}
+    """Every configuration with the gateway, and without it where that differs."""
+    servers = {f"{config}, with gateway": ("bench.gateway_settings", config) for config in CONFIGS}
+    servers["debug, without gateway"] = ("bench.gateway_off_settings", "debug")
+    servers["no-debug, without gateway"] = ("bench.gateway_off_settings", "no-debug")
+    ports = {name: 8021 + i for i, name in enumerate(servers)}
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
+    started = {name: start(*servers[name], ports[name]) for name in servers}
     try:
         for name in servers:
             wrk(ports[name], key, argparse.Namespace(connections=args.connections, duration=2))
@@ -170,7 +188,7 @@ def over_http(key: str, args: argparse.Namespace) -> dict[str, list[dict[str, fl
             for name in servers:
                 runs[name].append(wrk(ports[name], key, args))
     finally:
-        for server in servers.values():
+        for server in started.values():
             server.terminate()
             server.wait(timeout=30)
     return runs
@@ -189,10 +207,14 @@ def main() -> None:
     )
     key = json.loads(out.getvalue().strip().splitlines()[-1])["api_key"]
 
+    micro: dict[str, dict[str, float]] = {}
+    for config, (debug, prepared) in CONFIGS.items():
+        with override_settings(DEBUG=debug, API_KEY_PREPARED_LOOKUP=prepared):
+            micro[config] = in_process(key, args.number)
     print("In process (best of 5, µs per request, gateway minus the bare view):")
-    micro = in_process(key, args.number)
-    for name, value in micro.items():
-        print(f"  {name:<40} {value:8.1f}")
+    print(f"  {'':<40}" + "".join(f"{config:>19}" for config in CONFIGS))
+    for name in micro["debug"]:
+        print(f"  {name:<40}" + "".join(f"{micro[c][name]:>19.1f}" for c in CONFIGS))
 
     runs = over_http(key, args)
     rps = {name: statistics.median(r["rps"] for r in results) for name, results in runs.items()}
@@ -202,11 +224,13 @@ def main() -> None:
         f"\nOver HTTP (gunicorn, 1 worker; wrk -c{args.connections}, "
         f"{args.rounds} x {args.duration}s, median):"
     )
-    print(f"  {'':<16} {'req/s':>9} {'p50 ms':>8} {'errors':>7}")
+    print(f"  {'':<32} {'req/s':>9} {'p50 ms':>8} {'errors':>7}")
     for name in runs:
-        print(f"  {name:<16} {rps[name]:>9.0f} {p50[name]:>8.2f} {errors[name]:>7}")
-    added = 1e6 / rps["with gateway"] - 1e6 / rps["without gateway"]
-    print(f"  gateway cost per request at saturation: {added:.0f} µs of worker time")
+        print(f"  {name:<32} {rps[name]:>9.0f} {p50[name]:>8.2f} {errors[name]:>7}")
+    for config in CONFIGS:
+        baseline = "debug" if config == "debug" else "no-debug"
+        added = 1e6 / rps[f"{config}, with gateway"] - 1e6 / rps[f"{baseline}, without gateway"]
+        print(f"  gateway cost per request at saturation, {config}: {added:.0f} µs of worker time")
     print(json.dumps({"in_process_us": micro, "http": runs}))
 
 

@@ -1,6 +1,6 @@
-"""The application without the gateway middleware, for bench/gateway_bench.py only."""
+"""bench/gateway_settings.py without the gateway middleware, for bench/gateway_bench.py."""
 
-from clinik.settings import *  # noqa: F403
-from clinik.settings import MIDDLEWARE
+from bench.gateway_settings import *  # noqa: F403
+from bench.gateway_settings import MIDDLEWARE
 
 MIDDLEWARE = [m for m in MIDDLEWARE if m != "clinik.gateway.middleware.GatewayMiddleware"]

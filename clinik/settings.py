@@ -37,6 +37,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django.contrib.postgres",
     "django_htmx",
     "clinik.accounts",
     "clinik.audit",
@@ -44,6 +45,7 @@ INSTALLED_APPS = [
     "clinik.privacy",
     "clinik.keys",
     "clinik.gateway",
+    "clinik.usage",
 ]
 
 MIDDLEWARE = [
@@ -145,6 +147,27 @@ CELERY_BEAT_SCHEDULE = {
         "task": "clinik.privacy.tasks.deletion_safety_net",
         "schedule": 86400.0,
     },
+    # --- usage and audit (clinik.usage, clinik.audit) ---
+    "drain-request-logs": {
+        "task": "clinik.usage.tasks.drain_request_logs",
+        "schedule": 5.0,
+    },
+    "purge-request-logs": {
+        "task": "clinik.usage.tasks.purge_request_logs",
+        "schedule": 3600.0,
+    },
+    "seal-audit-trail": {
+        "task": "clinik.audit.tasks.seal_audit_trail",
+        "schedule": 60.0,
+    },
+    "purge-expired-audit-records": {
+        "task": "clinik.audit.tasks.purge_expired_audit_records",
+        "schedule": 86400.0,
+    },
+    "purge-expired-audit-exports": {
+        "task": "clinik.audit.tasks.purge_expired_audit_exports",
+        "schedule": 3600.0,
+    },
 }
 
 # --- FHIR store -------------------------------------------------------------------
@@ -223,6 +246,10 @@ INVITATION_DAYS = env_int("INVITATION_DAYS", 7, minimum=1)
 API_KEY_LAST_USED_RESOLUTION_SECONDS = env_int(
     "API_KEY_LAST_USED_RESOLUTION_SECONDS", 300, minimum=0
 )
+# The key lookup as a prepared statement, once per connection: ~0.1 ms less per API
+# request. Off by default: a transaction-mode pooler (Supabase's on port 6543,
+# PgBouncer in transaction mode) cannot keep a prepared statement between requests.
+API_KEY_PREPARED_LOOKUP = env_bool("API_KEY_PREPARED_LOOKUP", False)
 FHIR_MAX_BODY_BYTES = env_int("FHIR_MAX_BODY_BYTES", 5 * 1024 * 1024, minimum=1024)
 FHIR_MAX_BUNDLE_BYTES = env_int("FHIR_MAX_BUNDLE_BYTES", 50 * 1024 * 1024, minimum=1024)
 # The gateway refuses larger API bodies (413) before they are read; Django's own cap
@@ -237,6 +264,29 @@ GATEWAY_REDIS_URL = env_str("GATEWAY_REDIS_URL", REDIS_URL)
 GATEWAY_REDIS_TIMEOUT_MS = env_int("GATEWAY_REDIS_TIMEOUT_MS", 200, minimum=1)
 GATEWAY_REDIS_RETRY_SECONDS = env_int("GATEWAY_REDIS_RETRY_SECONDS", 5, minimum=0)
 GATEWAY_REDIS_WARN_SECONDS = env_int("GATEWAY_REDIS_WARN_SECONDS", 60, minimum=0)
+# Proxies (load balancers) in front of the web processes that append the client's
+# address to X-Forwarded-For; 0 trusts no header (clinik.lib.http.client_ip).
+TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0, minimum=0)
+
+# --- Usage: request logs, error logs, rollups (clinik.usage) -------------------------
+# Each web process buffers its request records in memory and a background thread
+# pushes them to Redis every USAGE_FLUSH_SECONDS (or USAGE_FLUSH_RECORDS); the beat
+# job drains Redis into PostgreSQL. If Redis is away the thread writes to
+# PostgreSQL directly; if both are, it keeps up to USAGE_BUFFER_MAX_RECORDS.
+USAGE_REDIS_URL = env_str("USAGE_REDIS_URL", REDIS_URL)
+USAGE_FLUSH_SECONDS = env_int("USAGE_FLUSH_SECONDS", 1, minimum=1)
+USAGE_FLUSH_RECORDS = env_int("USAGE_FLUSH_RECORDS", 1000, minimum=1)
+USAGE_BUFFER_MAX_RECORDS = env_int("USAGE_BUFFER_MAX_RECORDS", 200_000, minimum=1000)
+# Off in tests: they flush and drain explicitly, inside their own transaction.
+USAGE_FLUSH_THREAD = env_bool("USAGE_FLUSH_THREAD", not TESTING)
+USAGE_RETENTION_DAYS = env_int("USAGE_RETENTION_DAYS", 90, minimum=1)
+if USAGE_RETENTION_DAYS > 90:
+    raise ImproperlyConfigured("USAGE_RETENTION_DAYS must be at most 90 (policy §3, §6)")
+
+# --- Audit trail (clinik.audit) -------------------------------------------------------
+AUDIT_RETENTION_DAYS = env_int("AUDIT_RETENTION_DAYS", 6 * 365 + 2, minimum=6 * 365 + 2)
+# Exports of more records than this run as a background job (with progress).
+AUDIT_EXPORT_INLINE_MAX = env_int("AUDIT_EXPORT_INLINE_MAX", 5000, minimum=0)
 
 # --- Security headers ----------------------------------------------------------
 SECURE_CONTENT_TYPE_NOSNIFF = True

@@ -21,6 +21,8 @@ org_patterns: list[URLPattern | URLResolver] = [
     path("team/members/<int:member_id>/remove/", account_views.team_remove, name="team_remove"),
     path("keys/", include("clinik.keys.urls")),
     path("privacy/", include(privacy_urls.org_patterns)),
+    path("usage/", include("clinik.usage.urls")),
+    path("audit/", include("clinik.audit.urls")),
     path("<str:section>/", account_views.coming_soon, name="coming_soon"),
 ]
 

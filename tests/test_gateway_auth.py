@@ -1,4 +1,6 @@
-"""Authentication and scopes through the whole middleware stack."""
+"""Authentication and scopes through the whole middleware stack, in front of the
+trivial endpoints of tests/gateway_probe_urls.py: what is counted here (queries,
+sessions) is the gateway's alone. tests/test_gateway_live.py uses the real views."""
 
 import json
 import logging
@@ -7,7 +9,7 @@ from typing import Any
 
 import pytest
 import time_machine
-from django.test import Client
+from django.test import Client, override_settings
 from django.utils import timezone
 
 from clinik.keys import tokens
@@ -15,7 +17,7 @@ from clinik.keys.actions import do_revoke_key
 from clinik.keys.models import ApiKey
 from tests.conftest import Persona
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.gateway_probe_urls")]
 
 OUTCOME = "OperationOutcome"
 
@@ -119,6 +121,19 @@ def test_an_authenticated_request_costs_one_query(
     with django_assert_num_queries(1):
         response = client.get("/fhir/R4/Patient", **bearer(key[1]))
     assert response.status_code == 200
+
+
+@override_settings(API_KEY_PREPARED_LOOKUP=True)
+def test_with_the_prepared_lookup_a_request_costs_one_query_and_sees_revocation(
+    client: Client, owner: Persona, key: tuple[ApiKey, str], django_assert_num_queries: Any
+) -> None:
+    client.get("/fhir/R4/Patient", **bearer(key[1]))  # prepares, sets last_used_at
+    with django_assert_num_queries(1) as queries:
+        response = client.get("/fhir/R4/Patient", **bearer(key[1]))
+    assert response.status_code == 200
+    assert queries.captured_queries[0]["sql"].startswith("EXECUTE clinik_api_key_lookup(")
+    do_revoke_key(key=key[0], actor=owner.user, request=None)
+    assert_outcome(client.get("/fhir/R4/Patient", **bearer(key[1])), 401)
 
 
 def test_revocation_takes_effect_on_the_next_request(

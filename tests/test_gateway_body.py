@@ -1,6 +1,7 @@
-"""Body size limits through the whole stack. The test client's input stream fails the
-test if anything reads past the bytes it holds, so a 413 for a large declared length
-with a small body also shows the body was not read."""
+"""Body size limits through the whole stack, in front of the trivial endpoints of
+tests/gateway_probe_urls.py (they report how many bytes reached the view). The test
+client's input stream fails the test if anything reads past the bytes it holds, so a
+413 for a large declared length with a small body also shows the body was not read."""
 
 import json
 from typing import Any
@@ -12,7 +13,7 @@ from django.test import Client, override_settings
 from clinik.keys.models import ApiKey
 from tests.conftest import Persona
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.gateway_probe_urls")]
 
 
 @pytest.fixture

@@ -3,7 +3,8 @@ status and an OperationOutcome, never a 500 and never a page outside the API.
 
 Every payload is sent three ways: through the test client as a WSGI server decodes it
 (PATH_INFO only, as under runserver), with the raw request target gunicorn passes
-along (RAW_URI), and to a real gunicorn over a socket (tests/test_gateway_live.py)."""
+along (RAW_URI), and to a real gunicorn over a socket (tests/test_gateway_live.py).
+Accepted shapes reach the trivial endpoints of tests/gateway_probe_urls.py."""
 
 import json
 from typing import Any
@@ -14,7 +15,7 @@ from django.test import Client
 from clinik.keys.models import ApiKey
 from tests.conftest import Persona
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.gateway_probe_urls")]
 
 # (raw request target, status). At least 30, many from public traversal lists.
 TRAVERSALS: list[tuple[str, int]] = [

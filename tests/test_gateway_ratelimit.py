@@ -112,6 +112,19 @@ def test_ipv6_clients_are_limited_per_64(client: Client) -> None:
     assert client.get("/fhir/R4/metadata", REMOTE_ADDR="2001:db8:1:3::1").status_code == 200
 
 
+@override_settings(RATE_LIMIT_IP_REQUESTS=2, TRUSTED_PROXY_COUNT=1)
+def test_behind_a_load_balancer_each_client_address_has_its_own_bucket(client: Client) -> None:
+    def get(forwarded: str) -> int:
+        response = client.get(
+            "/fhir/R4/metadata", REMOTE_ADDR="10.0.0.5", HTTP_X_FORWARDED_FOR=forwarded
+        )
+        return response.status_code
+
+    # Rotating the entries the client writes itself (left of ours) changes nothing.
+    assert [get(f"192.0.2.{n}, 203.0.113.9") for n in range(3)] == [200, 200, 429]
+    assert get("203.0.113.10") == 200  # another client behind the same balancer
+
+
 @override_settings(RATE_LIMIT_KEY_REQUESTS=1, RATE_LIMIT_ORG_REQUESTS=600)
 def test_a_refused_request_does_not_consume_the_other_buckets(
     client: Client, owner: Persona

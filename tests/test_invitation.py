@@ -23,7 +23,9 @@ def invite(django_capture_on_commit_callbacks):
 
 
 def _link() -> str:
-    match = re.search(r"http://testserver(/accounts/invitations/[^/\s]+/)", mail.outbox[-1].body)
+    match = re.search(
+        r"http://testserver(/accounts/invitations/[^/\s]+/)", str(mail.outbox[-1].body)
+    )
     assert match
     return match.group(1)
 

@@ -45,7 +45,7 @@ def test_create_copy_and_revoke_a_key_in_the_browser(
     OUTPUT.mkdir(exist_ok=True)
     page.screenshot(path=str(OUTPUT / "keys-created.png"), full_page=True)
 
-    api = live_server.url + "/fhir/R4/Patient/1"
+    api = live_server.url + "/fhir/R4/Patient"  # a search: 200 with any key of the org
     assert _status(api, plaintext) == 200
 
     page.goto(live_server.url + f"/o/{owner.org.pk}/keys/")

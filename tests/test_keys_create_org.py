@@ -25,9 +25,11 @@ def test_create_org_prints_a_working_live_key(client: Client) -> None:
     assert plaintext.startswith("ck_live_") and tokens.is_well_formed(plaintext)
     key = ApiKey.objects.get()
     assert str(key.org_id) == result["org_id"] and key.can_write
-    response = client.get("/fhir/R4/Patient", HTTP_AUTHORIZATION=f"Bearer {plaintext}")
-    assert response.status_code == 200
-    write = client.post(
-        "/fhir/R4/Patient", b"{}", "application/fhir+json", HTTP_AUTHORIZATION=f"Bearer {plaintext}"
+    auth = {"Authorization": f"Bearer {plaintext}"}
+    created = client.post(
+        "/fhir/R4/Patient", {"resourceType": "Patient"}, "application/fhir+json", headers=auth
     )
-    assert write.status_code == 200
+    assert created.status_code == 201, created.content
+    read = client.get(f"/fhir/R4/Patient/{created.json()['id']}", headers=auth)
+    assert read.status_code == 200
+    assert read.json()["id"] == created.json()["id"]

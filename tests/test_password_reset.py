@@ -15,8 +15,8 @@ def test_reset_by_email_end_to_end(client: Client, owner) -> None:
     assert len(mail.outbox) == 1
     message = mail.outbox[0]
     assert message.to == ["owner@acme.test"]
-    assert message.alternatives  # HTML part
-    link = re.search(r"http://testserver(/accounts/password-reset/\S+/)", message.body)
+    assert getattr(message, "alternatives", None)  # HTML part
+    link = re.search(r"http://testserver(/accounts/password-reset/\S+/)", str(message.body))
     assert link
     page = client.get(link.group(1), follow=True)
     assert b"Set a new password" in page.content

@@ -2,7 +2,7 @@ import re
 
 import pytest
 from django.conf import settings
-from django.test import Client
+from django.test import Client, override_settings
 
 from clinik.audit.models import AuditEvent
 
@@ -105,3 +105,20 @@ def test_next_parameter_is_followed_only_when_local(client: Client, owner) -> No
         {"email": "owner@acme.test", "password": owner.password},
     )
     assert response["Location"] == "/dashboard/"
+
+
+def test_behind_a_load_balancer_failures_count_per_client_address(client: Client) -> None:
+    def attempt(email: str, forwarded: str) -> int:
+        response = client.post(
+            "/accounts/signin/",
+            {"email": email, "password": "wrong password!"},
+            REMOTE_ADDR="10.0.0.5",  # the load balancer
+            HTTP_X_FORWARDED_FOR=forwarded,
+        )
+        return response.status_code
+
+    with override_settings(TRUSTED_PROXY_COUNT=1, SIGNIN_MAX_FAILURES=1):  # an IP: 4
+        for n in range(4):  # a new email each time, a new spoofed entry each time
+            assert attempt(f"guess{n}@acme.test", f"192.0.2.{n}, 203.0.113.9") == 400
+        assert attempt("guess9@acme.test", "192.0.2.99, 203.0.113.9") == 429
+        assert attempt("guess9@acme.test", "203.0.113.10") == 400  # another client

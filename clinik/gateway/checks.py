@@ -20,6 +20,7 @@ from clinik.fhir.spec import RESOURCE_TYPES
 from clinik.gateway.ratelimit import Verdict
 from clinik.keys import tokens
 from clinik.keys.models import ApiKey
+from clinik.lib.http import client_ip
 
 BASE = "/fhir/R4"
 REALM = 'Bearer realm="ClinikAPI"'
@@ -292,7 +293,7 @@ def check_rate(verdict: Verdict) -> None:
 
 def client_id(request: HttpRequest) -> str:
     """The rate-limit identity of the caller's address (IPv6: its /64)."""
-    ip = str(request.META.get("REMOTE_ADDR", ""))
+    ip = client_ip(request)
     if ":" not in ip:
         return ip
     try:

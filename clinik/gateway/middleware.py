@@ -10,6 +10,7 @@ cookies are dropped here, so the session and auth middleware never load a sessio
 and CSRF does not apply (the key is in a header a browser never adds by itself).
 """
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
@@ -17,18 +18,15 @@ from typing import cast
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
+from clinik.accounts.models import Organization
 from clinik.gateway import checks, cors, ratelimit
 from clinik.gateway.limits import limits_for
 from clinik.gateway.ratelimit import Bucket, BucketState, Policy, known_keys, limiter
 from clinik.keys.models import ApiKey
 from clinik.lib.http import ApiHttpRequest
+from clinik.usage import requestlog
 
 PREFIX = "/fhir/"
-
-
-class GatewayRequest(ApiHttpRequest):
-    fhir_route: str
-    fhir_resource_type: str
 
 
 @dataclass
@@ -37,6 +35,8 @@ class Passage:
 
     preflight: bool
     public: bool = False
+    org: Organization | None = None
+    """The key's organization, once the key has authenticated."""
     limits: tuple[BucketState, ...] = ()
 
 
@@ -47,12 +47,17 @@ class GatewayMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         if not request.path_info.startswith(PREFIX):
             return self.get_response(request)
-        return self.handle(cast(GatewayRequest, request))
+        # usage: one request record per API request, refused ones included (clinik/usage)
+        started, response = time.perf_counter(), None
+        try:
+            response = self.handle(cast(ApiHttpRequest, request))
+            return response
+        finally:
+            requestlog.note(request, response, started)
 
-    def handle(self, request: GatewayRequest) -> HttpResponse:
+    def handle(self, request: ApiHttpRequest) -> HttpResponse:
         meta = request.META
         request.request_id = checks.request_id(meta)
-        request.api_key = request.org = None
         request.fhir_route = request.fhir_resource_type = ""
         request._dont_enforce_csrf_checks = True  # type: ignore[attr-defined]
         meta.pop("HTTP_COOKIE", None)
@@ -66,10 +71,10 @@ class GatewayMiddleware:
             response[name] = value
         origin = meta.get("HTTP_ORIGIN")
         if origin and not passage.preflight:
-            cors.decorate(response, str(origin), request.org, passage.public)
+            cors.decorate(response, str(origin), passage.org, passage.public)
         return response
 
-    def admit(self, request: GatewayRequest, passage: Passage) -> HttpResponse:
+    def admit(self, request: ApiHttpRequest, passage: Passage) -> HttpResponse:
         """The checks in order; then the preflight's answer or the view's."""
         meta, method = request.META, request.method or "GET"
         checks.check_body(method, request.path_info, meta)
@@ -89,7 +94,8 @@ class GatewayMiddleware:
                 if digest:
                     known_keys.forget(digest)
                 raise
-            request.api_key, request.org = key, key.org
+            request.api_key = key
+            request.org = passage.org = key.org
             checks.authorize(key, method, route)
             if known is None:
                 known_keys.remember(str(digest), self.limit(passage, _key_buckets(key)))

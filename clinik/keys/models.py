@@ -1,9 +1,13 @@
 import functools
 import hmac
+import weakref
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import connections, models
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.utils import CursorWrapper
 from django.db.models import Q
 from django.utils import timezone
 
@@ -27,8 +31,13 @@ class ApiKeyQuerySet(models.QuerySet["ApiKey"]):
         if not tokens.is_well_formed(plaintext):
             return None
         digest = tokens.digest(plaintext)
-        with connections[self.db].cursor() as cursor:
-            cursor.execute(_lookup_sql(self.db), [digest])
+        connection = connections[self.db]
+        with connection.cursor() as cursor:
+            if settings.API_KEY_PREPARED_LOOKUP:
+                _prepare_lookup(connection, cursor)
+                cursor.execute(f"EXECUTE {LOOKUP_STATEMENT}(%s)", [digest])
+            else:
+                cursor.execute(_lookup_sql(self.db), [digest])
             row = cursor.fetchone()
         if row is None:
             return None
@@ -52,6 +61,29 @@ def _lookup_sql(alias: str) -> str:
     # Identifiers come from the models; the one value is a query parameter.
     select = f"SELECT {', '.join(columns)} FROM {tables}"  # noqa: S608
     return select + " ON o.id = k.org_id WHERE k.key_hash = %s"
+
+
+LOOKUP_STATEMENT = "clinik_api_key_lookup"
+# The server connections that hold the prepared lookup. Django opens a new one when
+# the old is closed; a prepared statement lives as long as its server session and
+# survives a rollback, so one PREPARE per connection is enough.
+_prepared: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+def _prepare_lookup(connection: BaseDatabaseWrapper, cursor: CursorWrapper) -> None:
+    """Prepare the lookup once per database connection (API_KEY_PREPARED_LOOKUP): the
+    server then skips parsing and planning it on every request, which costs more than
+    running it. Not for transaction-mode poolers (Supabase's on port 6543, PgBouncer
+    in transaction mode): consecutive statements may reach different server
+    sessions, and one without the statement would fail the request."""
+    session = connection.connection
+    if session in _prepared:
+        return
+    cursor.execute("SELECT 1 FROM pg_prepared_statements WHERE name = %s", [LOOKUP_STATEMENT])
+    if cursor.fetchone() is None:
+        sql = _lookup_sql(connection.alias).replace("%s", "$1")
+        cursor.execute(f"PREPARE {LOOKUP_STATEMENT}(varchar) AS {sql}")
+    _prepared.add(session)
 
 
 class ApiKey(models.Model):

@@ -525,17 +525,16 @@ def parse_search(
 
     for name, raw in params:
         base = name.split(":", 1)[0]
-        if name in ("_format", "_pretty") or (name == "_type" and system):
+        if name in ("_format", "_pretty"):
             continue
         query.params.append((name, raw))
+        if name == "_type" and system:
+            continue
         if base in RESULT_PARAMS and not name.startswith("_has"):
             try:
                 _result_param(query, name, raw)
             except Unknown as unknown:
                 ignore(unknown)
-            continue
-        if not system and len(types) == 1 and name == "_type":
-            ignore(Unknown("_type applies to system-level searches only"))
             continue
         if base in ("_text", "_content", "_list", "_query", "_filter"):
             ignore(Unknown(f"Search parameter {base} is not supported"))

@@ -1,16 +1,18 @@
-"""TEMPORARY: stand-in endpoints behind the gateway, replaced by clinik.fhir.urls when
-the FHIR views land (swap the import in clinik/urls.py).
+"""The project's URLs with trivial endpoints behind the gateway instead of the FHIR
+views, for tests about the gateway itself (`pytest.mark.urls`) and the gateway bench.
 
-They let the gateway be tested and benchmarked through the whole middleware stack:
-`metadata` answers a minimal CapabilityStatement; every other allowed shape answers
-`{"ok": true}` and, for requests with a body, the number of bytes it received. The
-gateway does not depend on them."""
+`metadata` answers a minimal CapabilityStatement; every other FHIR-shaped path
+answers `{"ok": true}` and, for requests with a body, the number of bytes it
+received. They touch no database and no store, so what a test counts or times
+through them is the gateway's alone."""
 
 import json
 
 from django.http import HttpRequest, HttpResponse
-from django.urls import path
+from django.urls import URLPattern, URLResolver, include, path
 from django.views.decorators.csrf import csrf_exempt
+
+from clinik.urls import urlpatterns as site
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"
 
@@ -36,13 +38,21 @@ def probe(request: HttpRequest, **_parts: str) -> HttpResponse:
     return HttpResponse(json.dumps(body), content_type=FHIR_JSON)
 
 
-base = probe
-
-urlpatterns = [
+fhir_patterns = [
     path("", probe),
     path("metadata", metadata),
     path("<str:a>", probe),
     path("<str:a>/<str:b>", probe),
     path("<str:a>/<str:b>/<str:c>", probe),
     path("<str:a>/<str:b>/<str:c>/<str:d>", probe),
+]
+
+urlpatterns: list[URLPattern | URLResolver] = [
+    path("fhir/R4", probe),
+    path("fhir/R4/", include(fhir_patterns)),
+    *(
+        p
+        for p in site
+        if isinstance(p, URLPattern | URLResolver) and not str(p.pattern).startswith("fhir/")
+    ),
 ]

@@ -1,0 +1,135 @@
+"""Server-rendered SVG charts: geometry here, markup in templates/usage/_*.svg.html.
+No JavaScript; colours come from CSS classes (app.css), so dark mode applies; every
+mark has a <title> for its exact numbers. Times are UTC (said on every chart)."""
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from clinik.usage.queries import Bucket, Range
+
+WIDTH, HEIGHT = 720, 220
+LEFT, RIGHT, TOP, BOTTOM = 56, 12, 12, 30
+PLOT_W, PLOT_H = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+
+
+def nice_ceiling(value: float) -> float:
+    if value <= 0:
+        return 1
+    exponent = 10 ** math.floor(math.log10(value))
+    for step in (1, 2, 2.5, 5, 10):
+        if value <= step * exponent:
+            return step * exponent
+    return 10 * exponent
+
+
+def _label(at: datetime, grain: str) -> str:
+    return f"{at:%d %b}" if grain == "day" or at.hour == 0 else f"{at:%H:%M}"
+
+
+def _when(at: datetime, grain: str) -> str:
+    return f"{at:%Y-%m-%d}" if grain == "day" else f"{at:%Y-%m-%d %H:%M} UTC"
+
+
+@dataclass
+class Tick:
+    y: float
+    label: str
+
+
+@dataclass
+class XLabel:
+    x: float
+    label: str
+
+
+@dataclass
+class Rect:
+    x: float
+    y: float
+    width: float
+    height: float
+    css: str
+    title: str
+
+
+@dataclass
+class Chart:
+    width: int = WIDTH
+    height: int = HEIGHT
+    left: int = LEFT
+    top: int = TOP
+    right_edge: int = WIDTH - RIGHT
+    baseline: int = TOP + PLOT_H
+    mid_x: int = LEFT + PLOT_W // 2
+    mid_y: int = TOP + PLOT_H // 2
+    ticks: list[Tick] = field(default_factory=list)
+    xlabels: list[XLabel] = field(default_factory=list)
+    rects: list[Rect] = field(default_factory=list)
+    lines: list[tuple[str, list[str], list[tuple[float, float]]]] = field(default_factory=list)
+    """(css class, point strings of each unbroken segment, lone points as dots)"""
+    empty: bool = True
+
+
+def _frame(chart: Chart, top_value: float, unit: str, buckets: list[Bucket], rng: Range) -> None:
+    for i in range(3):
+        value = top_value * i / 2
+        shown = f"{value:g}{unit}" if value < 10_000 else f"{value / 1000:g}k{unit}"
+        chart.ticks.append(Tick(TOP + PLOT_H - PLOT_H * i / 2, shown))
+    n = max(len(buckets), 1)
+    every = max(1, math.ceil(n / 8))
+    for i, b in enumerate(buckets):
+        if i % every == 0:
+            chart.xlabels.append(XLabel(LEFT + (i + 0.5) * PLOT_W / n, _label(b.start, rng.grain)))
+
+
+def requests_chart(buckets: list[Bucket], rng: Range) -> Chart:
+    """Stacked bars per time bucket: success (1xx-3xx), 4xx, 5xx."""
+    chart = Chart()
+    top_value = nice_ceiling(max((b.total for b in buckets), default=0))
+    _frame(chart, top_value, "", buckets, rng)
+    n = max(len(buckets), 1)
+    slot = PLOT_W / n
+    width = max(slot * 0.8, 1)
+    for i, b in enumerate(buckets):
+        if not b.total:
+            continue
+        chart.empty = False
+        x = LEFT + i * slot + (slot - width) / 2
+        y = TOP + PLOT_H
+        title = (
+            f"{_when(b.start, rng.grain)}: {b.total} requests — {b.ok} ok,"
+            f" {b.client_errors} 4xx ({b.throttled} rate-limited), {b.server_errors} 5xx"
+        )
+        for count, css in ((b.ok, "ok"), (b.client_errors, "c4"), (b.server_errors, "c5")):
+            if count:
+                height = PLOT_H * count / top_value
+                y -= height
+                chart.rects.append(Rect(x, y, width, height, css, title))
+    return chart
+
+
+def latency_chart(buckets: list[Bucket], rng: Range) -> Chart:
+    """p50, p95 and p99 latency per time bucket, in milliseconds."""
+    chart = Chart()
+    series = {
+        p: [b.percentile(p) if b.total else None for b in buckets] for p in (50, 95, 99)
+    }
+    peak = max((v for values in series.values() for v in values if v is not None), default=0)
+    top_value = nice_ceiling(peak)
+    _frame(chart, top_value, " ms", buckets, rng)
+    n = max(len(buckets), 1)
+    for p, values in series.items():
+        runs: list[list[tuple[float, float]]] = [[]]
+        for i, value in enumerate(values):
+            if value is None:
+                runs.append([])
+                continue
+            chart.empty = False
+            x = LEFT + (i + 0.5) * PLOT_W / n
+            y = TOP + PLOT_H - PLOT_H * min(value, top_value) / top_value
+            runs[-1].append((round(x, 1), round(y, 1)))
+        segments = [" ".join(f"{x},{y}" for x, y in run) for run in runs if len(run) > 1]
+        dots = [run[0] for run in runs if len(run) == 1]
+        chart.lines.append((f"p{p}", segments, dots))
+    return chart
