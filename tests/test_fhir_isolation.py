@@ -65,6 +65,23 @@ NOT_FOUND_ATTEMPTS: dict[str, Attempt] = {
     ),
     "delete": lambda o, pid: o.delete(f"Patient/{pid}"),
     "expunge": lambda o, pid: o.post(f"Patient/{pid}/$expunge", ""),
+    "head-read": lambda o, pid: o.client.head(
+        f"/fhir/R4/Patient/{pid}", headers={"Authorization": f"Bearer {o.key}"}
+    ),
+    "vread-v3": lambda o, pid: o.get(f"Patient/{pid}/_history/3"),
+    "vread-with-if-none-match": lambda o, pid: o.get(
+        f"Patient/{pid}/_history/1", headers={"If-None-Match": 'W/"1"'}
+    ),
+    "instance-history-count": lambda o, pid: o.get(f"Patient/{pid}/_history?_count=1000"),
+    "patch-with-if-match": lambda o, pid: o.patch(
+        f"Patient/{pid}",
+        [{"op": "remove", "path": "/name"}],
+        headers={"If-Match": 'W/"2"'},
+    ),
+    "delete-prefer-outcome": lambda o, pid: o.delete(
+        f"Patient/{pid}", headers={"Prefer": "return=OperationOutcome"}
+    ),
+    "read-with-format": lambda o, pid: o.get(f"Patient/{pid}?_format=json"),
     "read-with-spoofed-tenant-headers": lambda o, pid: o.get(
         f"Patient/{pid}",
         headers={"X-Tenant-ID": "victim", "X-Org-ID": "victim", "X-Forwarded-Host": "victim"},
