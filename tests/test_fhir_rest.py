@@ -320,3 +320,17 @@ def test_every_interaction_is_audited_without_content(api) -> None:
     assert all(e.actor_type == "key" and e.org_id == api.org.pk for e in events)
     dumped = json.dumps([list(AuditEvent.objects.values_list())], default=str)
     assert "Chalmers" not in dumped and "12345" not in dumped
+
+
+def test_capability_statement_declares_what_is_implemented(client) -> None:
+    statement = client.get("/fhir/R4/metadata").json()
+    rest = statement["rest"][0]
+    assert {"transaction", "batch", "history-system", "search-system"} <= {
+        i["code"] for i in rest["interaction"]
+    }
+    assert [op["name"] for op in rest["operation"]] == ["export"]
+    patient = next(r for r in rest["resource"] if r["type"] == "Patient")
+    assert patient["conditionalCreate"] is True
+    assert patient["conditionalUpdate"] is True
+    assert patient["conditionalDelete"] == "multiple"
+    assert {"family", "identifier", "birthdate"} <= {p["name"] for p in patient["searchParam"]}

@@ -52,7 +52,7 @@ def statement(base: str) -> dict[str, Any]:
             "conditionalCreate": features.conditional_update,
             "conditionalRead": "full-support",
             "conditionalUpdate": features.conditional_update,
-            "conditionalDelete": "not-supported",
+            "conditionalDelete": "multiple" if features.conditional_update else "not-supported",
             "searchParam": [
                 *(_search_params(resource_type) if features.search else []),
                 {
@@ -98,8 +98,20 @@ def statement(base: str) -> dict[str, Any]:
                     "description": "Authorization: Bearer <API key> from the dashboard",
                 },
                 "resource": resources,
+                "operation": [
+                    {
+                        "name": "export",
+                        "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
+                        "documentation": "Bulk Data export of the organization, Patient and Group",
+                    }
+                ],
                 "interaction": [
                     {"code": "history-system"},
+                    *(
+                        [{"code": "transaction"}, {"code": "batch"}]
+                        if features.transactions
+                        else []
+                    ),
                     *([{"code": "search-system"}] if features.search else []),
                 ],
                 **(

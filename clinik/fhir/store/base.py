@@ -45,8 +45,8 @@ class StoreFeatures:
 
     history: bool = True
     versioned_reads: bool = True
-    conditional_update: bool = False
-    transactions: bool = False
+    conditional_update: bool = True
+    transactions: bool = True
     search: bool = False
     search_features: frozenset[str] = frozenset()
     """Which parts of FHIR search the store answers (see SEARCH_FEATURES)."""
