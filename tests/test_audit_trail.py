@@ -2,9 +2,10 @@
 transaction), append-only in the database, sealed into per-organization hash
 chains that `verify_audit` checks, erasable ip/user agent, six-year purge."""
 
+import itertools
 from datetime import UTC, datetime, timedelta
 from io import StringIO
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 import pytest
@@ -15,7 +16,7 @@ from django.db import DatabaseError, connection, transaction
 from django.test import Client
 
 from clinik import audit
-from clinik.accounts.models import Invitation
+from clinik.accounts.models import Invitation, User
 from clinik.audit import retention, seal
 from clinik.audit.erasure import erase_actor_details, erase_user_details
 from clinik.audit.models import AuditAnchor, AuditEvent, AuditSeal
@@ -74,7 +75,11 @@ def test_sign_in_success_failure_and_sign_out(owner: Persona) -> None:
     client.post("/accounts/signin/", {"email": owner.user.email, "password": PASSWORD})
     client.post("/accounts/signout/")
     failed = one(action="account.signin_failed")
-    assert (failed.outcome, failed.ip, failed.user_agent) == ("failure", "198.51.100.7", "Firefox/140")
+    assert (failed.outcome, failed.ip, failed.user_agent) == (
+        "failure",
+        "198.51.100.7",
+        "Firefox/140",
+    )
     signed_in = one(action="account.signin")
     assert (signed_in.actor_type, signed_in.actor_id) == ("user", str(owner.user.pk))
     assert one(action="account.signout").actor_id == str(owner.user.pk)
@@ -83,7 +88,9 @@ def test_sign_in_success_failure_and_sign_out(owner: Persona) -> None:
 def test_keys_team_settings_exports_closure_and_deletion(owner: Persona, teammate: Persona) -> None:
     client = owner.client()
     org = owner.org
-    key, _ = do_create_key(org=org, actor=owner.user, name="ci", scopes="read", expires_at=None, request=None)
+    key, _ = do_create_key(
+        org=org, actor=owner.user, name="ci", scopes="read", expires_at=None, request=None
+    )
     do_revoke_key(key=key, actor=owner.user, request=None)
     client.post(f"/o/{org.pk}/team/invite/", {"email": "new@acme.test", "role": "developer"})
     client.post(f"/o/{org.pk}/team/members/{teammate.membership.pk}/role/", {"role": "admin"})
@@ -91,7 +98,7 @@ def test_keys_team_settings_exports_closure_and_deletion(owner: Persona, teammat
     client.post(f"/o/{org.pk}/settings/", {"name": "Acme Health Inc"})
     client.get(f"/o/{org.pk}/audit/export/?format=csv")
     client.get(f"/o/{org.pk}/usage/requests.csv")
-    loner = UserFactory(email="loner@acme.test")
+    loner = cast(User, UserFactory(email="loner@acme.test"))
     do_request_deletion(user=loner, request=None)
     do_request_closure(org=org, actor=owner.user, request=None)
     expected = {
@@ -131,7 +138,10 @@ def test_fhir_interactions_are_audited_including_denied_ones(api, owner: Persona
     )
     assert denied.status_code == 403
     Client().get("/fhir/R4/Patient", HTTP_AUTHORIZATION="Bearer nonsense")  # 401: request log only
-    trail = [(e.action, e.outcome, e.target_type, e.target_id) for e in events(org_id=owner.org.pk, action__startswith="fhir.")]
+    trail = [
+        (e.action, e.outcome, e.target_type, e.target_id)
+        for e in events(org_id=owner.org.pk, action__startswith="fhir.")
+    ]
     assert trail == [
         ("fhir.create", "success", "Patient", pid),
         ("fhir.read", "success", "Patient", pid),
@@ -144,7 +154,10 @@ def test_fhir_interactions_are_audited_including_denied_ones(api, owner: Persona
 
 
 def test_staff_actions_in_the_admin_site_are_audited(owner: Persona) -> None:
-    staff = UserFactory(email="staff@clinik.test", is_staff=True, is_superuser=True, password=PASSWORD)
+    staff = cast(
+        User,
+        UserFactory(email="staff@clinik.test", is_staff=True, is_superuser=True, password=PASSWORD),
+    )
     client = Client()
     client.post("/staff/login/", {"username": staff.email, "password": "nope nope nope"})
     client.post("/staff/login/", {"username": staff.email, "password": PASSWORD})
@@ -186,9 +199,13 @@ def _owner_connection() -> psycopg.Connection[Any]:
     )
     params.pop("cursor_factory", None)
     params.pop("context", None)
-    return psycopg.connect(**{k: v for k, v in params.items() if k in (
-        "dbname", "user", "password", "host", "port", "sslmode"
-    )})
+    return psycopg.connect(
+        **{
+            k: v
+            for k, v in params.items()
+            if k in ("dbname", "user", "password", "host", "port", "sslmode")
+        }
+    )
 
 
 def test_even_the_owner_role_may_only_erase_ip_and_user_agent() -> None:
@@ -200,14 +217,18 @@ def test_even_the_owner_role_may_only_erase_ip_and_user_agent() -> None:
         ).fetchone()
         assert row is not None
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
-            owner_db.execute("UPDATE audit_auditevent SET outcome = 'failure' WHERE id = %s", [row[0]])
+            owner_db.execute(
+                "UPDATE audit_auditevent SET outcome = 'failure' WHERE id = %s", [row[0]]
+            )
         owner_db.rollback()
 
 
 # --- seals and verification ------------------------------------------------------------------
 
 
-def test_sealing_chains_each_organization_and_verify_passes(owner: Persona, outsider: Persona) -> None:
+def test_sealing_chains_each_organization_and_verify_passes(
+    owner: Persona, outsider: Persona
+) -> None:
     for i in range(3):
         audit.record("org.update", org=owner.org, actor=owner.user, target=("n", str(i)))
         audit.record("org.update", org=outsider.org, actor=outsider.user)
@@ -215,7 +236,7 @@ def test_sealing_chains_each_organization_and_verify_passes(owner: Persona, outs
     assert seal.seal_all() >= 7
     chain = list(AuditSeal.objects.filter(chain=str(owner.org.pk)).order_by("seq"))
     assert [s.seq for s in chain] == [1, 2, 3] and chain[0].prev_hash == ""
-    assert all(b.prev_hash == a.hash for a, b in zip(chain, chain[1:]))
+    assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(chain))
     for name in (str(owner.org.pk), str(outsider.org.pk), seal.NO_ORG):
         checked, broken = seal.verify(name)
         assert broken is None and checked >= 1
@@ -232,8 +253,9 @@ def test_an_event_committed_late_is_still_sealed(owner: Persona) -> None:
     # `later` first, then let the sealer find `early` on its next runs.
     with connection.cursor() as cursor:
         cursor.execute(
-            "INSERT INTO audit_sealerstate (id, watermark, pending_max_id, pending_xmax, updated_at)"
-            " VALUES (1, %s, 0, '', now()) ON CONFLICT (id) DO UPDATE SET watermark = %s",
+            "INSERT INTO audit_sealerstate (id, watermark, pending_max_id, pending_xmax,"
+            " updated_at) VALUES (1, %s, 0, '', now())"
+            " ON CONFLICT (id) DO UPDATE SET watermark = %s",
             [early.pk, early.pk],
         )
     assert seal.seal() == 1
@@ -256,7 +278,9 @@ def test_verify_audit_reports_the_first_tampered_row(owner: Persona) -> None:
     call_command("verify_audit", "--org", str(owner.org.pk), stdout=StringIO())
     with _owner_connection() as owner_db:  # an owner who switches the guard off
         owner_db.execute("ALTER TABLE audit_auditevent DISABLE TRIGGER audit_event_append_only")
-        owner_db.execute("UPDATE audit_auditevent SET outcome = 'denied' WHERE id = %s", [second.pk])
+        owner_db.execute(
+            "UPDATE audit_auditevent SET outcome = 'denied' WHERE id = %s", [second.pk]
+        )
         owner_db.execute("ALTER TABLE audit_auditevent ENABLE TRIGGER audit_event_append_only")
     out = StringIO()
     with pytest.raises(CommandError):
@@ -264,7 +288,9 @@ def test_verify_audit_reports_the_first_tampered_row(owner: Persona) -> None:
     assert f"link 2 (event {second.pk}): event changed after sealing" in out.getvalue()
     with _owner_connection() as owner_db:
         owner_db.execute("ALTER TABLE audit_auditevent DISABLE TRIGGER audit_event_append_only")
-        owner_db.execute("UPDATE audit_auditevent SET outcome = 'success' WHERE id = %s", [second.pk])
+        owner_db.execute(
+            "UPDATE audit_auditevent SET outcome = 'success' WHERE id = %s", [second.pk]
+        )
         owner_db.execute("DELETE FROM audit_auditevent WHERE id = %s", [first.pk])
         owner_db.execute("ALTER TABLE audit_auditevent ENABLE TRIGGER audit_event_append_only")
     out = StringIO()
@@ -279,8 +305,12 @@ def test_verify_audit_reports_the_first_tampered_row(owner: Persona) -> None:
 def test_erasing_details_blanks_only_ip_and_user_agent(owner: Persona, outsider: Persona) -> None:
     client = Client(REMOTE_ADDR="198.51.100.7", HTTP_USER_AGENT="Firefox/140")
     client.post("/accounts/signin/", {"email": owner.user.email, "password": PASSWORD})
-    audit.record("org.update", org=owner.org, actor=owner.user, request=client.get("/").wsgi_request)
-    audit.record("org.update", org=outsider.org, actor=outsider.user, request=client.get("/").wsgi_request)
+    audit.record(
+        "org.update", org=owner.org, actor=owner.user, request=client.get("/").wsgi_request
+    )
+    audit.record(
+        "org.update", org=outsider.org, actor=outsider.user, request=client.get("/").wsgi_request
+    )
     seal.seal_all()
     assert erase_user_details(owner.user.pk) == 2
     assert erase_actor_details(outsider.org.pk) == 1
@@ -309,5 +339,9 @@ def test_purge_removes_events_older_than_six_years_and_keeps_an_anchor(owner: Pe
     audit.record("org.update", org=owner.org, actor=owner.user)
     seal.seal_all()
     assert seal.verify(str(owner.org.pk)) == (3, None)
-    with pytest.raises(DatabaseError, match="six years"), transaction.atomic(), connection.cursor() as c:
+    with (
+        pytest.raises(DatabaseError, match="six years"),
+        transaction.atomic(),
+        connection.cursor() as c,
+    ):
         c.execute("SELECT audit_purge_chain(%s, 3, now())", [str(owner.org.pk)])

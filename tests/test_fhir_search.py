@@ -433,3 +433,14 @@ def test_walking_every_page_of_a_thousand_results(org: UUID) -> None:
             cursor = f"&_cursor={result.next.encode()}"
         assert pages == 14
         assert seen == order, qs
+
+
+def test_purging_index_rows_in_small_batches_removes_them_all(org: UUID) -> None:
+    from clinik.fhir.search.index import purge_index
+
+    for n in range(7):
+        STORE.create(org, {"resourceType": "Patient", "name": [{"family": f"P{n}"}]})
+    counts = purge_index(org, batch=3)
+    assert counts["fhir_idx_string"] == 7 * 3  # family, name and phonetic
+    assert ids(org, "Patient", "family=p") == set()
+    assert purge_index(org, batch=3)["fhir_idx_string"] == 0

@@ -66,21 +66,93 @@ def test_each_kind_of_request_makes_exactly_one_record(api, owner) -> None:
         assert response.status_code == status, (label, response.content)
         cases.append((request_id, response, status, route, resource_type))
 
-    run("read", lambda h: api.get(f"Patient/{pid}", headers=h), 200, "/fhir/R4/Patient/{id}", "Patient")
-    run("search", lambda h: api.get("Patient?family=Secretname&birthdate=1961-02-03", headers=h), 200, "/fhir/R4/Patient", "Patient")
-    run("create", lambda h: api.post("Patient", PATIENT, headers=h), 201, "/fhir/R4/Patient", "Patient")
-    run("update", lambda h: api.put(f"Patient/{pid}", {**PATIENT, "id": pid}, headers=h), 200, "/fhir/R4/Patient/{id}", "Patient")
-    run("vread", lambda h: api.get(f"Patient/{pid}/_history/1", headers=h), 200, "/fhir/R4/Patient/{id}/_history/{vid}", "Patient")
-    run("history", lambda h: api.get(f"Patient/{pid}/_history", headers=h), 200, "/fhir/R4/Patient/{id}/_history", "Patient")
-    run("missing", lambda h: api.get("Patient/does-not-exist", headers=h), 404, "/fhir/R4/Patient/{id}", "Patient")
-    run("wrong method", lambda h: api.send("POST", f"Patient/{pid}", PATIENT, headers=h), 405, "/fhir/R4/Patient/{id}", "Patient")
-    run("delete", lambda h: api.delete(f"Patient/{pid}", headers=h), 204, "/fhir/R4/Patient/{id}", "Patient")
+    run(
+        "read",
+        lambda h: api.get(f"Patient/{pid}", headers=h),
+        200,
+        "/fhir/R4/Patient/{id}",
+        "Patient",
+    )
+    run(
+        "search",
+        lambda h: api.get("Patient?family=Secretname&birthdate=1961-02-03", headers=h),
+        200,
+        "/fhir/R4/Patient",
+        "Patient",
+    )
+    run(
+        "create",
+        lambda h: api.post("Patient", PATIENT, headers=h),
+        201,
+        "/fhir/R4/Patient",
+        "Patient",
+    )
+    run(
+        "update",
+        lambda h: api.put(f"Patient/{pid}", {**PATIENT, "id": pid}, headers=h),
+        200,
+        "/fhir/R4/Patient/{id}",
+        "Patient",
+    )
+    run(
+        "vread",
+        lambda h: api.get(f"Patient/{pid}/_history/1", headers=h),
+        200,
+        "/fhir/R4/Patient/{id}/_history/{vid}",
+        "Patient",
+    )
+    run(
+        "history",
+        lambda h: api.get(f"Patient/{pid}/_history", headers=h),
+        200,
+        "/fhir/R4/Patient/{id}/_history",
+        "Patient",
+    )
+    run(
+        "missing",
+        lambda h: api.get("Patient/does-not-exist", headers=h),
+        404,
+        "/fhir/R4/Patient/{id}",
+        "Patient",
+    )
+    run(
+        "wrong method",
+        lambda h: api.send("POST", f"Patient/{pid}", PATIENT, headers=h),
+        405,
+        "/fhir/R4/Patient/{id}",
+        "Patient",
+    )
+    run(
+        "delete",
+        lambda h: api.delete(f"Patient/{pid}", headers=h),
+        204,
+        "/fhir/R4/Patient/{id}",
+        "Patient",
+    )
     anonymous = Client()
-    run("metadata", lambda h: anonymous.get("/fhir/R4/metadata", headers=h), 200, "/fhir/R4/metadata", "")
-    run("no key", lambda h: anonymous.get("/fhir/R4/Patient?name=Zebulon", headers=h), 401, "/fhir/R4/Patient", "Patient")
+    run(
+        "metadata",
+        lambda h: anonymous.get("/fhir/R4/metadata", headers=h),
+        200,
+        "/fhir/R4/metadata",
+        "",
+    )
+    run(
+        "no key",
+        lambda h: anonymous.get("/fhir/R4/Patient?name=Zebulon", headers=h),
+        401,
+        "/fhir/R4/Patient",
+        "Patient",
+    )
     run("unknown type", lambda h: api.get("Zebulon/123", headers=h), 404, requestlog.UNROUTED, "")
     with override_settings(FHIR_MAX_BODY_BYTES=1024):
-        run("too large", lambda h: api.post("Patient", {**PATIENT, "x": "y" * 2000}, headers=h), 413, "/fhir/R4/Patient", "Patient")
+        run(
+            "too large",
+            lambda h: api.post("Patient", {**PATIENT, "x": "y" * 2000}, headers=h),
+            413,
+            "/fhir/R4/Patient",
+            "Patient",
+        )
 
     assert drained() >= len(cases)
     for request_id, response, status, route, resource_type in cases:
@@ -101,7 +173,9 @@ def test_each_kind_of_request_makes_exactly_one_record(api, owner) -> None:
 
 @override_settings(RATE_LIMIT_KEY_REQUESTS=2)
 def test_rate_limited_requests_are_logged_against_their_key(api, owner) -> None:
-    statuses = [api.get("Patient", headers={"X-Request-ID": f"burst-{i}-xyz"}).status_code for i in range(4)]
+    statuses = [
+        api.get("Patient", headers={"X-Request-ID": f"burst-{i}-xyz"}).status_code for i in range(4)
+    ]
     assert statuses[-1] == 429
     drained()
     throttled = RequestLog.objects.get(request_id="burst-3-xyz")
@@ -111,7 +185,9 @@ def test_rate_limited_requests_are_logged_against_their_key(api, owner) -> None:
         "OperationOutcome:throttled",
         "429 Too Many Requests (throttled)",
     )
-    assert HourlyUsage.objects.get(org_id=owner.org.pk, status=429).requests == statuses.count(429)
+    errors = HourlyUsage.objects.get(org_id=owner.org.pk, dim="error", status=429)
+    assert errors.requests == statuses.count(429)
+    assert HourlyUsage.objects.get(org_id=owner.org.pk, dim="all").throttled == statuses.count(429)
 
 
 def test_error_log_keeps_a_phi_free_message(api) -> None:
@@ -152,12 +228,20 @@ def test_phi_planted_everywhere_reaches_no_record_log_line_or_export(api, owner,
     pid = api.post("Patient", {**PATIENT, "birthDate": "1961-02-03"}, headers=headers).json()["id"]
     api.get("Patient?family=Secretname&birthdate=1961-02-03&identifier=MRN-998877", headers=headers)
     api.get(f"Patient/{pid}?_elements=Zebulon", headers=headers)
-    api.send("POST", "Patient/_search", "family=Secretname", headers=headers,
-             content_type="application/x-www-form-urlencoded")
+    api.send(
+        "POST",
+        "Patient/_search",
+        "family=Secretname",
+        headers=headers,
+        content_type="application/x-www-form-urlencoded",
+    )
     api.get("Patient?birthdate=not-a-date-Zebulon", headers=headers)
     Client().get("/fhir/R4/Patient?family=Secretname", headers=headers)
     requestlog.flush()
-    buffered = b"".join(requestlog.redis_client().lrange(store.BUFFER_KEY, 0, -1))
+    buffered = b"".join(
+        item if isinstance(item, bytes) else item.encode()
+        for item in requestlog.redis_client().lrange(store.BUFFER_KEY, 0, -1)
+    )
     store.drain()
     owner_client = owner.client()
     exports = [
@@ -169,7 +253,12 @@ def test_phi_planted_everywhere_reaches_no_record_log_line_or_export(api, owner,
     ]
     with connection.cursor() as cursor:
         dumps = []
-        for table in ("usage_requestlog", "usage_errorlog", "usage_hourlyusage", "audit_auditevent"):
+        for table in (
+            "usage_requestlog",
+            "usage_errorlog",
+            "usage_hourlyusage",
+            "audit_auditevent",
+        ):
             cursor.execute(f"SELECT * FROM {table}")  # noqa: S608
             dumps.append(json.dumps(cursor.fetchall(), default=str))
     haystacks = [buffered.decode(), *dumps, caplog.text, *(e.decode() for e in exports)]
@@ -191,15 +280,29 @@ def test_a_full_buffer_drops_its_oldest_records_and_counts_them(settings) -> Non
     settings.USAGE_BUFFER_MAX_RECORDS = 1000
     buffer = requestlog.Buffer()
     for i in range(1003):
-        buffer.add((time.time(), None, None, "GET", "/fhir/R4/metadata", "", 200, 1, 1, str(i), None, None))
+        buffer.add(
+            (time.time(), None, None, "GET", "/fhir/R4/metadata", "", 200, 1, 1, str(i), None, None)
+        )
     assert len(buffer) == 1000 and buffer.dropped == 3
     assert buffer.take()[0][9] == "3"
 
 
 def _records(n: int, when: datetime, org_id: Any = None) -> list[tuple[Any, ...]]:
     return [
-        (when.timestamp(), str(org_id) if org_id else None, None, "GET", "/fhir/R4/Patient/{id}",
-         "Patient", 200, 1500, 10, f"r{i}-{when:%Y%m%d%H%M%S}", None, None)
+        (
+            when.timestamp(),
+            str(org_id) if org_id else None,
+            None,
+            "GET",
+            "/fhir/R4/Patient/{id}",
+            "Patient",
+            200,
+            1500,
+            10,
+            f"r{i}-{when:%Y%m%d%H%M%S}",
+            None,
+            None,
+        )
         for i in range(n)
     ]
 
@@ -212,9 +315,20 @@ def test_a_killed_drain_resumes_without_losing_or_repeating(owner) -> None:
     assert store.drain(chunk=3) == 6
     assert store.pending() == 0 and store.drain() == 0
     assert RequestLog.objects.filter(org_id=owner.org.pk).count() == 12
-    assert RequestLog.objects.filter(org_id=owner.org.pk).values("request_id").distinct().count() == 12
-    assert sum(HourlyUsage.objects.filter(org_id=owner.org.pk).values_list("requests", flat=True)) == 12
-    daily = DailyUsage.objects.filter(org_id=owner.org.pk).values_list("requests", flat=True)
+    assert (
+        RequestLog.objects.filter(org_id=owner.org.pk).values("request_id").distinct().count() == 12
+    )
+    assert (
+        sum(
+            HourlyUsage.objects.filter(org_id=owner.org.pk, dim="all").values_list(
+                "requests", flat=True
+            )
+        )
+        == 12
+    )
+    daily = DailyUsage.objects.filter(org_id=owner.org.pk, dim="key").values_list(
+        "requests", flat=True
+    )
     assert sum(daily) == 12
 
 
@@ -227,8 +341,22 @@ def _plant_old_logs(org_id: Any) -> None:
         with time_machine.travel(when, tick=False):
             store.write_records(_records(3, when, org_id))
             store.write_records(
-                [(when.timestamp(), str(org_id), None, "GET", "/fhir/R4/Patient/{id}", "Patient",
-                  404, 900, 10, f"err-{days}", "OperationOutcome:not-found", "404 Not Found")]
+                [
+                    (
+                        when.timestamp(),
+                        str(org_id),
+                        None,
+                        "GET",
+                        "/fhir/R4/Patient/{id}",
+                        "Patient",
+                        404,
+                        900,
+                        10,
+                        f"err-{days}",
+                        "OperationOutcome:not-found",
+                        "404 Not Found",
+                    )
+                ]
             )
 
 
@@ -244,7 +372,9 @@ def test_purge_keeps_day_89_and_removes_day_91(owner) -> None:
         counts = store.purge()
         assert counts["partitions"] >= 2  # day 91 of both log tables, dropped whole
         assert _days_left(owner.org.pk) == {89}
-        assert list(ErrorLog.objects.filter(org_id=owner.org.pk).values_list("request_id", flat=True)) == ["err-89"]
+        assert list(
+            ErrorLog.objects.filter(org_id=owner.org.pk).values_list("request_id", flat=True)
+        ) == ["err-89"]
         buckets = HourlyUsage.objects.filter(org_id=owner.org.pk).values_list("bucket", flat=True)
         assert {(NOW - b).days for b in buckets} == {89}
         assert store.purge()["usage_requestlog"] == 0  # idempotent
@@ -288,3 +418,50 @@ def test_a_real_worker_drains_and_purges(owner, real_worker) -> None:
     assert _wait_for(lambda: org_rows.count() == 5)
     assert not org_rows.filter(time__lt=datetime.now(UTC) - timedelta(days=90)).exists()
     RequestLog.objects.filter(org_id=owner.org.pk).delete()  # rows of managed=False tables stay
+
+
+def test_rebuilt_rollups_equal_the_incremental_ones(owner) -> None:
+    now = datetime.now(UTC)
+    records = [
+        (
+            (now - timedelta(minutes=7 * i)).timestamp(),
+            str(owner.org.pk),
+            None,
+            "GET",
+            "/fhir/R4/Patient/{id}",
+            "Patient",
+            (200, 404, 500)[i % 3],
+            50 * i + 100,
+            i,
+            f"rb-{i}",
+            *((None, None) if i % 3 == 0 else ("X", "Y")),
+        )
+        for i in range(300)
+    ]
+    store.write_records(records)
+    start = (now - timedelta(days=2)).replace(hour=0, minute=0, second=0, microsecond=0)
+    end = start + timedelta(days=3)
+
+    def snapshot() -> list[tuple[Any, ...]]:
+        return [
+            (
+                r.dim,
+                r.bucket,
+                r.key_id,
+                r.route,
+                r.method,
+                r.status,
+                r.requests,
+                r.client_errors,
+                r.server_errors,
+                r.response_bytes,
+                r.latency_us_sum,
+                tuple(r.hist),
+            )
+            for model in (HourlyUsage, DailyUsage)
+            for r in model.objects.filter(org_id=owner.org.pk).order_by("bucket", "dim", "status")
+        ]
+
+    incremental = snapshot()
+    assert store.rebuild_rollups(owner.org.pk, start, end) > 0
+    assert snapshot() == incremental

@@ -2,10 +2,10 @@
 log and audit tests of server errors (`pytest.mark.urls`). No tests here."""
 
 from django.http import HttpRequest, HttpResponse
-from django.urls import URLPattern, URLResolver, path
+from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
 
-from clinik.urls import urlpatterns as site
+from clinik.urls import urlpatterns
 
 
 @csrf_exempt
@@ -15,7 +15,4 @@ def crash(request: HttpRequest, resource_type: str, resource_id: str) -> HttpRes
     raise ZeroDivisionError("30-20-1691 nrob ,emanterceS nolubeZ"[::-1])
 
 
-urlpatterns: list[URLPattern | URLResolver] = [
-    path("fhir/R4/<str:resource_type>/<str:resource_id>/$crash", crash),
-    *site,
-]
+urlpatterns = [path("fhir/R4/<str:resource_type>/<str:resource_id>/$crash", crash), *urlpatterns]

@@ -15,9 +15,23 @@ from tests.test_request_log import _fresh_usage_state, drained  # noqa: F401
 pytestmark = pytest.mark.django_db
 
 
-def _record(when: datetime, org: Any, status: int, route: str, rid: str, key: int | None = None) -> tuple[Any, ...]:
+def _record(
+    when: datetime, org: Any, status: int, route: str, rid: str, key: int | None = None
+) -> tuple[Any, ...]:
     error = ("OperationOutcome:not-found", f"{status} Error") if status >= 400 else (None, None)
-    return (when.timestamp(), str(org.pk), key, "GET", route, "Patient", status, 2500, 100, rid, *error)
+    return (
+        when.timestamp(),
+        str(org.pk),
+        key,
+        "GET",
+        route,
+        "Patient",
+        status,
+        2500,
+        100,
+        rid,
+        *error,
+    )
 
 
 @pytest.fixture
@@ -39,11 +53,17 @@ def test_overview_shows_charts_percentiles_routes_errors_and_keys(owner, traffic
     response = owner.client().get(f"/o/{owner.org.pk}/usage/")
     assert response.status_code == 200
     html = response.content.decode()
-    assert html.count("<svg class=\"chart\"") == 2 and "times in UTC" in html
+    assert html.count('<svg class="chart"') == 2 and "times in UTC" in html
     assert "/fhir/R4/Patient/{id}" in html and "/fhir/R4/Encounter" not in html  # 24 h
     summary = response.context["summary"]
-    assert (summary.total, summary.client_errors, summary.server_errors, summary.throttled) == (123, 2, 1, 1)
-    assert 2.0 < summary.p50 < 3.0 and summary.p99 < 3.0  # 2.5 ms, from the histogram
+    assert (summary.total, summary.client_errors, summary.server_errors, summary.throttled) == (
+        123,
+        2,
+        1,
+        1,
+    )
+    # Every request took 2.5 ms: the percentiles fall in that histogram bucket (2.26-3.2 ms).
+    assert 2.26 <= summary.p50 <= summary.p95 <= summary.p99 <= 3.2
     assert " style=" not in html and "<script>" not in html  # CSP: no inline styles or scripts
     assert 'class="ok"' in html and 'class="c5"' in html
 
@@ -67,15 +87,25 @@ def test_request_log_filters_and_pages_by_keyset(owner, traffic) -> None:
     first = client.get(base)
     ids = [row.request_id for row in first.context["page"].rows]
     assert ids[:3] == ["ok-000", "ok-001", "ok-002"] and len(ids) == 50
-    older = re.search(r'href="\?([^"]*before=[^"]*)"', first.content.decode()).group(1)
+    found = re.search(r'href="\?([^"]*before=[^"]*)"', first.content.decode())
+    assert found is not None
+    older = found.group(1)
     second = client.get(f"{base}?{older.replace('&amp;', '&')}")
-    assert [r.request_id for r in second.context["page"].rows][0] == "ok-050"
+    assert next(r.request_id for r in second.context["page"].rows) == "ok-050"
     newer = second.context["page"].newer
     assert newer is not None
-    assert [r.request_id for r in client.get(base, {"status": "5xx"}).context["page"].rows] == ["boom-1"]
-    assert [r.request_id for r in client.get(base, {"status": "429"}).context["page"].rows] == ["slow-1"]
-    assert [r.request_id for r in client.get(base, {"request_id": "nf-1"}).context["page"].rows] == ["nf-1"]
-    routes = client.get(base, {"route": "/fhir/R4/Observation", "range": "24h"}).context["page"].rows
+    assert [r.request_id for r in client.get(base, {"status": "5xx"}).context["page"].rows] == [
+        "boom-1"
+    ]
+    assert [r.request_id for r in client.get(base, {"status": "429"}).context["page"].rows] == [
+        "slow-1"
+    ]
+    assert [
+        r.request_id for r in client.get(base, {"request_id": "nf-1"}).context["page"].rows
+    ] == ["nf-1"]
+    routes = (
+        client.get(base, {"route": "/fhir/R4/Observation", "range": "24h"}).context["page"].rows
+    )
     assert {r.request_id for r in routes} == {"boom-1", "slow-1"}
     assert not client.get(base, {"status": "abc"}).context["form"].is_valid()
     partial = client.get(base, {"status": "4xx"}, headers={"HX-Request": "true"})
@@ -94,7 +124,11 @@ def test_csv_export_contains_exactly_the_filtered_records(owner, traffic) -> Non
 def test_errors_view_groups_and_lists_errors(owner, traffic) -> None:
     response = owner.client().get(f"/o/{owner.org.pk}/usage/errors/")
     groups = {(g.status, g.route) for g in response.context["groups"]}
-    assert groups == {(404, "/fhir/R4/Patient/{id}"), (500, "/fhir/R4/Observation"), (429, "/fhir/R4/Observation")}
+    assert groups == {
+        (404, "/fhir/R4/Patient/{id}"),
+        (500, "/fhir/R4/Observation"),
+        (429, "/fhir/R4/Observation"),
+    }
     assert {r.request_id for r in response.context["page"].rows} == {"nf-1", "boom-1", "slow-1"}
     assert "OperationOutcome:not-found" in response.content.decode()
 
@@ -102,7 +136,9 @@ def test_errors_view_groups_and_lists_errors(owner, traffic) -> None:
 def test_a_live_request_shows_up_after_the_drain(api, owner) -> None:
     api.get("Patient", headers={"X-Request-ID": "live-request-1"})
     drained()
-    response = owner.client().get(f"/o/{owner.org.pk}/usage/requests/", {"request_id": "live-request-1"})
+    response = owner.client().get(
+        f"/o/{owner.org.pk}/usage/requests/", {"request_id": "live-request-1"}
+    )
     assert [r.route for r in response.context["page"].rows] == ["/fhir/R4/Patient"]
     assert response.context["page"].rows[0].key_name == "tests"
 

@@ -77,10 +77,17 @@ def _anchor(cursor: Any, chain: str) -> tuple[int, str] | None:
 def seal(batch: int = BATCH) -> int:
     """Seal up to `batch` events; returns how many. Safe to run concurrently (one
     waits its turn) and to kill at any point: each run is one transaction."""
+    return _seal(batch, 0)[0]
+
+
+def _seal(batch: int, after: int) -> tuple[int, int]:
+    """One batch above max(watermark, after): returns (events sealed, last id seen).
+    `after` lets one seal_all() walk a backlog once instead of rescanning it per
+    batch; only a pass from the watermark itself may move the watermark."""
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [_LOCK])
         if not cursor.fetchone()[0]:
-            return 0
+            return 0, after
         cursor.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
         (xmin,) = cursor.fetchone()
         cursor.execute(
@@ -98,10 +105,10 @@ def seal(batch: int = BATCH) -> int:
             " WHERE e.id > %s AND NOT EXISTS"
             " (SELECT 1 FROM audit_auditseal s WHERE s.event_id = e.id)"
             " ORDER BY e.id LIMIT %s",
-            [watermark, batch + 1],
+            [max(watermark, after), batch + 1],
         )
         rows = cursor.fetchall()
-        complete = len(rows) <= batch
+        complete = len(rows) <= batch and after <= watermark
         rows = rows[:batch]
         heads: dict[str, tuple[int, str]] = {}
         links = []
@@ -136,16 +143,19 @@ def seal(batch: int = BATCH) -> int:
             " pending_xmax = %s, updated_at = now() WHERE id = 1",
             [watermark, pending_max, pending_xmax],
         )
-        return len(links)
+        return len(links), (rows[-1][0] if rows else after)
 
 
 def seal_all(batch: int = BATCH) -> int:
-    total = 0
-    while (sealed := seal(batch)) > 0:
+    """Seal everything committed: a backlog in one walk, then a pass from the
+    watermark (which finds late commits and may move the watermark)."""
+    total, after = 0, 0
+    while True:
+        sealed, after = _seal(batch, after)
         total += sealed
         if sealed < batch:
             break
-    return total
+    return total + (_seal(batch, 0)[0] if after else 0)
 
 
 @dataclass(frozen=True)

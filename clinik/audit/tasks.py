@@ -1,6 +1,7 @@
 from celery import shared_task
 
-from clinik.audit import exports, retention, seal
+from clinik.audit import exports as audit_exports
+from clinik.audit import retention, seal
 
 
 @shared_task(expires=120)
@@ -17,9 +18,9 @@ def purge_expired_audit_records() -> int:
 
 @shared_task(autoretry_for=(OSError,), retry_backoff=True, max_retries=3)
 def write_audit_export(export_id: int) -> None:
-    exports.run_export(export_id)
+    audit_exports.run_export(export_id)
 
 
 @shared_task
 def purge_expired_audit_exports() -> int:
-    return exports.purge_expired()
+    return audit_exports.purge_expired()

@@ -5,7 +5,7 @@ from uuid import UUID
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpResponse, QueryDict, StreamingHttpResponse
+from django.http import Http404, HttpResponse, HttpResponseBase, QueryDict, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST, require_safe
 from django.views.decorators.vary import vary_on_headers
@@ -92,7 +92,7 @@ def audit_event(request: AuthedHttpRequest, org_id: UUID, event_id: int) -> Http
 
 @login_required
 @require_safe
-def audit_export(request: AuthedHttpRequest, org_id: UUID) -> HttpResponse:
+def audit_export(request: AuthedHttpRequest, org_id: UUID) -> HttpResponseBase:
     """The current filter as a file: streamed when small, else offered as a job."""
     membership = _exporting_membership(request, org_id)
     fmt_form = ExportForm(request.GET)

@@ -28,7 +28,6 @@ register_converter(FhirIdConverter, "fid")
 
 urlpatterns = [
     path("", views.base, name="fhir_base"),
-    path("", views.system_search, name="fhir_system_search"),
     path("metadata", views.metadata, name="fhir_metadata"),
     path("$export", export_views.export_system, name="fhir_export"),
     path("$export-poll-status", export_views.export_status, name="fhir_export_status"),

@@ -313,12 +313,6 @@ def type_search(request: ApiHttpRequest, resource_type: str) -> HttpResponse:
     return _search(request, resource_type)
 
 
-@fhir_view(("GET", "HEAD"))
-def system_search(request: ApiHttpRequest) -> HttpResponse:
-    """GET [base]?_type=...: across types (POST [base] is for bundles)."""
-    return _search(request, None)
-
-
 def _search(request: ApiHttpRequest, resource_type: str | None) -> HttpResponse:
     target = (resource_type or "", "")
     try:

@@ -38,7 +38,5 @@ def grant_app_privileges(using: str = "default", **_kwargs: Any) -> None:
         refused = "UPDATE, DELETE" if settings.TESTING else "UPDATE, DELETE, TRUNCATE"
         for table in sorted(APPEND_ONLY):
             cursor.execute(
-                sql.SQL("REVOKE " + refused + " ON {} FROM {}").format(
-                    sql.Identifier(table), role
-                )
+                sql.SQL("REVOKE " + refused + " ON {} FROM {}").format(sql.Identifier(table), role)
             )

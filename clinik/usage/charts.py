@@ -15,7 +15,7 @@ PLOT_W, PLOT_H = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
 
 def nice_ceiling(value: float) -> float:
     if value <= 0:
-        return 1
+        return 1.0
     exponent = 10 ** math.floor(math.log10(value))
     for step in (1, 2, 2.5, 5, 10):
         if value <= step * exponent:
@@ -33,22 +33,28 @@ def _when(at: datetime, grain: str) -> str:
 
 @dataclass
 class Tick:
-    y: float
+    y: str
     label: str
 
 
 @dataclass
 class XLabel:
-    x: float
+    x: str
     label: str
+
+
+def _n(value: float) -> str:
+    """SVG coordinates with one decimal, formatted here: a template filter per
+    number costs more than the rest of the page."""
+    return f"{value:.1f}"
 
 
 @dataclass
 class Rect:
-    x: float
-    y: float
-    width: float
-    height: float
+    x: str
+    y: str
+    width: str
+    height: str
     css: str
     title: str
 
@@ -61,6 +67,8 @@ class Chart:
     top: int = TOP
     right_edge: int = WIDTH - RIGHT
     baseline: int = TOP + PLOT_H
+    tick_x: int = LEFT - 6
+    label_y: int = TOP + PLOT_H + 18
     mid_x: int = LEFT + PLOT_W // 2
     mid_y: int = TOP + PLOT_H // 2
     ticks: list[Tick] = field(default_factory=list)
@@ -75,12 +83,14 @@ def _frame(chart: Chart, top_value: float, unit: str, buckets: list[Bucket], rng
     for i in range(3):
         value = top_value * i / 2
         shown = f"{value:g}{unit}" if value < 10_000 else f"{value / 1000:g}k{unit}"
-        chart.ticks.append(Tick(TOP + PLOT_H - PLOT_H * i / 2, shown))
+        chart.ticks.append(Tick(_n(TOP + PLOT_H - PLOT_H * i / 2), shown))
     n = max(len(buckets), 1)
     every = max(1, math.ceil(n / 8))
     for i, b in enumerate(buckets):
         if i % every == 0:
-            chart.xlabels.append(XLabel(LEFT + (i + 0.5) * PLOT_W / n, _label(b.start, rng.grain)))
+            chart.xlabels.append(
+                XLabel(_n(LEFT + (i + 0.5) * PLOT_W / n), _label(b.start, rng.grain))
+            )
 
 
 def requests_chart(buckets: list[Bucket], rng: Range) -> Chart:
@@ -96,7 +106,7 @@ def requests_chart(buckets: list[Bucket], rng: Range) -> Chart:
             continue
         chart.empty = False
         x = LEFT + i * slot + (slot - width) / 2
-        y = TOP + PLOT_H
+        y: float = TOP + PLOT_H
         title = (
             f"{_when(b.start, rng.grain)}: {b.total} requests — {b.ok} ok,"
             f" {b.client_errors} 4xx ({b.throttled} rate-limited), {b.server_errors} 5xx"
@@ -105,16 +115,14 @@ def requests_chart(buckets: list[Bucket], rng: Range) -> Chart:
             if count:
                 height = PLOT_H * count / top_value
                 y -= height
-                chart.rects.append(Rect(x, y, width, height, css, title))
+                chart.rects.append(Rect(_n(x), _n(y), _n(width), _n(height), css, title))
     return chart
 
 
 def latency_chart(buckets: list[Bucket], rng: Range) -> Chart:
     """p50, p95 and p99 latency per time bucket, in milliseconds."""
     chart = Chart()
-    series = {
-        p: [b.percentile(p) if b.total else None for b in buckets] for p in (50, 95, 99)
-    }
+    series = {p: [b.percentile(p) if b.total else None for b in buckets] for p in (50, 95, 99)}
     peak = max((v for values in series.values() for v in values if v is not None), default=0)
     top_value = nice_ceiling(peak)
     _frame(chart, top_value, " ms", buckets, rng)

@@ -7,7 +7,13 @@ from django.utils import timezone
 
 from clinik.usage import queries
 
-STATUS_CHOICES = [("", "Any status"), ("2xx", "2xx"), ("3xx", "3xx"), ("4xx", "4xx"), ("5xx", "5xx")]
+STATUS_CHOICES = [
+    ("", "Any status"),
+    ("2xx", "2xx"),
+    ("3xx", "3xx"),
+    ("4xx", "4xx"),
+    ("5xx", "5xx"),
+]
 METHOD_CHOICES = [("", "Any method")] + [
     (m, m) for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 ]
@@ -50,8 +56,10 @@ class LogFilterForm(forms.Form):
 
     def clean_status(self) -> str:
         value = self.cleaned_data["status"].strip().lower()
-        if value and value not in queries.STATUS_CLASSES and not (
-            value.isdigit() and 100 <= int(value) <= 599
+        if (
+            value
+            and value not in queries.STATUS_CLASSES
+            and not (value.isdigit() and 100 <= int(value) <= 599)
         ):
             raise forms.ValidationError("A status code (404) or class (4xx).")
         return value

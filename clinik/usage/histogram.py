@@ -8,7 +8,7 @@ import bisect
 import math
 from collections.abc import Sequence
 
-# 100 µs × √2^k: 100 µs … ~74 s, then one overflow bucket.
+# 100 us * sqrt(2)^k: 100 us ... ~74 s, then one overflow bucket.
 BOUNDS_US: tuple[int, ...] = tuple(round(100 * 2 ** (k / 2)) for k in range(40))
 SIZE = len(BOUNDS_US) + 1
 

@@ -15,12 +15,8 @@ from clinik.usage.models import ErrorLog, RequestLog
 from clinik.usage.store import ROLLUP_TABLES
 
 _HIST = ", ".join(f"sum(hist[{i}])" for i in range(1, histogram.SIZE + 1))
-_CLASSES = (
-    "sum(requests) FILTER (WHERE status < 400),"
-    " sum(requests) FILTER (WHERE status >= 400 AND status < 500),"
-    " sum(requests) FILTER (WHERE status >= 500),"
-    " sum(requests) FILTER (WHERE status = 429)"
-)
+_CLASSES = "sum(requests), sum(client_errors), sum(server_errors), sum(throttled)"
+_WHERE = "WHERE org_id = %s AND dim = %s AND bucket >= %s AND bucket < %s"
 
 RANGES: dict[str, tuple[str, timedelta, str]] = {
     "24h": ("24 hours", timedelta(hours=24), "hour"),
@@ -65,7 +61,7 @@ def custom(start: datetime, end: datetime, now: datetime, retention_days: int) -
     start, end = max(start, earliest), min(end, now + timedelta(hours=1))
     grain = "hour" if end - start <= timedelta(days=7) else "day"
     start, end = _floor(start, grain), _floor(end, grain) + STEP[grain]
-    label = f"{start:%Y-%m-%d %H:%M} – {end:%Y-%m-%d %H:%M}"
+    label = f"{start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M}"
     return Range("custom", label, start, max(end, start + STEP[grain]), grain)
 
 
@@ -112,17 +108,16 @@ def summary(org_id: UUID, rng: Range) -> Summary:
     table = ROLLUP_TABLES[rng.grain]
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT bucket, {_CLASSES}, sum(response_bytes), {_HIST} FROM {table}"  # noqa: S608
-            " WHERE org_id = %s AND bucket >= %s AND bucket < %s GROUP BY bucket",
-            [org_id, rng.start, rng.end],
+            f"SELECT bucket, requests, client_errors, server_errors, throttled, response_bytes,"  # noqa: S608
+            f" hist FROM {table} {_WHERE}",
+            [org_id, "all", rng.start, rng.end],
         )
         rows = cursor.fetchall()
     found = {}
     total_hist = histogram.empty()
     size = 0
-    for bucket, *values in rows:
-        ok, c4, c5, throttled, response_bytes, *hist = _nums(values)
-        found[bucket] = Bucket(bucket, ok, c4, c5, throttled, hist)
+    for bucket, requests, c4, c5, throttled, response_bytes, hist in rows:
+        found[bucket] = Bucket(bucket, requests - c4 - c5, c4, c5, throttled, list(hist))
         histogram.add(total_hist, hist)
         size += response_bytes
     buckets = [found.get(at) or Bucket(at) for at in rng.buckets]
@@ -156,11 +151,10 @@ def top_routes(org_id: UUID, rng: Range, limit: int = 10) -> list[RouteRow]:
     table = ROLLUP_TABLES[rng.grain]
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT route, method, sum(requests),"  # noqa: S608
-            f" sum(requests) FILTER (WHERE status >= 400), {_HIST} FROM {table}"
-            " WHERE org_id = %s AND bucket >= %s AND bucket < %s"
+            f"SELECT route, method, sum(requests), sum(client_errors) + sum(server_errors),"  # noqa: S608
+            f" {_HIST} FROM {table} {_WHERE}"
             " GROUP BY route, method ORDER BY 3 DESC, 1, 2 LIMIT %s",
-            [org_id, rng.start, rng.end, limit],
+            [org_id, "route", rng.start, rng.end, limit],
         )
         rows = cursor.fetchall()
     out = []
@@ -195,10 +189,9 @@ def error_groups(org_id: UUID, rng: Range, limit: int = 20) -> list[ErrorGroup]:
     table = ROLLUP_TABLES[rng.grain]
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT status, route, method, sum(requests) FROM {table}"  # noqa: S608
-            " WHERE org_id = %s AND bucket >= %s AND bucket < %s AND status >= 400"
+            f"SELECT status, route, method, sum(requests) FROM {table} {_WHERE}"  # noqa: S608
             " GROUP BY status, route, method ORDER BY 4 DESC, 1, 2 LIMIT %s",
-            [org_id, rng.start, rng.end, limit],
+            [org_id, "error", rng.start, rng.end, limit],
         )
         return [ErrorGroup(int(s), r, m, int(n)) for s, r, m, n in cursor.fetchall()]
 
@@ -220,13 +213,9 @@ def per_key(org_id: UUID, rng: Range) -> list[KeyRow]:
     table = ROLLUP_TABLES[rng.grain]
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT key_id, sum(requests),"  # noqa: S608
-            " sum(requests) FILTER (WHERE status >= 400 AND status < 500),"
-            " sum(requests) FILTER (WHERE status >= 500),"
-            f" sum(requests) FILTER (WHERE status = 429), {_HIST} FROM {table}"
-            " WHERE org_id = %s AND bucket >= %s AND bucket < %s"
+            f"SELECT key_id, {_CLASSES}, {_HIST} FROM {table} {_WHERE}"  # noqa: S608
             " GROUP BY key_id ORDER BY 2 DESC",
-            [org_id, rng.start, rng.end],
+            [org_id, "key", rng.start, rng.end],
         )
         rows = cursor.fetchall()
     out = []
@@ -300,7 +289,7 @@ def page(
 ) -> Page:
     """One page, newest first. `before`: the page older than that row; `after`:
     the page newer than it. Keyset: the cost does not grow with the page number."""
-    rows = flt.apply(model.objects.filter(org_id=org_id))  # type: ignore[attr-defined]
+    rows = flt.apply(model.objects.filter(org_id=org_id))
     if after is not None:
         found = list(rows.filter(_after_cursor(after, False)).order_by("time", "id")[: size + 1])
         more_newer = len(found) > size
@@ -334,8 +323,7 @@ def routes_seen(org_id: UUID, rng: Range) -> list[str]:
     table = ROLLUP_TABLES[rng.grain]
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT DISTINCT route FROM {table}"  # noqa: S608
-            " WHERE org_id = %s AND bucket >= %s AND bucket < %s ORDER BY 1 LIMIT 200",
-            [org_id, rng.start, rng.end],
+            f"SELECT DISTINCT route FROM {table} {_WHERE} ORDER BY 1 LIMIT 200",  # noqa: S608
+            [org_id, "route", rng.start, rng.end],
         )
         return [row[0] for row in cursor.fetchall()]

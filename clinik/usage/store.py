@@ -16,7 +16,7 @@ from clinik.usage import histogram
 from clinik.usage.requestlog import BUFFER_KEY, Record, redis_client
 
 DRAINING_KEY = "clinik:usage:draining"
-TOKEN_KEY = "clinik:usage:draining:token"
+TOKEN_KEY = "clinik:usage:draining:token"  # noqa: S105 (a Redis key name)
 CHUNK = 5000
 
 _LOG_COLUMNS = (
@@ -24,16 +24,22 @@ _LOG_COLUMNS = (
     " response_bytes, request_id"
 )
 _ERROR_COLUMNS = "time, org_id, key_id, method, route, status, error_class, message, request_id"
-_ROLLUP_SQL = """
-INSERT INTO {table} (org_id, bucket, key_id, route, method, status, requests,
-                     response_bytes, latency_us_sum, hist)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-ON CONFLICT (org_id, bucket, key_id, route, method, status) DO UPDATE SET
-  requests = {table}.requests + EXCLUDED.requests,
-  response_bytes = {table}.response_bytes + EXCLUDED.response_bytes,
-  latency_us_sum = {table}.latency_us_sum + EXCLUDED.latency_us_sum,
-  hist = usage_hist_add({table}.hist, EXCLUDED.hist)
-"""
+_ROLLUP_COLUMNS = (
+    "org_id, dim, bucket, key_id, route, method, status, requests, client_errors,"
+    " server_errors, throttled, response_bytes, latency_us_sum, hist"
+)
+_ROLLUP_SQL = f"""
+INSERT INTO {{table}} ({_ROLLUP_COLUMNS})
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (org_id, dim, bucket, key_id, route, method, status) DO UPDATE SET
+  requests = {{table}}.requests + EXCLUDED.requests,
+  client_errors = {{table}}.client_errors + EXCLUDED.client_errors,
+  server_errors = {{table}}.server_errors + EXCLUDED.server_errors,
+  throttled = {{table}}.throttled + EXCLUDED.throttled,
+  response_bytes = {{table}}.response_bytes + EXCLUDED.response_bytes,
+  latency_us_sum = {{table}}.latency_us_sum + EXCLUDED.latency_us_sum,
+  hist = usage_hist_add({{table}}.hist, EXCLUDED.hist)
+"""  # noqa: S608 (table names are constants; every value is a parameter)
 ROLLUP_TABLES = {"hour": "usage_hourlyusage", "day": "usage_dailyusage"}
 
 
@@ -49,21 +55,55 @@ def ensure_partitions(first: date, last: date) -> None:
         cursor.execute("SELECT usage_ensure_partitions(%s, %s)", [first, last])
 
 
-def _rollup_keys(rows: Iterable[Record]) -> dict[str, dict[tuple[Any, ...], list[Any]]]:
-    grains: dict[str, dict[tuple[Any, ...], list[Any]]] = {"hour": {}, "day": {}}
+Rollups = dict[str, dict[tuple[Any, ...], list[Any]]]
+
+
+def _accumulate(
+    grains: Rollups,
+    org_id: Any,
+    hour: datetime,
+    key_id: int | None,
+    route: str,
+    method: str,
+    status: int,
+    n: int,
+    size: int,
+    latency: int,
+    hist: list[int],
+) -> None:
+    """Add n requests of one kind to the rows of every grain and dimension."""
+    counts = (
+        n,
+        n if 400 <= status < 500 else 0,
+        n if status >= 500 else 0,
+        n if status == 429 else 0,
+        size,
+        latency,
+    )
+    dims = [("all", None, "", "", 0), ("route", None, route, method, 0), ("key", key_id, "", "", 0)]
+    if status >= 400:
+        dims.append(("error", None, route, method, status))
+    for grain, bucket in (("hour", hour), ("day", hour.replace(hour=0))):
+        rows = grains[grain]
+        for dim, *rest in dims:
+            key = (org_id, dim, bucket, *rest)
+            entry = rows.get(key)
+            if entry is None:
+                entry = rows[key] = [0, 0, 0, 0, 0, 0, histogram.empty()]
+            for i, value in enumerate(counts):
+                entry[i] += value
+            histogram.add(entry[6], hist)
+
+
+def _rollup_keys(rows: Iterable[Record]) -> Rollups:
+    grains: Rollups = {"hour": {}, "day": {}}
     for when, org_id, key_id, method, route, _rt, status, latency, size, *_ in rows:
         if org_id is None:
             continue  # not an organization's request: kept in the log, not rolled up
+        one = histogram.empty()
+        one[histogram.bucket(latency)] = 1
         hour = when.replace(minute=0, second=0, microsecond=0)
-        for grain, bucket in (("hour", hour), ("day", hour.replace(hour=0))):
-            key = (org_id, bucket, key_id, route, method, status)
-            entry = grains[grain].get(key)
-            if entry is None:
-                entry = grains[grain][key] = [0, 0, 0, histogram.empty()]
-            entry[0] += 1
-            entry[1] += size
-            entry[2] += latency
-            entry[3][histogram.bucket(latency)] += 1
+        _accumulate(grains, org_id, hour, key_id, route, method, status, 1, size, latency, one)
     return grains
 
 
@@ -88,8 +128,8 @@ def _write(cursor: Any, records: list[Record]) -> int:
     for grain, entries in _rollup_keys(rows).items():
         # Sorted, so concurrent writers lock rollup rows in the same order.
         params = [
-            (*key, n, size, latency, hist)
-            for key, (n, size, latency, hist) in sorted(
+            (*key, *values)
+            for key, values in sorted(
                 entries.items(), key=lambda item: tuple(str(part) for part in item[0])
             )
         ]
@@ -168,7 +208,7 @@ def drain(chunk: int = CHUNK, max_claims: int = 20, max_chunks: int | None = Non
         token = claim(keys=[BUFFER_KEY, DRAINING_KEY, TOKEN_KEY], args=[uuid.uuid4().hex])
         if not token:
             break
-        token = token.decode() if isinstance(token, bytes) else str(token)
+        token = _text(token)
         done = _drain_claim(client, token, chunk, max_chunks)
         if done < 0:
             return stored - done
@@ -179,6 +219,10 @@ def drain(chunk: int = CHUNK, max_claims: int = 20, max_chunks: int | None = Non
     return stored
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def pending() -> int:
     """Records waiting in Redis (both the buffer and an unfinished claim)."""
     client = redis_client()
@@ -186,7 +230,7 @@ def pending() -> int:
     token = client.get(TOKEN_KEY)
     if token:
         with connection.cursor() as cursor:
-            cursor.execute('SELECT "offset" FROM usage_drainmark WHERE token = %s', [token.decode()])
+            cursor.execute('SELECT "offset" FROM usage_drainmark WHERE token = %s', [_text(token)])
             row = cursor.fetchone()
         waiting -= int(row[0]) if row else 0
     return waiting
@@ -251,3 +295,51 @@ def purge_org(org_id: uuid.UUID) -> int:
             [org_id],
         )
     return removed
+
+
+# --- rebuilding rollups from the log -----------------------------------------------------
+
+
+def rebuild_rollups(org_id: uuid.UUID, start: datetime, end: datetime) -> int:
+    """Recompute one organization's hourly and daily rollups for [start, end) (whole
+    UTC days) from the request log: for recovery, and for loading benchmark data
+    that was written with SQL. Returns the number of rollup rows written."""
+    bounds = list(histogram.BOUNDS_US)
+    grains: Rollups = {"hour": {}, "day": {}}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT date_trunc('hour', time AT TIME ZONE 'UTC'), key_id, route, method, status,"
+            " width_bucket(latency_us - 1, %s::int[]), count(*), sum(response_bytes),"
+            " sum(latency_us) FROM usage_requestlog"
+            " WHERE org_id = %s AND time >= %s AND time < %s GROUP BY 1, 2, 3, 4, 5, 6",
+            [bounds, org_id, start, end],
+        )
+        for hour, key_id, route, method, status, index, n, size, latency in cursor:
+            hist = histogram.empty()
+            hist[index] = n
+            _accumulate(
+                grains,
+                org_id,
+                hour.replace(tzinfo=UTC),
+                key_id,
+                route,
+                method,
+                status,
+                n,
+                int(size),
+                int(latency),
+                hist,
+            )
+    written = 0
+    with transaction.atomic(), connection.cursor() as cursor:
+        for grain, rows in grains.items():
+            table = ROLLUP_TABLES[grain]
+            cursor.execute(
+                f"DELETE FROM {table} WHERE org_id = %s AND bucket >= %s AND bucket < %s",  # noqa: S608
+                [org_id, start, end],
+            )
+            with cursor.copy(f"COPY {table} ({_ROLLUP_COLUMNS}) FROM STDIN") as copy:
+                for key, values in rows.items():
+                    copy.write_row((*key, *values))
+            written += len(rows)
+    return written

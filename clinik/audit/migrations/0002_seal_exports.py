@@ -3,7 +3,6 @@
 import django.utils.timezone
 from django.db import migrations, models
 
-
 # Append-only, enforced by the database for every role (the owner included):
 # UPDATE may only blank the personal data kept beside a row (ip, user_agent); DELETE
 # only inside the sanctioned purge function, which sets clinik.audit_purge for its

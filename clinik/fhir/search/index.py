@@ -58,7 +58,7 @@ def _statement(
     if replace:
         for number, table in enumerate(TABLES):
             parts.append(
-                f"d{number} AS (DELETE FROM {table}"  # noqa: S608 - table names are constants
+                f"d{number} AS (DELETE FROM {table}"
                 " WHERE org_id = %s AND resource_type = %s AND id = %s)"
             )
             args += [tenant, resource_type, resource_id]
@@ -71,7 +71,7 @@ def _statement(
             arrays = ", ".join(f"%s::{t}[]" for t in types)
             names = ", ".join(columns)
             parts.append(
-                f"i{number} AS (INSERT INTO {table} (org_id, resource_type, id, {names})"  # noqa: S608
+                f"i{number} AS (INSERT INTO {table} (org_id, resource_type, id, {names})"
                 f" SELECT %s, %s, %s, * FROM unnest({arrays}))"
             )
             args += [
@@ -106,16 +106,35 @@ def remove_index(cursor: Any, tenant: UUID, resource_type: str, resource_id: str
     cursor.execute(sql, args)
 
 
-def purge_index_batch(cursor: Any, table: str, tenant: UUID, batch: int) -> int:
-    """Delete up to `batch` index rows of a tenant from one table; returns the count."""
-    if table not in _LAYOUT:
-        raise ValueError("not an index table")
-    cursor.execute(
-        f"DELETE FROM {table} WHERE ctid = ANY(ARRAY("  # noqa: S608 - checked table name
-        f"SELECT ctid FROM {table} WHERE org_id = %s LIMIT %s))",
-        [tenant, batch],
-    )
-    return int(cursor.rowcount)
+def purge_index(tenant: UUID, *, batch: int = 5000) -> dict[str, int]:
+    """Delete every index row of a tenant (account closure), table by table, in batches
+    that each are their own transaction: safe to stop and rerun.
+
+    Batches walk the (org_id, resource_type, id, param) index forward from the last
+    key deleted. A plain `WHERE org_id = %s LIMIT n` would step over every dead entry
+    of the earlier batches again, which makes purging millions of rows quadratic."""
+    counts: dict[str, int] = {}
+    for table in TABLES:
+        counts[table] = 0
+        after: tuple[str, str] = ("", "")
+        while True:
+            with tenant_transaction(tenant), connection.cursor() as cursor:
+                cursor.execute(
+                    f"WITH doomed AS (SELECT ctid, resource_type, id FROM {table}"
+                    " WHERE org_id = %s AND (resource_type, id) >= (%s, %s)"
+                    " ORDER BY resource_type, id LIMIT %s),"
+                    f" gone AS (DELETE FROM {table}"
+                    " WHERE ctid = ANY(ARRAY(SELECT ctid FROM doomed)))"
+                    " SELECT count(*), max(resource_type), max(id) FILTER (WHERE resource_type ="
+                    " (SELECT max(resource_type) FROM doomed)) FROM doomed",
+                    [tenant, *after, batch],
+                )
+                deleted, last_type, last_id = cursor.fetchone()
+            counts[table] += deleted
+            if deleted < batch:
+                break
+            after = (last_type, last_id)
+    return counts
 
 
 def reindex_tenant(tenant: UUID, *, batch: int = 500) -> int:

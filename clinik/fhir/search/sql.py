@@ -1,4 +1,3 @@
-# ruff: noqa: S608 - SQL is assembled from constant identifiers; values are parameters
 """Compile a SearchQuery to parameterized SQL over the store and index tables, and
 run it (PostgreSQL store).
 
@@ -384,23 +383,22 @@ class Compiler:
                 [*org_args, resource_type, *args],
             )
         if isinstance(criterion, Chain):
-            alias = self.alias("c")
-            org, org_args = self.org(alias)
+            # One branch per target type, so each can be driven from its innermost
+            # match through the reference index (an OR of types could only filter).
             branches = []
             for target_type, inner in criterion.targets:
+                alias = self.alias("c")
+                org, org_args = self.org(alias)
                 sql, args = self.ids(inner, target_type)
                 branches.append(
                     (
-                        f"({alias}.target_type = %s AND {alias}.target_id IN ({sql}))",
-                        [target_type, *args],
+                        f"SELECT {alias}.id FROM fhir_idx_reference {alias} WHERE {org}"
+                        f"{alias}.resource_type = %s AND {alias}.param = %s"
+                        f" AND {alias}.target_type = %s AND {alias}.target_id IN ({sql})",
+                        [*org_args, resource_type, criterion.param.code, target_type, *args],
                     )
                 )
-            either, either_args = _join(branches, " OR ")
-            return (
-                f"SELECT {alias}.id FROM fhir_idx_reference {alias} WHERE {org}"
-                f"{alias}.resource_type = %s AND {alias}.param = %s AND ({either})",
-                [*org_args, resource_type, criterion.param.code, *either_args],
-            )
+            return _join(branches, " UNION ALL ")
         assert isinstance(criterion, Has)
         alias = self.alias("h")
         org, org_args = self.org(alias)
@@ -492,7 +490,11 @@ class _Statement:
         if sort:
             keys = [compiler.sort_key(k.code, k.descending, "r", types[0]) for k in self.query.sort]
         columns, column_args = _join(
-            [(COLUMNS, []), *[(f"{k[0]} AS s{n}", k[1]) for n, k in enumerate(keys)]], ", "
+            [
+                ("r.resource_type, r.id", []),
+                *[(f"{k[0]} AS s{n}", k[1]) for n, k in enumerate(keys)],
+            ],
+            ", ",
         )
         return f"SELECT {columns} FROM fhir_resource r WHERE {where}", [*column_args, *where_args]
 
@@ -515,30 +517,48 @@ def _order(query: SearchQuery, reverse: bool) -> str:
     return ", ".join(keys)
 
 
-def _page(cursor: Any, query: SearchQuery, statement: _Statement) -> tuple[list[Version], bool]:
-    """The page's rows and whether more follow (in the direction of travel)."""
+def _page(
+    cursor: Any, query: SearchQuery, statement: _Statement
+) -> tuple[list[Version], bool, int | None]:
+    """The page's resources, whether more follow (in the direction of travel), and the
+    total, from one statement.
+
+    The matches (type, id and sort keys only) are computed once, MATERIALIZED, then
+    counted and paged. Without the fence PostgreSQL may walk fhir_resource in id
+    order betting that LIMIT stops it early, which reads every resource of the type
+    when few or none match; with it the cost follows the number of matches."""
     sql, args = statement.matching(sort=bool(query.sort))
-    cursor_sql, cursor_args, offset = "", [], 0
+    where, where_args, offset = "", [], 0
     reverse = False
     position = query.cursor
     if not query.sort and position.after:
-        cursor_sql, cursor_args = " WHERE (q.resource_type, q.id) > (%s, %s)", list(position.after)
+        where, where_args = " WHERE (q.resource_type, q.id) > (%s, %s)", list(position.after)
     elif not query.sort and position.before:
-        cursor_sql, cursor_args = " WHERE (q.resource_type, q.id) < (%s, %s)", list(position.before)
+        where, where_args = " WHERE (q.resource_type, q.id) < (%s, %s)", list(position.before)
         reverse = True
     elif query.sort or position.offset:
         offset = position.offset
+    order = _order(query, reverse)
+    keys = "".join(f", q.s{n}" for n in range(len(query.sort)))
+    org, org_args = statement.compiler.org("r")
+    counted = query.total != "none"
+    total = "(SELECT count(*) FROM m)" if counted else "NULL::bigint"
     cursor.execute(
-        f"SELECT q.resource_type, q.id, q.version_id, q.last_updated, q.content FROM ({sql}) q"
-        f"{cursor_sql} ORDER BY {_order(query, reverse)} LIMIT %s OFFSET %s",
-        [*args, *cursor_args, query.count + 1, offset],
+        f"WITH m AS MATERIALIZED ({sql})"
+        f" SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.content, t.total"
+        f" FROM (SELECT {total} AS total) t LEFT JOIN LATERAL ("
+        f"SELECT q.resource_type, q.id{keys} FROM m q{where} ORDER BY {order} LIMIT %s OFFSET %s"
+        f") q ON TRUE LEFT JOIN fhir_resource r ON {org}r.resource_type = q.resource_type"
+        f" AND r.id = q.id ORDER BY {order}",
+        [*args, *where_args, query.count + 1, offset, *org_args],
     )
     rows = cursor.fetchall()
-    more = len(rows) > query.count
-    rows = rows[: query.count]
+    found = [row for row in rows if row[1] is not None]
+    more = len(found) > query.count
+    found = found[: query.count]
     if reverse:
-        rows.reverse()
-    return _versions(rows), more
+        found.reverse()
+    return _versions(found), more, int(rows[0][5]) if counted else None
 
 
 def _count(cursor: Any, statement: _Statement) -> int:
@@ -688,13 +708,8 @@ def run_search(tenant: UUID, query: SearchQuery, *, tag_wall: bool = True) -> Se
     with connection.cursor() as cursor:
         if query.summary == "count" or query.count == 0:
             return SearchResult([], total=_count(cursor, statement))
-        matches, more = _page(cursor, query, statement)
+        matches, more, total = _page(cursor, query, statement)
         following, preceding = _links(query, matches, more)
-        total: int | None = None
-        first_page = not query.cursor.offset and not query.cursor.after and not query.cursor.before
-        if query.total != "none":
-            # A first page that holds every match is its own count.
-            total = len(matches) if first_page and not more else _count(cursor, statement)
         included, cut = _included(cursor, compiler, query, matches) if matches else ([], False)
     notes = [f"Only the first {MAX_INCLUDED} included resources are returned"] if cut else []
     return SearchResult(matches, included, total, following, preceding, notes)

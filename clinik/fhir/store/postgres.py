@@ -15,8 +15,7 @@ import orjson
 from django.db import connection, transaction
 from django.utils import timezone
 
-from clinik.fhir.search.extract import TABLES as INDEX_TABLES
-from clinik.fhir.search.index import remove_index, write_index
+from clinik.fhir.search.index import purge_index, remove_index, write_index
 from clinik.fhir.store.base import (
     SEARCH_FEATURES,
     HistoryPage,
@@ -319,7 +318,7 @@ class PostgresStore:
         """Delete every row of the tenant, in batches, each batch its own transaction:
         safe to kill at any point and run again to the same end state."""
         counts: dict[str, int] = {}
-        for table in ("fhir_history", "fhir_resource", "fhir_erasure", *INDEX_TABLES):
+        for table in ("fhir_history", "fhir_resource", "fhir_erasure"):
             counts[table] = 0
             while True:
                 with tenant_transaction(tenant), connection.cursor() as cursor:
@@ -332,6 +331,7 @@ class PostgresStore:
                 counts[table] += deleted
                 if deleted < _PURGE_BATCH:
                     break
+        counts.update(purge_index(tenant, batch=_PURGE_BATCH))
         return counts
 
 
