@@ -334,3 +334,10 @@ def test_capability_statement_declares_what_is_implemented(client) -> None:
     assert patient["conditionalUpdate"] is True
     assert patient["conditionalDelete"] == "multiple"
     assert {"family", "identifier", "birthdate"} <= {p["name"] for p in patient["searchParam"]}
+
+
+def test_unknown_endpoints_are_404_operation_outcomes(api) -> None:
+    for path in ("Patient/1/$everything", "$meta", "Patient/1/_history/1/extra"):
+        response = api.get(path)
+        assert response.status_code in (400, 404), path
+        assert response.json()["resourceType"] == "OperationOutcome", path

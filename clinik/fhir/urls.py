@@ -1,4 +1,4 @@
-from django.urls import path, register_converter
+from django.urls import path, re_path, register_converter
 
 from clinik.fhir import export_views, views
 
@@ -50,4 +50,6 @@ urlpatterns = [
         name="fhir_vread",
     ),
     path("<rtype:resource_type>/<fid:resource_id>/$expunge", views.expunge, name="fhir_expunge"),
+    # Anything else under the base: an OperationOutcome, never an HTML page.
+    re_path(r"^.*$", views.unknown_route, name="fhir_unknown"),
 ]

@@ -200,6 +200,11 @@ def _replayed_bundle(
     return {"resourceType": "Bundle", "type": kind, "entry": entries}
 
 
+@fhir_view(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
+def unknown_route(request: HttpRequest) -> HttpResponse:
+    raise FhirError(404, "not-supported", "This server has no such FHIR endpoint or operation")
+
+
 # --- capability ----------------------------------------------------------------------
 
 
