@@ -34,6 +34,7 @@ def patient_bundle(entries: int = 300, seed: int | None = None) -> dict[str, Any
     rng = random.Random(seed)
     patient_url = _urn()
     mrn = str(rng.randrange(10**9))
+    born = f"19{rng.randrange(30, 99)}-0{rng.randrange(1, 9)}-2{rng.randrange(8)}"
     out = [
         _entry(
             {
@@ -41,7 +42,7 @@ def patient_bundle(entries: int = 300, seed: int | None = None) -> dict[str, Any
                 "identifier": [{"system": "https://synthea.test/mrn", "value": mrn}],
                 "name": [{"family": rng.choice(["Smith", "Jones", "Garcia"]), "given": ["Sam"]}],
                 "gender": rng.choice(["male", "female"]),
-                "birthDate": f"19{rng.randrange(30, 99)}-0{rng.randrange(1, 9)}-1{rng.randrange(0, 9)}",
+                "birthDate": born,
             },
             patient_url,
         )

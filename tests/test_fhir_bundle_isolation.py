@@ -2,6 +2,7 @@
 missing; conditional matching never reaches another tenant. Run with both walls and
 with row-level security alone."""
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ PATIENT = {"resourceType": "Patient", "identifier": [MRN], "name": [{"family": "
 
 
 @pytest.fixture(params=["both-walls", "rls-only"])
-def victim(request, settings, api) -> dict[str, Any]:
+def victim(request, settings, api) -> Iterator[dict[str, Any]]:
     settings.FHIR_TAG_WALL = request.param == "both-walls"
     _store.cache_clear()
     created = api.post("Patient", PATIENT).json()

@@ -4,6 +4,7 @@ import json
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -143,7 +144,7 @@ def test_idempotency_keys_are_per_tenant(api, outsider_api) -> None:
 
 @pytest.mark.django_db
 def test_idempotent_bundle_replay(api) -> None:
-    bundle = {
+    bundle: dict[str, Any] = {
         "resourceType": "Bundle",
         "type": "transaction",
         "entry": [{"resource": PATIENT, "request": {"method": "POST", "url": "Patient"}}],
@@ -169,10 +170,10 @@ def test_idempotency_window_is_24_hours(api) -> None:
     start = timezone.now()
     with time_machine.travel(start, tick=False):
         api.post("Patient", PATIENT, headers={"Idempotency-Key": "day"})
-    with time_machine.travel(start + timezone.timedelta(hours=25), tick=False):
+    with time_machine.travel(start + timedelta(hours=25), tick=False):
         assert api.post("Patient", PATIENT, headers={"Idempotency-Key": "day"}).status_code == 201
         assert purge_expired() == 0  # the fresh record replaced the stale one
-    with time_machine.travel(start + timezone.timedelta(hours=50), tick=False):
+    with time_machine.travel(start + timedelta(hours=50), tick=False):
         assert purge_expired() == 1
     assert _count(api.org.pk) == 2
 

@@ -4,30 +4,41 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('audit', '0002_seal_exports'),
+        ("audit", "0002_seal_exports"),
     ]
 
     operations = [
         migrations.RemoveIndex(
-            model_name='auditevent',
-            name='audit_audit_action_1b3553_idx',
+            model_name="auditevent",
+            name="audit_audit_action_1b3553_idx",
         ),
         migrations.AddIndex(
-            model_name='auditevent',
-            index=models.Index(fields=['org_id', 'action', '-time', '-id'], name='audit_org_action'),
+            model_name="auditevent",
+            index=models.Index(
+                fields=["org_id", "action", "-time", "-id"], name="audit_org_action"
+            ),
         ),
         migrations.AddIndex(
-            model_name='auditevent',
-            index=models.Index(fields=['org_id', 'actor_type', 'actor_id', '-time', '-id'], name='audit_org_actor'),
+            model_name="auditevent",
+            index=models.Index(
+                fields=["org_id", "actor_type", "actor_id", "-time", "-id"], name="audit_org_actor"
+            ),
         ),
         migrations.AddIndex(
-            model_name='auditevent',
-            index=models.Index(condition=models.Q(('outcome', 'success'), _negated=True), fields=['org_id', '-time', '-id'], name='audit_org_not_success'),
+            model_name="auditevent",
+            index=models.Index(
+                condition=models.Q(("outcome", "success"), _negated=True),
+                fields=["org_id", "-time", "-id"],
+                name="audit_org_not_success",
+            ),
         ),
         migrations.AddIndex(
-            model_name='auditevent',
-            index=models.Index(condition=models.Q(('outcome', 'success'), _negated=True), fields=['org_id', 'action', '-time', '-id'], name='audit_org_action_not_success'),
+            model_name="auditevent",
+            index=models.Index(
+                condition=models.Q(("outcome", "success"), _negated=True),
+                fields=["org_id", "action", "-time", "-id"],
+                name="audit_org_action_not_success",
+            ),
         ),
     ]
