@@ -78,18 +78,18 @@ class Rollup(models.Model):
         ERROR = "error"
 
     org_id = models.UUIDField()
-    dim = models.CharField(max_length=5, choices=Dim.choices)
+    dim = models.CharField(max_length=5, choices=Dim.choices, default=Dim.ALL)
     bucket = models.DateTimeField()
     key_id = models.BigIntegerField(null=True)
     route = models.CharField(max_length=160, default="")
     method = models.CharField(max_length=10, default="")
     status = models.SmallIntegerField(default=0)
     requests = models.BigIntegerField()
-    client_errors = models.BigIntegerField()
-    server_errors = models.BigIntegerField()
-    throttled = models.BigIntegerField()
-    response_bytes = models.BigIntegerField()
-    latency_us_sum = models.BigIntegerField()
+    client_errors = models.BigIntegerField(default=0)
+    server_errors = models.BigIntegerField(default=0)
+    throttled = models.BigIntegerField(default=0)
+    response_bytes = models.BigIntegerField(default=0)
+    latency_us_sum = models.BigIntegerField(default=0)
     hist = ArrayField(models.BigIntegerField())
 
     class Meta:
