@@ -43,7 +43,9 @@ def _target_fields(target: Any) -> tuple[str, str]:
 
 
 def _client_ip(request: HttpRequest) -> str | None:
-    raw = request.META.get("REMOTE_ADDR")
+    from clinik.lib.http import client_ip  # honours TRUSTED_PROXY_COUNT
+
+    raw = client_ip(request)
     if not raw:
         return None
     try:
