@@ -1,10 +1,12 @@
 """Shared fixtures: the test database is created and migrated as the owner role,
 then every test connects as the ordinary application role (DESIGN.md)."""
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from celery.contrib.testing.worker import start_worker
 from django.conf import settings
 from django.core.cache import cache
 from django.db import connections
@@ -154,3 +156,26 @@ def api(owner: Persona) -> Api:
 @pytest.fixture
 def outsider_api(outsider: Persona) -> Api:
     return _api_for(outsider)
+
+
+@pytest.fixture
+def real_worker() -> Iterator[None]:
+    """A real Celery worker thread on the test Redis broker (tasks are eager otherwise)."""
+    from clinik.celery import app as celery_app
+
+    celery_app.conf.task_always_eager = False
+    try:
+        with start_worker(celery_app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
+            yield
+    finally:
+        celery_app.conf.task_always_eager = True
+
+
+def wait_for(condition: Any, timeout: float = 30.0) -> bool:
+    """Poll condition() until it holds or timeout seconds pass (work done by a worker)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False

@@ -1,11 +1,9 @@
 """Beat jobs of the accounts app, called directly and through a real Celery worker."""
 
-import time
 from datetime import timedelta
 
 import pytest
 import time_machine
-from celery.contrib.testing.worker import start_worker
 from django.contrib.sessions.backends.db import SessionStore
 from django.contrib.sessions.models import Session
 from django.core import mail
@@ -14,6 +12,7 @@ from django.utils import timezone
 from clinik.accounts import tasks
 from clinik.accounts.models import Invitation
 from clinik.celery import app as celery_app
+from tests.conftest import wait_for
 
 
 @pytest.mark.django_db
@@ -45,35 +44,16 @@ def test_every_beat_job_names_a_registered_task() -> None:
         assert entry["task"] in celery_app.tasks, name
 
 
-@pytest.fixture
-def real_worker():
-    celery_app.conf.task_always_eager = False
-    try:
-        with start_worker(celery_app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
-            yield
-    finally:
-        celery_app.conf.task_always_eager = True
-
-
-def _wait_for(condition, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 @pytest.mark.django_db(transaction=True)
 def test_real_worker_runs_the_purge_and_sends_email(owner, real_worker) -> None:
     expired, _ = Invitation.issue(owner.org, "old@acme.test", "developer", owner.user)
     Invitation.objects.filter(pk=expired.pk).update(expires_at=timezone.now() - timedelta(days=1))
     tasks.purge_expired_invitations.delay()
-    assert _wait_for(lambda: not Invitation.objects.exists())
+    assert wait_for(lambda: not Invitation.objects.exists())
     tasks.send_email.delay(
         "invitation",
         ["someone@acme.test"],
         {"org_name": "Acme", "inviter": "Olivia", "role": "developer", "link": "http://x/"},
     )
-    assert _wait_for(lambda: len(mail.outbox) == 1)
+    assert wait_for(lambda: len(mail.outbox) == 1)
     assert mail.outbox[0].subject == "Olivia invited you to Acme on ClinikAPI"

@@ -7,7 +7,6 @@ ifNoneExist/ifMatch/ifNoneMatch are honoured, and the first failing entry rolls
 everything back. A batch processes each entry on its own."""
 
 import base64
-import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,16 +18,14 @@ from django.db import transaction
 
 from clinik import audit
 from clinik.fhir import conditional
-from clinik.fhir.http import FhirError, parse_fhir_datetime
+from clinik.fhir.http import ETAG_PATTERN, FhirError, parse_fhir_datetime
 from clinik.fhir.search.query import parse_search
 from clinik.fhir.spec import RESOURCE_TYPES
 from clinik.fhir.store import Version, VersionConflict, get_store
 from clinik.fhir.tenancy import format_instant, tenant_transaction
-from clinik.fhir.validation import validate_resource
+from clinik.fhir.validation import ID_PATTERN, validate_resource
 
 MAX_ENTRIES = 1000
-_ID = re.compile(r"[A-Za-z0-9\-\.]{1,64}")
-_ETAG = re.compile(r'^(?:W/)?"(\d{1,9})"$')
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 _STATUS_TEXT = {
     200: "200 OK",
@@ -137,7 +134,7 @@ def _parse_entry(index: int, raw: dict[str, Any], base: str) -> Entry:
         )
     entry = Entry(index=index, method=method, resource_type=parts[0])
     if len(parts) >= 2:
-        if not _ID.fullmatch(parts[1]):
+        if not ID_PATTERN.fullmatch(parts[1]):
             raise FhirError(400, "value", f"Bundle.entry[{index}].request.url has a bad id")
         entry.resource_id = parts[1]
     if len(parts) == 4 and parts[2] == "_history" and method in ("GET", "HEAD"):
@@ -152,7 +149,7 @@ def _parse_entry(index: int, raw: dict[str, Any], base: str) -> Entry:
     entry.if_none_match = request.get("ifNoneMatch")
     entry.if_modified_since = request.get("ifModifiedSince")
     if request.get("ifMatch") is not None:
-        match = _ETAG.match(str(request["ifMatch"]).strip())
+        match = ETAG_PATTERN.match(str(request["ifMatch"]).strip())
         if not match:
             raise FhirError(400, "value", f"Bundle.entry[{index}].request.ifMatch is no ETag")
         entry.if_match = int(match.group(1))

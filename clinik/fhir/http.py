@@ -3,7 +3,7 @@ headers, FHIR date parameters, and the FhirError that views raise."""
 
 import re
 from calendar import monthrange
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import orjson
@@ -16,7 +16,7 @@ JSON_TYPES = {"application/fhir+json", "application/json", "application/json+fhi
 PATCH_TYPE = "application/json-patch+json"
 _FORMAT_ALIASES = {"json", "application/json", "application/fhir+json", "application/json+fhir"}
 _ACCEPTABLE = JSON_TYPES | {"*/*", "application/*"}
-_ETAG = re.compile(r'^(?:W/)?"(\d{1,9})"$')
+ETAG_PATTERN = re.compile(r'^(?:W/)?"(\d{1,9})"$')
 _DATE = re.compile(
     r"^(?P<y>\d{4})(?:-(?P<m>\d{2})(?:-(?P<d>\d{2})"
     r"(?:T(?P<H>\d{2}):(?P<M>\d{2})(?::(?P<S>\d{2})(?:\.(?P<f>\d{1,9}))?)?"
@@ -110,7 +110,7 @@ def parse_if_match(request: HttpRequest) -> int | None:
     raw = request.headers.get("If-Match")
     if raw is None:
         return None
-    match = _ETAG.match(raw.strip())
+    match = ETAG_PATTERN.match(raw.strip())
     if not match:
         raise FhirError(400, "value", 'If-Match must be an ETag such as W/"3"')
     return int(match.group(1))
@@ -154,9 +154,7 @@ def parse_fhir_datetime(raw: str, *, name: str, upper: bool = False) -> datetime
         if parts["tz"] and parts["tz"] != "Z":
             sign = 1 if parts["tz"][0] == "+" else -1
             offset = timedelta(hours=int(parts["tz"][1:3]), minutes=int(parts["tz"][4:6]))
-            from datetime import timezone as dt_timezone
-
-            tz = dt_timezone(sign * offset)
+            tz = timezone(sign * offset)
         start = datetime(year, month, day, hour, minute, second, micro, tzinfo=tz)
     except ValueError:
         raise FhirError(400, "value", f"{name} is not a valid date") from None
