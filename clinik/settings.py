@@ -98,6 +98,9 @@ DATABASE_OWNER_CREDENTIALS = {"USER": _owner_db["USER"], "PASSWORD": _owner_db.g
 _default_db = dict(_app_db)
 if DB_AS_OWNER:
     _default_db.update(DATABASE_OWNER_CREDENTIALS)
+# Django's PostgreSQL backend with lazy BEGIN, deferred writes and a health check
+# without a round trip (clinik/lib/pgbackend/base.py).
+_default_db["ENGINE"] = "clinik.lib.pgbackend"
 _default_db["OPTIONS"] = {"sslmode": DATABASE_SSLMODE, "connect_timeout": 5}
 _default_db["CONN_HEALTH_CHECKS"] = True
 _default_db["TEST"] = {"NAME": env_str("TEST_DATABASE_NAME", "test_clinik")}

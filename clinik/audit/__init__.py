@@ -8,8 +8,9 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from clinik.audit.actions import ACTIONS
+from clinik.lib.db import defer
 
-__all__ = ["ACTIONS", "OUTCOMES", "record"]
+__all__ = ["ACTIONS", "OUTCOMES", "note", "record"]
 
 OUTCOMES = frozenset({"success", "failure", "denied"})
 
@@ -19,7 +20,7 @@ OUTCOMES = frozenset({"success", "failure", "denied"})
 _INSERT = (
     "INSERT INTO audit_auditevent (time, org_id, actor_type, actor_id, action, target_type,"
     " target_id, outcome, request_id, ip, user_agent)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
 
 
@@ -54,6 +55,30 @@ def _client_ip(request: HttpRequest) -> str | None:
         return None
 
 
+def _fields(
+    action: str, org: Any, actor: Any, target: Any, outcome: str, request: HttpRequest | None
+) -> dict[str, Any]:
+    if action not in ACTIONS:
+        raise ValueError(f"unregistered audit action {action!r}")
+    if outcome not in OUTCOMES:
+        raise ValueError(f"unknown audit outcome {outcome!r}")
+    actor_type, actor_id = _actor_fields(actor)
+    target_type, target_id = _target_fields(target)
+    return {
+        "time": timezone.now(),
+        "org_id": getattr(org, "pk", org),
+        "actor_type": actor_type[:10],
+        "actor_id": actor_id[:64],
+        "action": action,
+        "target_type": target_type[:64],
+        "target_id": target_id[:64],
+        "outcome": outcome,
+        "request_id": str(getattr(request, "request_id", "") or "")[:64] if request else "",
+        "ip": _client_ip(request) if request else None,
+        "user_agent": str(request.META.get("HTTP_USER_AGENT", ""))[:256] if request else "",
+    }
+
+
 def record(
     action: str,
     *,
@@ -72,27 +97,46 @@ def record(
     """
     from clinik.audit.models import AuditEvent
 
-    if action not in ACTIONS:
-        raise ValueError(f"unregistered audit action {action!r}")
-    if outcome not in OUTCOMES:
-        raise ValueError(f"unknown audit outcome {outcome!r}")
-    actor_type, actor_id = _actor_fields(actor)
-    target_type, target_id = _target_fields(target)
-    org_id = getattr(org, "pk", org)
-    fields = {
-        "time": timezone.now(),
-        "org_id": org_id,
-        "actor_type": actor_type[:10],
-        "actor_id": actor_id[:64],
-        "action": action,
-        "target_type": target_type[:64],
-        "target_id": target_id[:64],
-        "outcome": outcome,
-        "request_id": str(getattr(request, "request_id", "") or "")[:64] if request else "",
-        "ip": _client_ip(request) if request else None,
-        "user_agent": str(request.META.get("HTTP_USER_AGENT", ""))[:256] if request else "",
-    }
+    fields = _fields(action, org, actor, target, outcome, request)
     with connection.cursor() as cursor:
-        cursor.execute(_INSERT, list(fields.values()))
+        cursor.execute(f"{_INSERT} RETURNING id", list(fields.values()))
         (pk,) = cursor.fetchone()
     return AuditEvent(id=pk, **fields)
+
+
+def note(
+    action: str,
+    *,
+    org: Any,
+    actor: Any,
+    target: Any = None,
+    outcome: str = "success",
+    request: HttpRequest | None = None,
+) -> None:
+    """record() for the API's hot paths: the same row in the caller's transaction, but
+    deferred (clinik.lib.db.defer): it travels with the transaction's next statement
+    or its COMMIT, so auditing an interaction costs no round trip of its own."""
+    defer(_INSERT, list(_fields(action, org, actor, target, outcome, request).values()))
+
+
+def insert_from(
+    action: str,
+    *,
+    org: Any,
+    actor: Any,
+    target: Any = None,
+    request: HttpRequest | None = None,
+    succeeded: str,
+) -> tuple[str, list[Any]]:
+    """The INSERT of one audit event, for a statement to carry as a data-modifying CTE
+    (the read and its audit row in one statement): `succeeded` is an SQL condition
+    deciding the outcome, success or failure."""
+    fields = _fields(action, org, actor, target, "success", request)
+    names = list(fields)
+    at = names.index("outcome")
+    values = list(fields.values())
+    placeholders = ["%s"] * len(names)
+    placeholders[at] = f"CASE WHEN {succeeded} THEN 'success' ELSE 'failure' END"
+    del values[at]
+    sql = f"INSERT INTO audit_auditevent ({', '.join(names)}) SELECT {', '.join(placeholders)}"
+    return sql, values

@@ -227,7 +227,7 @@ def _map_full_url(ctx: Context, entry: Entry, resource_id: str) -> None:
 
 
 def _record(ctx: Context, action: str, entry: Entry, ok: bool) -> None:
-    audit.record(
+    audit.note(
         action,
         org=ctx.request.org,
         actor=ctx.request.api_key,

@@ -9,10 +9,12 @@
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from django.db import connection, transaction
+
+from clinik.lib.db import defer
 
 TENANT_SYSTEM = "https://clinikapi.com/fhir/tenant"
 
@@ -70,10 +72,34 @@ def tenant_transaction(org_id: UUID) -> Iterator[None]:
         yield
         return
     with transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT set_config('clinik.org_id', %s, true)", [str(org_id)])
+        # Deferred: it travels with the transaction's first statement (same order).
+        defer("SELECT set_config('clinik.org_id', %s, true)", [str(org_id)])
         connection.clinik_tenant = org_id  # type: ignore[attr-defined]
         try:
             yield
         finally:
             connection.clinik_tenant = None  # type: ignore[attr-defined]
+
+
+def tenant_query(org_id: UUID, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+    """One statement under the tenant, in one round trip, and its rows.
+
+    Outside a transaction, `set_config` and the statement travel as one
+    simple-protocol query string, which PostgreSQL runs as one implicit transaction:
+    the setting holds for the statement and ends with it, as in `tenant_transaction`.
+    Inside one, the statement joins it (through `tenant_transaction`)."""
+    if not connection.get_autocommit():
+        with tenant_transaction(org_id), connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cast(list[tuple[Any, ...]], cursor.fetchall())
+    with connection.cursor() as cursor:
+        raw = cursor.cursor
+        text = ";\n".join(
+            [
+                raw.mogrify("SELECT set_config('clinik.org_id', %s, true)", [str(org_id)]),
+                raw.mogrify(sql, params),
+            ]
+        )
+        cursor.execute(text)
+        cursor.nextset()
+        return cast(list[tuple[Any, ...]], cursor.fetchall())

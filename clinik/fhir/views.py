@@ -3,7 +3,7 @@ request.org; every view works inside that organization only."""
 
 import logging
 from collections.abc import Callable
-from functools import wraps
+from functools import partial, wraps
 from typing import Any
 from urllib.parse import urlencode
 from uuid import uuid4
@@ -102,7 +102,7 @@ def _resource_response(
 
 
 def _record(request: ApiHttpRequest, action: str, target: tuple[str, str], ok: bool) -> None:
-    audit.record(
+    audit.note(
         action,
         org=request.org,
         actor=request.api_key,
@@ -354,10 +354,17 @@ def instance(request: ApiHttpRequest, resource_type: str, resource_id: str) -> H
 
 
 def _read(request: ApiHttpRequest, resource_type: str, resource_id: str) -> HttpResponse:
-    with tenant_transaction(request.org.pk):
-        version = get_store().read(request.org.pk, resource_type, resource_id)
-        found = version is not None and not version.deleted
-        _record(request, "fhir.read", (resource_type, resource_id), ok=found)
+    audit_row = partial(
+        audit.insert_from,
+        "fhir.read",
+        org=request.org,
+        actor=request.api_key,
+        target=(resource_type, resource_id),
+        request=request,
+    )
+    version = get_store().read(
+        request.org.pk, resource_type, resource_id, audit=lambda ok: audit_row(succeeded=ok)
+    )
     if version is None:
         raise _missing(resource_type, resource_id)
     if version.deleted:

@@ -3,7 +3,8 @@
 One statement per change: data-modifying CTEs delete the old rows and insert the
 new ones (all sub-statements see the same snapshot, so the DELETE never sees the
 rows the INSERTs add), inside the caller's transaction, so a resource and its index
-rows are committed or rolled back together.
+rows are committed or rolled back together. The statement is deferred
+(clinik.lib.db.defer): it travels with the transaction's next statement or COMMIT.
 """
 
 from typing import Any
@@ -14,6 +15,7 @@ from django.db import connection
 
 from clinik.fhir.search.extract import TABLES, IndexRows, extract
 from clinik.fhir.tenancy import tenant_transaction
+from clinik.lib.db import defer
 
 # table -> (IndexRows attribute, columns after org_id/resource_type/id, SQL array types)
 _LAYOUT: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
@@ -86,7 +88,6 @@ def _statement(
 
 
 def write_index(
-    cursor: Any,
     tenant: UUID,
     resource_type: str,
     resource_id: str,
@@ -97,13 +98,13 @@ def write_index(
     """Index a resource version; `replace` first removes the previous version's rows."""
     sql, args = _statement(tenant, resource_type, resource_id, extract(resource), replace=replace)
     if sql:
-        cursor.execute(sql, args)
+        defer(sql, args)
 
 
-def remove_index(cursor: Any, tenant: UUID, resource_type: str, resource_id: str) -> None:
+def remove_index(tenant: UUID, resource_type: str, resource_id: str) -> None:
     """Remove a resource's rows (delete, expunge, erase): it is absent from search at once."""
     sql, args = _statement(tenant, resource_type, resource_id, None, replace=True)
-    cursor.execute(sql, args)
+    defer(sql, args)
 
 
 def purge_index(tenant: UUID, *, batch: int = 5000) -> dict[str, int]:
@@ -151,9 +152,7 @@ def reindex_tenant(tenant: UUID, *, batch: int = 500) -> int:
             )
             rows = cursor.fetchall()
             for resource_type, resource_id, content in rows:
-                write_index(
-                    cursor, tenant, resource_type, resource_id, orjson.loads(content), replace=True
-                )
+                write_index(tenant, resource_type, resource_id, orjson.loads(content), replace=True)
         indexed += len(rows)
         if len(rows) < batch:
             return indexed

@@ -2,7 +2,7 @@
 thread-local), so a second store (AWS HealthLake) can sit behind the same views,
 tenancy and audit."""
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -83,6 +83,11 @@ SEARCH_FEATURES = frozenset(
 )
 
 
+AuditInsert = Callable[[str], tuple[str, list[Any]]]
+"""Given an SQL condition for success, the audit row's INSERT and its parameters
+(clinik.audit.insert_from with everything but the condition bound)."""
+
+
 class StoreError(Exception):
     pass
 
@@ -98,7 +103,18 @@ class VersionConflict(StoreError):
 class FhirStore(Protocol):
     features: StoreFeatures
 
-    def read(self, tenant: UUID, resource_type: str, resource_id: str) -> Version | None: ...
+    def read(
+        self,
+        tenant: UUID,
+        resource_type: str,
+        resource_id: str,
+        *,
+        audit: AuditInsert | None = None,
+    ) -> Version | None:
+        """The current version (a delete is a version without content). `audit`
+        builds the interaction's audit row, written in the read's own transaction,
+        its outcome success when a live version was found."""
+        ...
 
     def vread(
         self, tenant: UUID, resource_type: str, resource_id: str, version_id: int

@@ -18,17 +18,30 @@ from django.utils import timezone
 from clinik.fhir.search.index import purge_index, remove_index, write_index
 from clinik.fhir.store.base import (
     SEARCH_FEATURES,
+    AuditInsert,
     HistoryPage,
     StoreFeatures,
     Version,
     VersionConflict,
 )
-from clinik.fhir.tenancy import stamp, tenant_transaction
+from clinik.fhir.tenancy import stamp, tenant_query, tenant_transaction
+from clinik.lib.db import defer
 
 if TYPE_CHECKING:
     from clinik.fhir.search.query import SearchQuery, SearchResult
 
 _PURGE_BATCH = 5000
+
+# Version 1 of a resource and its history row, in one statement.
+_INSERT_FIRST = (
+    "WITH r AS (INSERT INTO fhir_resource"
+    " (org_id, resource_type, id, version_id, last_updated, content)"
+    " VALUES (%s, %s, %s, 1, %s, %s){on_conflict}"
+    " RETURNING org_id, resource_type, id, version_id, last_updated, content)"
+    " INSERT INTO fhir_history"
+    " (org_id, resource_type, id, version_id, last_updated, method, content)"
+    " SELECT org_id, resource_type, id, version_id, last_updated, 'create', content FROM r"
+)
 
 
 def dumps(document: dict[str, Any]) -> str:
@@ -48,16 +61,28 @@ class PostgresStore:
 
     # --- reads -----------------------------------------------------------------
 
-    def read(self, tenant: UUID, resource_type: str, resource_id: str) -> Version | None:
-        with tenant_transaction(tenant), connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT version_id, last_updated, content FROM fhir_resource"
-                f" WHERE {self._org}resource_type = %s AND id = %s",
-                self._args(tenant, resource_type, resource_id),
-            )
-            row = cursor.fetchone()
-        if row is None:
+    def read(
+        self,
+        tenant: UUID,
+        resource_type: str,
+        resource_id: str,
+        *,
+        audit: AuditInsert | None = None,
+    ) -> Version | None:
+        sql = (
+            "SELECT version_id, last_updated, content FROM fhir_resource"
+            f" WHERE {self._org}resource_type = %s AND id = %s"
+        )
+        args = self._args(tenant, resource_type, resource_id)
+        if audit is not None:
+            # The read and its audit row in one statement, one round trip.
+            insert, insert_args = audit("EXISTS (SELECT 1 FROM r WHERE content IS NOT NULL)")
+            sql = f"WITH r AS ({sql}), a AS ({insert}) SELECT * FROM r"
+            args += insert_args
+        rows = tenant_query(tenant, sql, args)
+        if not rows:
             return None
+        row = rows[0]
         method = "delete" if row[2] is None else "update"
         return Version(resource_type, resource_id, row[0], row[1], row[2], method)
 
@@ -85,9 +110,14 @@ class PostgresStore:
         now = timezone.now()
         document = stamp(resource, tenant, resource_id, 1, now)
         content = dumps(document)
-        with tenant_transaction(tenant), connection.cursor() as cursor:
-            if self._insert_first(cursor, tenant, resource_type, resource_id, now, content):
-                write_index(cursor, tenant, resource_type, resource_id, document, replace=False)
+        with tenant_transaction(tenant):
+            # Deferred, with its index rows: a create needs no answer from the database
+            # (an id that exists already fails the transaction at its COMMIT).
+            defer(
+                _INSERT_FIRST.format(on_conflict=""),
+                [tenant, resource_type, resource_id, now, content],
+            )
+            write_index(tenant, resource_type, resource_id, document, replace=False)
         return Version(resource_type, resource_id, 1, now, content, "create")
 
     @staticmethod
@@ -96,13 +126,7 @@ class PostgresStore:
     ) -> bool:
         """Insert version 1; False if the id exists already (a concurrent create)."""
         cursor.execute(
-            "WITH r AS (INSERT INTO fhir_resource"
-            " (org_id, resource_type, id, version_id, last_updated, content)"
-            " VALUES (%s, %s, %s, 1, %s, %s) ON CONFLICT DO NOTHING"
-            " RETURNING org_id, resource_type, id, version_id, last_updated, content)"
-            " INSERT INTO fhir_history"
-            " (org_id, resource_type, id, version_id, last_updated, method, content)"
-            " SELECT org_id, resource_type, id, version_id, last_updated, 'create', content FROM r",
+            _INSERT_FIRST.format(on_conflict=" ON CONFLICT DO NOTHING"),
             [tenant, resource_type, resource_id, now, content],
         )
         return bool(cursor.rowcount)
@@ -139,9 +163,7 @@ class PostgresStore:
                     document = stamp(resource, tenant, resource_id, 1, now)
                     content = dumps(document)
                     if self._insert_first(cursor, tenant, resource_type, resource_id, now, content):
-                        write_index(
-                            cursor, tenant, resource_type, resource_id, document, replace=False
-                        )
+                        write_index(tenant, resource_type, resource_id, document, replace=False)
                         return Version(resource_type, resource_id, 1, now, content, "create"), True
                     continue  # lost a race with a concurrent create: update it instead
                 current_version, _was_deleted = current
@@ -150,7 +172,7 @@ class PostgresStore:
                 version_id = current_version + 1
                 document = stamp(resource, tenant, resource_id, version_id, now)
                 content = dumps(document)
-                cursor.execute(
+                defer(
                     "WITH u AS (UPDATE fhir_resource"
                     " SET version_id = %s, last_updated = %s, content = %s, deleted_at = NULL"
                     " WHERE org_id = %s AND resource_type = %s AND id = %s"
@@ -161,7 +183,7 @@ class PostgresStore:
                     " FROM u",
                     [version_id, now, content, tenant, resource_type, resource_id],
                 )
-                write_index(cursor, tenant, resource_type, resource_id, document, replace=True)
+                write_index(tenant, resource_type, resource_id, document, replace=True)
                 return Version(
                     resource_type, resource_id, version_id, now, content, "update"
                 ), False
@@ -179,7 +201,7 @@ class PostgresStore:
                 return self.vread(tenant, resource_type, resource_id, current_version)
             now = timezone.now()
             version_id = current_version + 1
-            cursor.execute(
+            defer(
                 "WITH u AS (UPDATE fhir_resource"
                 " SET version_id = %s, last_updated = %s, content = NULL, deleted_at = %s"
                 " WHERE org_id = %s AND resource_type = %s AND id = %s"
@@ -190,8 +212,8 @@ class PostgresStore:
                 " FROM u",
                 [version_id, now, now, tenant, resource_type, resource_id],
             )
-            remove_index(cursor, tenant, resource_type, resource_id)
-            cursor.execute(
+            remove_index(tenant, resource_type, resource_id)
+            defer(
                 "INSERT INTO fhir_erasure (org_id, resource_type, id, version_id, deleted_at)"
                 " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (org_id, resource_type, id)"
                 " DO UPDATE SET version_id = EXCLUDED.version_id, deleted_at = EXCLUDED.deleted_at",
@@ -210,7 +232,7 @@ class PostgresStore:
             cursor.execute(
                 f"DELETE FROM fhir_resource WHERE {self._org}resource_type = %s AND id = %s", args
             )
-            remove_index(cursor, tenant, resource_type, resource_id)
+            remove_index(tenant, resource_type, resource_id)
             cursor.execute(
                 "DELETE FROM fhir_erasure WHERE org_id = %s AND resource_type = %s AND id = %s",
                 [tenant, resource_type, resource_id],
@@ -362,7 +384,7 @@ def erase_deleted(older_than: timedelta, *, batch: int = 500) -> int:
                     [org_id, resource_type, resource_id],
                 )
                 if cursor.rowcount:  # still deleted (not re-created since): no index rows
-                    remove_index(cursor, org_id, resource_type, resource_id)
+                    remove_index(org_id, resource_type, resource_id)
                 cursor.execute(
                     "DELETE FROM fhir_erasure WHERE org_id = %s AND resource_type = %s AND id = %s",
                     [org_id, resource_type, resource_id],

@@ -1,0 +1,213 @@
+# django-stubs describe this Django module for psycopg2; its psycopg 3 classes (Cursor,
+# ServerSideCursor, register_tzloader) are unknown to them.
+# mypy: disable-error-code="attr-defined, misc, call-arg, name-defined, unused-ignore"
+"""Django's PostgreSQL backend (psycopg 3), with transactions that cost fewer round trips.
+
+On this machine, as on most hosts, a round trip to PostgreSQL costs more than the
+statement it carries (bench/README.md). Django's backend spends several on every
+transaction: psycopg sends BEGIN alone before the first statement, COMMIT alone at
+the end, and each write whose result nobody reads (the tenant's `set_config`, search
+index rows, audit rows) waits for its own answer. This backend keeps the psycopg
+connection in autocommit mode and runs transactions itself:
+
+- BEGIN is queued when Django opens a transaction, and travels with the first
+  statement that needs an answer, in one simple-protocol query string;
+- `defer(sql, params)` queues a write the same way: it travels with the next
+  statement, or with the COMMIT (a write-only transaction is one round trip);
+- SAVEPOINT and RELEASE are queued too; a transaction in which nothing ran commits
+  with no round trip at all.
+
+Queued statements run in order, before the statement they travel with, in the same
+transaction, so what every statement sees is unchanged. The difference is where an
+error in a queued write surfaces: with the statement it travelled with, or with the
+COMMIT; either way the transaction rolls back whole. Only writes that are not
+expected to fail are deferred (see `clinik.lib.db.defer`).
+
+The per-request health check (CONN_HEALTH_CHECKS) also costs no round trip here:
+an idle connection the server has closed or is closing has bytes (or EOF) waiting
+on its socket, which a zero-timeout poll sees; only then does it send `SELECT 1`.
+"""
+
+import select
+from typing import Any
+
+import psycopg
+from django.core.exceptions import ImproperlyConfigured
+from django.db.backends.postgresql import base
+from django.db.backends.utils import debug_transaction
+from psycopg.pq import TransactionStatus
+
+_OPEN = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
+
+
+class LazyCursor(base.Cursor):
+    """A client-side-binding cursor that sends the connection's queued statements
+    ahead of its own, in the same query string, and answers for its own."""
+
+    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        count_round_trip(self.connection)
+        queue: list[str] | None = getattr(self.connection, "clinik_queue", None)
+        if not queue:
+            return super().execute(query, params, **kwargs)
+        statement = self.mogrify(query, params)
+        ahead = len(queue)
+        # Lines of the query string are statements; the caller gets the last one's result.
+        text = ";\n".join([*queue, statement])
+        queue.clear()
+        super().execute(text)
+        for _ in range(ahead):
+            self.nextset()
+        return self
+
+    def executemany(self, *args: Any, **kwargs: Any) -> Any:
+        send_queue(self.connection)
+        count_round_trip(self.connection)
+        return super().executemany(*args, **kwargs)
+
+    def copy(self, *args: Any, **kwargs: Any) -> Any:
+        send_queue(self.connection)
+        count_round_trip(self.connection)
+        return super().copy(*args, **kwargs)
+
+    def stream(self, *args: Any, **kwargs: Any) -> Any:
+        send_queue(self.connection)
+        return super().stream(*args, **kwargs)
+
+
+def count_round_trip(session: Any) -> None:
+    """Queries sent on this connection, each one round trip (for tests and benchmarks:
+    `round_trips(connection)`)."""
+    session.clinik_round_trips = getattr(session, "clinik_round_trips", 0) + 1
+
+
+def round_trips(session: Any) -> int:
+    return int(getattr(session, "clinik_round_trips", 0))
+
+
+def send_queue(session: Any) -> None:
+    """Send what is queued on a psycopg connection now, alone (before statements that
+    cannot carry it: COPY, executemany, named cursors)."""
+    queue: list[str] | None = getattr(session, "clinik_queue", None)
+    if queue:
+        text = ";\n".join(queue)
+        queue.clear()
+        count_round_trip(session)
+        with psycopg.ClientCursor(session) as cursor:
+            cursor.execute(text)
+
+
+class DatabaseWrapper(base.DatabaseWrapper):
+    def get_connection_params(self) -> dict[str, Any]:
+        params: dict[str, Any] = super().get_connection_params()
+        if "isolation_level" in self.settings_dict["OPTIONS"]:
+            raise ImproperlyConfigured("clinik.lib.pgbackend runs READ COMMITTED only")
+        params["cursor_factory"] = LazyCursor
+        return params
+
+    def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
+        session = super().get_new_connection(conn_params)
+        session.autocommit = True  # always: BEGIN and COMMIT are sent by this class
+        session.clinik_queue = []
+        return session
+
+    # --- transactions ------------------------------------------------------------
+
+    def _queue(self) -> list[str]:
+        queue: list[str] = self.connection.clinik_queue
+        return queue
+
+    def _set_autocommit(self, autocommit: bool) -> None:
+        # The psycopg connection stays in autocommit; Django's flag says whether a
+        # transaction is open, and BEGIN waits in the queue for a statement to carry.
+        if self.connection is None:
+            return
+        queue = self._queue()
+        if autocommit:
+            if self.connection.info.transaction_status in _OPEN:
+                raise psycopg.ProgrammingError("autocommit cannot be set inside a transaction")
+            queue.clear()
+        elif not queue and self.connection.info.transaction_status not in _OPEN:
+            queue.append("BEGIN")
+
+    def _commit(self) -> None:
+        if self.connection is None:
+            return
+        with debug_transaction(self, "COMMIT"), self.wrap_database_errors:
+            queue = self._queue()
+            if queue == ["BEGIN"]:  # nothing ran: nothing to commit
+                queue.clear()
+            elif queue or self.connection.info.transaction_status in _OPEN:
+                with self.connection.cursor() as cursor:
+                    cursor.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        if self.connection is None:
+            return
+        with debug_transaction(self, "ROLLBACK"), self.wrap_database_errors:
+            self._queue().clear()
+            if self.connection.info.transaction_status in _OPEN:
+                self.connection.execute("ROLLBACK")
+
+    def _savepoint(self, sid: str) -> None:
+        self.defer(self.ops.savepoint_create_sql(sid))
+
+    def _savepoint_commit(self, sid: str) -> None:
+        if not self._drop_empty_savepoint(sid):
+            self.defer(self.ops.savepoint_commit_sql(sid))
+
+    def _savepoint_rollback(self, sid: str) -> None:
+        if not self._drop_empty_savepoint(sid):
+            super()._savepoint_rollback(sid)
+
+    def _drop_empty_savepoint(self, sid: str) -> bool:
+        """A savepoint with nothing after it, still queued: forget it (no round trip)."""
+        queue = self._queue()
+        if queue and queue[-1] == self.ops.savepoint_create_sql(sid):
+            queue.pop()
+            return True
+        return False
+
+    # --- deferred writes ---------------------------------------------------------
+
+    def defer(self, sql: str, params: Any = None) -> None:
+        """Queue a statement whose result nobody reads, to travel with the next one.
+        Outside a transaction it runs at once."""
+        self.ensure_connection()
+        if self.get_autocommit():
+            with self.cursor() as cursor:
+                cursor.execute(sql, params)
+            return
+        with self.wrap_database_errors, self.connection.cursor() as raw:
+            text = raw.mogrify(sql, params)
+        self._queue().append(text)
+        if self.queries_logged:
+            self.queries_log.append({"sql": text, "time": "0.000"})
+
+    def create_cursor(self, name: str | None = None) -> Any:
+        if name:
+            send_queue(self.connection)
+            # A named cursor inside a transaction needs no WITH HOLD (Django asks
+            # psycopg's autocommit flag, which is always on here).
+            cursor = base.ServerSideCursor(
+                self.connection, name=name, scrollable=False, withhold=self.get_autocommit()
+            )
+            loader = self.connection.adapters.get_loader(base.TIMESTAMPTZ_OID, base.Format.TEXT)
+            if self.timezone != loader.timezone:
+                base.register_tzloader(self.timezone, cursor)
+            return cursor
+        return super().create_cursor(name)
+
+    # --- health check ------------------------------------------------------------
+
+    def is_usable(self) -> bool:
+        session = self.connection
+        if session is None or session.closed:
+            return False
+        if session.info.transaction_status == TransactionStatus.UNKNOWN:
+            return False
+        try:
+            waiting, _, _ = select.select([session.fileno()], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        # Bytes between statements: a termination notice, EOF, or a notification.
+        return bool(super().is_usable()) if waiting else True
