@@ -3,6 +3,7 @@
 import ipaddress
 from typing import Any
 
+import orjson
 from django.db import connection
 from django.http import HttpRequest
 from django.utils import timezone
@@ -140,3 +141,36 @@ def insert_from(
     del values[at]
     sql = f"INSERT INTO audit_auditevent ({', '.join(names)}) SELECT {', '.join(placeholders)}"
     return sql, values
+
+
+def note_many(
+    action: str,
+    *,
+    org: Any,
+    actor: Any,
+    targets: list[tuple[str, str]],
+    outcome: str = "success",
+    request: HttpRequest | None = None,
+) -> None:
+    """note() for many targets of one request (a transaction bundle's creates): one
+    deferred INSERT, the targets in one JSON parameter."""
+    if not targets:
+        return
+    fields = _fields(action, org, actor, None, outcome, request)
+    names = list(fields)
+    values: list[Any] = []
+    select = []
+    for name in names:
+        if name == "target_type":
+            select.append("left(t->>0, 64)")
+        elif name == "target_id":
+            select.append("left(t->>1, 64)")
+        else:
+            select.append("%s")
+            values.append(fields[name])
+    # Column names and expressions are this module's own; every value is a parameter.
+    sql = (
+        f"INSERT INTO audit_auditevent ({', '.join(names)}) SELECT {', '.join(select)}"  # noqa: S608
+        " FROM jsonb_array_elements(%s::jsonb) AS t"
+    )
+    defer(sql, [*values, orjson.dumps(targets).decode()])

@@ -7,6 +7,7 @@ rows are committed or rolled back together. The statement is deferred
 (clinik.lib.db.defer): it travels with the transaction's next statement or COMMIT.
 """
 
+import math
 from typing import Any
 from uuid import UUID
 
@@ -53,13 +54,15 @@ assert set(_LAYOUT) == set(TABLES)
 
 
 def _from_json(columns: tuple[str, ...], types: tuple[str, ...]) -> str:
-    """The select list that reads one row from a JSON array `r`. JSON has no infinity:
-    orjson writes an open range's float bound as null, read back as -infinity (low)
-    or infinity (high); these tables have no other nulls in those columns."""
+    """The select list that reads one row from a JSON array `r` holding
+    [resource_type, id, *columns]. JSON has no infinity: orjson writes an open range's
+    float bound as null, read back as -infinity (low) or infinity (high); these
+    tables have no other nulls in those columns. The composite table's optional
+    float columns are really null: its infinite bounds travel as strings instead."""
     exprs = []
-    for k, (column, sql_type) in enumerate(zip(columns, types, strict=True)):
+    for k, (column, sql_type) in enumerate(zip(columns, types, strict=True), start=2):
         value = f"r->>{k}"
-        if sql_type == "float8":
+        if sql_type == "float8" and column in ("low", "high"):
             bound = "-infinity" if column == "low" else "infinity"
             exprs.append(f"COALESCE(({value})::float8, '{bound}')")
         elif sql_type == "text":
@@ -69,54 +72,51 @@ def _from_json(columns: tuple[str, ...], types: tuple[str, ...]) -> str:
     return ", ".join(exprs)
 
 
-# Every table but the composite one (whose optional float columns are really null).
 _FROM_JSON = {
-    table: _from_json(columns, types)
-    for table, (_attribute, columns, types) in _LAYOUT.items()
-    if table != "fhir_idx_composite"
+    table: _from_json(columns, types) for table, (_attribute, columns, types) in _LAYOUT.items()
 }
 
 
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return value
+
+
 def _statement(
-    tenant: UUID, resource_type: str, resource_id: str, rows: IndexRows | None, *, replace: bool
+    tenant: UUID,
+    written: list[tuple[str, str, IndexRows]],
+    removed: tuple[str, str] | None = None,
 ) -> tuple[str, list[Any]]:
+    """One statement: remove the rows of `removed` (resource type, id), then insert the
+    rows of every resource `written`, one INSERT per table, each table's rows in one
+    JSON parameter (orjson and one quoted string cost a fraction of adapting one
+    array per column, bench/README.md)."""
     parts: list[str] = []
     args: list[Any] = []
-    if replace:
+    if removed is not None:
         for number, table in enumerate(TABLES):
             parts.append(
                 f"d{number} AS (DELETE FROM {table}"
                 " WHERE org_id = %s AND resource_type = %s AND id = %s)"
             )
-            args += [tenant, resource_type, resource_id]
-    if rows is not None:
-        for number, table in enumerate(TABLES):
-            attribute, columns, types = _LAYOUT[table]
-            values = getattr(rows, attribute)
-            if not values:
-                continue
-            names = ", ".join(columns)
-            if table in _FROM_JSON:
-                # One JSON parameter for all the rows: orjson and a quoted string cost
-                # a fraction of adapting one array per column (bench/README.md).
-                parts.append(
-                    f"i{number} AS (INSERT INTO {table} (org_id, resource_type, id, {names})"
-                    f" SELECT %s, %s, %s, {_FROM_JSON[table]}"
-                    " FROM jsonb_array_elements(%s::jsonb) AS r)"
-                )
-                args += [tenant, resource_type, resource_id, orjson.dumps(list(values)).decode()]
-                continue
-            arrays = ", ".join(f"%s::{t}[]" for t in types)
-            parts.append(
-                f"i{number} AS (INSERT INTO {table} (org_id, resource_type, id, {names})"
-                f" SELECT %s, %s, %s, * FROM unnest({arrays}))"
-            )
-            args += [
-                tenant,
-                resource_type,
-                resource_id,
-                *(list(c) for c in zip(*values, strict=True)),
-            ]
+            args += [tenant, *removed]
+    for number, table in enumerate(TABLES):
+        attribute, columns, _types = _LAYOUT[table]
+        composite = table == "fhir_idx_composite"
+        rows = [
+            [resource_type, resource_id, *(map(_finite, value) if composite else value)]
+            for resource_type, resource_id, index_rows in written
+            for value in getattr(index_rows, attribute)
+        ]
+        if not rows:
+            continue
+        parts.append(
+            f"i{number} AS (INSERT INTO {table} (org_id, resource_type, id, {', '.join(columns)})"
+            f" SELECT %s, r->>0, r->>1, {_FROM_JSON[table]}"
+            " FROM jsonb_array_elements(%s::jsonb) AS r)"
+        )
+        args += [tenant, orjson.dumps(rows).decode()]
     if not parts:
         return "", []
     return f"WITH {', '.join(parts)} SELECT 1", args
@@ -131,14 +131,22 @@ def write_index(
     replace: bool,
 ) -> None:
     """Index a resource version; `replace` first removes the previous version's rows."""
-    sql, args = _statement(tenant, resource_type, resource_id, extract(resource), replace=replace)
+    removed = (resource_type, resource_id) if replace else None
+    sql, args = _statement(tenant, [(resource_type, resource_id, extract(resource))], removed)
+    if sql:
+        defer(sql, args)
+
+
+def write_index_many(tenant: UUID, resources: list[tuple[str, str, dict[str, Any]]]) -> None:
+    """Index new resources (resource type, id, document) in one statement."""
+    sql, args = _statement(tenant, [(t, i, extract(r)) for t, i, r in resources])
     if sql:
         defer(sql, args)
 
 
 def remove_index(tenant: UUID, resource_type: str, resource_id: str) -> None:
     """Remove a resource's rows (delete, expunge, erase): it is absent from search at once."""
-    sql, args = _statement(tenant, resource_type, resource_id, None, replace=True)
+    sql, args = _statement(tenant, [], (resource_type, resource_id))
     defer(sql, args)
 
 

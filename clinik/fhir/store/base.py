@@ -124,6 +124,12 @@ class FhirStore(Protocol):
         self, tenant: UUID, resource: dict[str, Any], *, resource_id: str | None = None
     ) -> Version: ...
 
+    def create_many(
+        self, tenant: UUID, resources: list[tuple[dict[str, Any], str]]
+    ) -> list[Version]:
+        """Create resources with new ids (document, id), in the caller's transaction."""
+        ...
+
     def update(
         self,
         tenant: UUID,

@@ -15,7 +15,7 @@ import orjson
 from django.db import connection, transaction
 from django.utils import timezone
 
-from clinik.fhir.search.index import purge_index, remove_index, write_index
+from clinik.fhir.search.index import purge_index, remove_index, write_index, write_index_many
 from clinik.fhir.store.base import (
     SEARCH_FEATURES,
     AuditInsert,
@@ -31,6 +31,18 @@ if TYPE_CHECKING:
     from clinik.fhir.search.query import SearchQuery, SearchResult
 
 _PURGE_BATCH = 5000
+
+# Version 1 of many resources and their history rows: [type, id, content] per row of
+# one JSON parameter (a JSON string round-trips the content text exactly).
+_INSERT_MANY = (
+    "WITH r AS (INSERT INTO fhir_resource"
+    " (org_id, resource_type, id, version_id, last_updated, content)"
+    " SELECT %s, x->>0, x->>1, 1, %s, x->>2 FROM jsonb_array_elements(%s::jsonb) AS x"
+    " RETURNING org_id, resource_type, id, version_id, last_updated, content)"
+    " INSERT INTO fhir_history"
+    " (org_id, resource_type, id, version_id, last_updated, method, content)"
+    " SELECT org_id, resource_type, id, version_id, last_updated, 'create', content FROM r"
+)
 
 # Version 1 of a resource and its history row, in one statement.
 _INSERT_FIRST = (
@@ -119,6 +131,26 @@ class PostgresStore:
             )
             write_index(tenant, resource_type, resource_id, document, replace=False)
         return Version(resource_type, resource_id, 1, now, content, "create")
+
+    def create_many(
+        self, tenant: UUID, resources: list[tuple[dict[str, Any], str]]
+    ) -> list[Version]:
+        """Create many resources (document, new id) in two statements: resources with
+        their history rows, and all their index rows; both deferred (a transaction
+        bundle's POST entries)."""
+        now = timezone.now()
+        documents = [stamp(resource, tenant, rid, 1, now) for resource, rid in resources]
+        contents = [dumps(document) for document in documents]
+        rows = [
+            [document["resourceType"], document["id"], content]
+            for document, content in zip(documents, contents, strict=True)
+        ]
+        with tenant_transaction(tenant):
+            defer(_INSERT_MANY, [tenant, now, orjson.dumps(rows).decode()])
+            write_index_many(
+                tenant, [(row[0], row[1], doc) for row, doc in zip(rows, documents, strict=True)]
+            )
+        return [Version(r[0], r[1], 1, now, r[2], "create") for r in rows]
 
     @staticmethod
     def _insert_first(
