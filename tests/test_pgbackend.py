@@ -193,3 +193,57 @@ def _wait_readable(session: Any) -> None:
 def _url() -> str:
     s = connection.settings_dict
     return f"postgresql://{s['USER']}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
+
+
+def test_a_transaction_bundle_is_one_round_trip_and_stores_text_exactly(api: Api) -> None:
+    """A transaction of creates: the key lookup plus one round trip (BEGIN, tenant,
+    resources with history, index rows, audit rows, COMMIT), the content byte for byte
+    what a read returns, one audit row per created resource."""
+    names = ['O\u2019Brien "quoted" \\ back', "100% \U0001f600", "semi; colon -- dash"]
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": f"urn:uuid:00000000-0000-4000-8000-00000000000{n}",
+                "resource": {"resourceType": "Patient", "name": [{"family": name}]},
+                "request": {"method": "POST", "url": "Patient"},
+            }
+            for n, name in enumerate(names)
+        ]
+        + [
+            {
+                "resource": {
+                    "resourceType": "RiskAssessment",
+                    "status": "final",
+                    "subject": {"reference": "urn:uuid:00000000-0000-4000-8000-000000000000"},
+                    "prediction": [{"probabilityRange": {"low": {"value": 5}}}],
+                },
+                "request": {"method": "POST", "url": "RiskAssessment"},
+            }
+        ],
+    }
+    api.get("Patient/warm-up")  # the key's first use (last_used_at) is not this request's
+    before = trips()
+    response = api.post("", bundle)
+    assert response.status_code == 200, response.content
+    assert trips() - before == 2
+    locations = [e["response"]["location"] for e in response.json()["entry"]]
+    for name, location in zip(names, locations, strict=False):
+        read = api.get(location.split("/_history")[0])
+        assert read.json()["name"] == [{"family": name}]
+    found = api.get("Patient", data={"family": names[0][:7]}).json()
+    assert found["total"] == 1, found
+    risk = api.get(locations[3].split("/_history")[0]).json()
+    assert risk["subject"]["reference"] == locations[0].split("/_history")[0]
+    # An open range [5, ∞): its missing bound travelled as JSON null, stored as infinity.
+    assert api.get("RiskAssessment", data={"probability": "gt1000"}).json()["total"] == 1
+    assert api.get("RiskAssessment", data={"probability": "lt1"}).json()["total"] == 0
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT target_type, target_id FROM audit_auditevent"
+            " WHERE action = 'fhir.create' ORDER BY id"
+        )
+        assert cursor.fetchall() == [
+            (location.split("/")[0], location.split("/")[1]) for location in locations
+        ]
