@@ -76,14 +76,21 @@ def start(app: str, port: int) -> subprocess.Popen[bytes]:
     raise RuntimeError(f"{app} did not start")
 
 
-def wrk(script: str, port: int, key: str, ids_file: str, args: argparse.Namespace) -> dict:
+def wrk(
+    script: str,
+    port: int,
+    key: str,
+    ids_file: str,
+    args: argparse.Namespace,
+    duration: int | None = None,
+) -> dict:
     env = {**os.environ, "API_KEY": key, "IDS_FILE": ids_file, "BENCH_DIR": str(BENCH)}
     out = subprocess.run(
         [
             "wrk",
             f"-t{min(2, args.connections)}",
             f"-c{args.connections}",
-            f"-d{args.duration}s",
+            f"-d{duration or args.duration}s",
             "-s",
             str(BENCH / "wrk" / script),
             f"http://127.0.0.1:{port}",
@@ -125,6 +132,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--patients", type=int, default=10_000)
+    parser.add_argument("--warmup", type=int, default=3, help="seconds per workload, unmeasured")
     args = parser.parse_args()
     org = create_org()
     results = {}
@@ -135,9 +143,13 @@ def main() -> None:
     ):
         server = start(app, port)
         try:
-            results[f"{name} POST"] = wrk("post_patient.lua", port, org["api_key"], "", args)
             ids = ensure_patients(org["org_id"], port, org["api_key"], args.patients)
             Path(ids_file.name).write_text("\n".join(ids) + "\n")
+            # Warm up every worker thread and connection (lazy definition tables, the
+            # search registry, first queries), then measure the steady state.
+            for script in ("post_patient.lua", "get_patient.lua"):
+                wrk(script, port, org["api_key"], ids_file.name, args, duration=args.warmup)
+            results[f"{name} POST"] = wrk("post_patient.lua", port, org["api_key"], "", args)
             results[f"{name} GET"] = wrk(
                 "get_patient.lua", port, org["api_key"], ids_file.name, args
             )

@@ -341,3 +341,22 @@ def test_unknown_endpoints_are_404_operation_outcomes(api) -> None:
         response = api.get(path)
         assert response.status_code in (400, 404), path
         assert response.json()["resourceType"] == "OperationOutcome", path
+
+
+@pytest.mark.django_db(transaction=True)
+def test_refused_writes_are_audited_although_their_transaction_rolls_back(api) -> None:
+    """A refused create, update or patch rolls its transaction back; its failure audit
+    row is written after, in its own (real transactions here, not a test's)."""
+    pid = _create(api)["id"]
+    assert api.post("Patient", {"resourceType": "Patient", "bogus": 1}).status_code == 400
+    stale = {"If-Match": 'W/"9"'}
+    assert api.put(f"Patient/{pid}", {**PATIENT, "id": pid}, headers=stale).status_code == 412
+    bad_patch = [{"op": "replace", "path": "/birthDate", "value": "not a date"}]
+    assert api.patch(f"Patient/{pid}", bad_patch).status_code == 400
+    events = list(AuditEvent.objects.filter(action__startswith="fhir.").order_by("id"))
+    assert [(e.action, e.outcome, e.target_id) for e in events] == [
+        ("fhir.create", "success", pid),
+        ("fhir.create", "failure", ""),
+        ("fhir.update", "failure", pid),
+        ("fhir.patch", "failure", pid),
+    ]

@@ -68,6 +68,8 @@ def fhir_view(methods: tuple[str, ...]) -> Callable[[View], View]:
                     "exception",
                     f"Internal error; quote request id {_request_id(request)} to support",
                 ).response()
+            finally:
+                _record_failures(request)
 
         return wrapper
 
@@ -102,14 +104,25 @@ def _resource_response(
 
 
 def _record(request: ApiHttpRequest, action: str, target: tuple[str, str], ok: bool) -> None:
-    audit.note(
-        action,
-        org=request.org,
-        actor=request.api_key,
-        target=target,
-        outcome="success" if ok else "failure",
-        request=request,
-    )
+    """Audit the interaction in its transaction; a failure after it (fhir_view), since
+    the transaction of a refused interaction usually rolls back."""
+    if not ok:
+        failures = request.__dict__.setdefault("clinik_failed_interactions", [])
+        failures.append((action, target))
+        return
+    audit.note(action, org=request.org, actor=request.api_key, target=target, request=request)
+
+
+def _record_failures(request: HttpRequest) -> None:
+    for action, target in request.__dict__.pop("clinik_failed_interactions", []):
+        audit.note(
+            action,
+            org=getattr(request, "org", None),
+            actor=getattr(request, "api_key", None),
+            target=target,
+            outcome="failure",
+            request=request,
+        )
 
 
 def _gone(resource_type: str, resource_id: str) -> FhirError:
