@@ -444,3 +444,30 @@ def test_purging_index_rows_in_small_batches_removes_them_all(org: UUID) -> None
     assert counts["fhir_idx_string"] == 7 * 3  # family, name and phonetic
     assert ids(org, "Patient", "family=p") == set()
     assert purge_index(org, batch=3)["fhir_idx_string"] == 0
+
+
+def test_deleted_resources_stay_out_of_searches_driven_by_index_rows(org: UUID) -> None:
+    """Searches driven from index rows alone (no fhir_resource probe) rely on a delete
+    removing its index rows; `_has`, whose ids come from other resources' references,
+    still checks that the resource lives."""
+    patient = STORE.create(org, {"resourceType": "Patient", "name": [{"family": "Doomed"}]})
+    observation = STORE.create(
+        org,
+        {
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+            "subject": {"reference": f"Patient/{patient.id}"},
+        },
+    )
+    has = "_has:Observation:subject:code=http://loinc.org|8480-6"
+    chain = "subject:Patient.family=doomed"
+    assert ids(org, "Patient", has) == {patient.id}
+    assert ids(org, "Observation", chain) == {observation.id}
+    assert ids(org, "Observation", f"{chain}&code=http://loinc.org|8480-6") == {observation.id}
+    STORE.delete(org, "Patient", patient.id)
+    assert ids(org, "Patient", has) == set()
+    assert ids(org, "Observation", chain) == set()
+    STORE.delete(org, "Observation", observation.id)
+    assert ids(org, "Observation", "code=http://loinc.org|8480-6") == set()
+    assert ids(org, "Observation", "code=http://loinc.org|8480-6&_id=" + observation.id) == set()

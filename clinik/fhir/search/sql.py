@@ -447,6 +447,11 @@ def _versions(rows: list[tuple[Any, ...]]) -> list[Version]:
     return [Version(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
 
+def _needs_row(criterion: Any) -> bool:
+    """Criteria on fhir_resource's own columns other than the id (_lastUpdated)."""
+    return isinstance(criterion, Clause) and criterion.param.column not in (None, "id")
+
+
 def _shared_shape(query: SearchQuery) -> bool:
     """True when one statement can search every type at once: only plain clauses, each
     of the same kind of parameter on every type (then the SQL is the same)."""
@@ -477,6 +482,11 @@ class _Statement:
 
     def branch(self, types: Sequence[str], *, sort: bool) -> Sql:
         compiler = self.compiler
+        criteria = self.query.criteria[types[0]]
+        if len(types) == 1 and not (sort and self.query.sort):
+            driver = next((c for c in criteria if self._drives(c)), None)
+            if driver is not None and not any(_needs_row(c) for c in criteria):
+                return self._from_index(types[0], driver, [c for c in criteria if c is not driver])
         org, org_args = compiler.org("r")
         type_sql, type_args = compiler.types("r", types)
         conditions: list[Sql] = [
@@ -497,6 +507,31 @@ class _Statement:
             ", ",
         )
         return f"SELECT {columns} FROM fhir_resource r WHERE {where}", [*column_args, *where_args]
+
+    def _drives(self, criterion: Any) -> bool:
+        """Whether the criterion's ids come from the type's own index rows, which exist
+        for live resources only (a delete removes them in its transaction): then they
+        can drive the search without reading fhir_resource. Not `_has`, whose ids are
+        other resources' references (to deleted resources too)."""
+        if isinstance(criterion, Chain):
+            return True
+        if not isinstance(criterion, Clause) or criterion.param.column:
+            return False
+        clause, everything = self.compiler.tenant_tag(criterion)
+        return clause is not None and not everything and not clause.negated and not clause.missing
+
+    def _from_index(self, resource_type: str, driver: Any, rest: list[Any]) -> Sql:
+        """The matches driven from one criterion's index rows; the other criteria
+        filter them. With a chain this skips a fhir_resource probe per candidate."""
+        compiler = self.compiler
+        ids, ids_args = compiler.ids(driver, resource_type)
+        conditions = [compiler.match(c, "r", [resource_type]) for c in rest]
+        where, where_args = _join(conditions, " AND ") if conditions else ("TRUE", [])
+        return (
+            'SELECT r.resource_type, r.id FROM (SELECT DISTINCT %s::text COLLATE "C"'
+            f" AS resource_type, d.id FROM ({ids}) d (id)) r WHERE {where}",
+            [resource_type, *ids_args, *where_args],
+        )
 
     def matching(self, *, sort: bool) -> Sql:
         types = self.query.types
