@@ -69,7 +69,7 @@ def main() -> None:
             "/dev/null",
         ],
         cwd=ROOT,
-        env=ENV,
+        env={**ENV, "DJANGO_SETTINGS_MODULE": "bench.nodebug_settings"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -56,6 +56,8 @@ def start(app: str, port: int) -> subprocess.Popen[bytes]:
         env={
             **os.environ,
             "DEBUG": "true",
+            # settings.DEBUG off as in production (bench/nodebug_settings.py)
+            "DJANGO_SETTINGS_MODULE": "bench.nodebug_settings",
             "LOG_LEVEL": "WARNING",
             # The benchmark measures throughput, not the plan's rate limits.
             "RATE_LIMIT_IP_REQUESTS": "100000000",

@@ -359,6 +359,8 @@ def start(port: int, workers: int, threads: int) -> subprocess.Popen[bytes]:
         **BENCH_ENV,
         "WEB_CONCURRENCY": str(workers),
         "WEB_THREADS": str(threads),
+        # settings.DEBUG off as in production (bench/nodebug_settings.py)
+        "DJANGO_SETTINGS_MODULE": "bench.nodebug_settings",
     }
     server = subprocess.Popen(
         [
