@@ -396,7 +396,13 @@ def wrk(port: int, key: str, paths: list[str], args: argparse.Namespace) -> dict
     env = {**os.environ, "API_KEY": key, "PATHS_FILE": handle.name, "BENCH_DIR": str(BENCH)}
     out = subprocess.run(
         [
-            *("wrk", "-t2", f"-c{args.connections}", f"-d{args.duration}s", "--latency"),
+            *(
+                "wrk",
+                f"-t{min(2, args.connections)}",
+                f"-c{args.connections}",
+                f"-d{args.duration}s",
+                "--latency",
+            ),
             *("-s", str(BENCH / "search_wrk.lua"), f"http://127.0.0.1:{port}"),
         ],
         env=env,
