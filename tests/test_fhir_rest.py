@@ -360,3 +360,22 @@ def test_refused_writes_are_audited_although_their_transaction_rolls_back(api) -
         ("fhir.update", "failure", pid),
         ("fhir.patch", "failure", pid),
     ]
+
+
+def test_api_requests_skip_the_dashboard_middleware(owner) -> None:
+    """The gateway calls the API view itself: no session is loaded or saved even for a
+    signed-in browser, no CSRF or message machinery runs; SecurityMiddleware's headers
+    and Content-Length are still there."""
+    from tests.conftest import _api_for
+
+    api = _api_for(owner)
+    browser = owner.client()
+    response = browser.get("/fhir/R4/Patient/missing", HTTP_AUTHORIZATION=f"Bearer {api.key}")
+    assert response.status_code == 404
+    assert response.json()["resourceType"] == "OperationOutcome"
+    request = response.wsgi_request
+    assert not hasattr(request, "session") and not hasattr(request, "_messages")
+    assert "Set-Cookie" not in response and "Cookie" not in response.get("Vary", "")
+    assert response["X-Content-Type-Options"] == "nosniff"
+    assert int(response["Content-Length"]) == len(response.content)
+    assert response.resolver_match.url_name == "fhir_instance"

@@ -9,6 +9,7 @@ import re
 from typing import Any
 
 from django.http import HttpResponse
+from django.http.response import HttpResponseBase
 from django.utils.cache import patch_vary_headers
 
 from clinik.accounts.models import Organization
@@ -58,7 +59,7 @@ def preflight(meta: dict[str, Any], public: bool) -> HttpResponse:
 
 
 def decorate(
-    response: HttpResponse, origin: str | None, org: Organization | None, public: bool
+    response: HttpResponseBase, origin: str | None, org: Organization | None, public: bool
 ) -> None:
     """Add Access-Control-Allow-Origin to an actual response when allowed.
 

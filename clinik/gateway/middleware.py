@@ -6,8 +6,9 @@ Each refusal is an OperationOutcome; every response gets X-Request-ID, the
 RateLimit headers of the buckets checked, and CORS headers when allowed.
 
 Placed right after SecurityMiddleware. API requests carry no session: their
-cookies are dropped here, so the session and auth middleware never load a session,
-and CSRF does not apply (the key is in a header a browser never adds by itself).
+cookies are dropped here, and the gateway calls the view itself (`_dispatch`), so
+the session, CSRF, auth and message middleware never see them (CSRF does not apply:
+the key is in a header a browser never adds by itself).
 """
 
 import time
@@ -16,7 +17,10 @@ from dataclasses import dataclass
 from typing import cast
 
 from django.conf import settings
+from django.core.handlers.exception import response_for_exception
 from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
+from django.urls import Resolver404, get_resolver
 
 from clinik.accounts.models import Organization
 from clinik.gateway import checks, cors, ratelimit
@@ -41,10 +45,10 @@ class Passage:
 
 
 class GatewayMiddleware:
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
         self.get_response = get_response
 
-    def __call__(self, request: HttpRequest) -> HttpResponse:
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
         if not request.path_info.startswith(PREFIX):
             return self.get_response(request)
         # usage: one request record per API request, refused ones included (clinik/usage)
@@ -55,7 +59,7 @@ class GatewayMiddleware:
         finally:
             requestlog.note(request, response, started)
 
-    def handle(self, request: ApiHttpRequest) -> HttpResponse:
+    def handle(self, request: ApiHttpRequest) -> HttpResponseBase:
         meta = request.META
         request.request_id = checks.request_id(meta)
         request.fhir_route = request.fhir_resource_type = ""
@@ -74,7 +78,7 @@ class GatewayMiddleware:
             cors.decorate(response, str(origin), passage.org, passage.public)
         return response
 
-    def admit(self, request: ApiHttpRequest, passage: Passage) -> HttpResponse:
+    def admit(self, request: ApiHttpRequest, passage: Passage) -> HttpResponseBase:
         """The checks in order; then the preflight's answer or the view's."""
         meta, method = request.META, request.method or "GET"
         checks.check_body(method, request.path_info, meta)
@@ -100,7 +104,7 @@ class GatewayMiddleware:
             if known is None:
                 known_keys.remember(str(digest), self.limit(passage, _key_buckets(key)))
             key.note_use()
-        return self.get_response(request)
+        return _dispatch(request)
 
     @staticmethod
     def limit(passage: Passage, buckets: list[Bucket]) -> list[Bucket]:
@@ -108,6 +112,28 @@ class GatewayMiddleware:
         passage.limits += verdict.states
         checks.check_rate(verdict)
         return buckets
+
+
+def _dispatch(request: HttpRequest) -> HttpResponseBase:
+    """The API view, called directly. The middleware after the gateway serves the
+    dashboard (static files, CSP for HTML, sessions, CSRF, auth, messages, frame
+    options, htmx) and has nothing to do for /fhir/, whose requests carry no cookie
+    and whose views answer every error as an OperationOutcome; skipping it saves
+    ~0.1-0.2 ms of CPU per request (bench/README.md). SecurityMiddleware, before the
+    gateway, still sets its headers; Content-Length is set here as CommonMiddleware
+    would. The FHIR URLconf ends in a catch-all, so every path under /fhir/ resolves."""
+    try:
+        match = get_resolver(getattr(request, "urlconf", None)).resolve(request.path_info)
+    except Resolver404:  # a URLconf without the catch-all (tests, benchmarks)
+        return checks.Refused(404, "not-found", "No such endpoint").response()
+    request.resolver_match = match
+    try:
+        response: HttpResponseBase = match.func(request, *match.args, **match.kwargs)
+    except Exception as error:  # as Django's handler would: signal, log, 500
+        response = response_for_exception(request, error)
+    if not response.streaming and not response.has_header("Content-Length"):
+        response.headers["Content-Length"] = str(len(cast(HttpResponse, response).content))
+    return response
 
 
 def _ip_bucket(request: HttpRequest) -> Bucket:
