@@ -55,7 +55,7 @@ def test_most_parameters_find_values_in_the_examples() -> None:
     assert len(used) >= 0.55 * len(defined), (len(used), len(defined))
     for expected in [
         ("Patient", "family"),
-        ("Patient", "deceased"),  # the one expression fhirpathpy evaluates
+        ("Patient", "deceased"),  # X.exists() and X != false
         ("Observation", "code-value-quantity"),
         ("Observation", "patient"),  # subject.where(resolve() is Patient)
         ("Condition", "onset-date"),  # onset.as(dateTime)
@@ -63,6 +63,32 @@ def test_most_parameters_find_values_in_the_examples() -> None:
         ("MolecularSequence", "chromosome-variant-coordinate"),  # %resource in a component
     ]:
         assert expected in used, expected
+
+
+def test_no_r4_search_parameter_needs_fhirpathpy_and_deceased_agrees_with_it() -> None:
+    """Every R4 expression compiles to an extractor; `Patient.deceased.exists() and
+    Patient.deceased != false`, the one boolean-valued one, gives what fhirpathpy gives."""
+    from clinik.fhir.search import paths
+
+    fallbacks = [
+        (p.resource_type, p.code)
+        for t in registry.PARAMS
+        for p in registry.PARAMS[t].values()
+        if p.fallback
+    ]
+    assert fallbacks == []
+    expression = "Patient.deceased.exists() and Patient.deceased != false"
+    compiled = paths.compile_path(expression, "Patient")
+    reference = paths.fhirpath_extractor(expression, "Patient")
+    assert compiled is not None
+    for deceased in (
+        {},
+        {"deceasedBoolean": True},
+        {"deceasedBoolean": False},
+        {"deceasedDateTime": "2015-02-14T13:42:00+10:00"},
+    ):
+        patient = {"resourceType": "Patient", **deceased}
+        assert compiled(patient) == reference(patient), deceased
 
 
 def _escape(text: str) -> str:
