@@ -471,6 +471,8 @@ def _create_all(ctx: Context, entries: list[Entry]) -> None:
     """A transaction's creates (POST entries without an ifNoneExist match) together:
     resources with history, index rows and audit rows in three statements, however
     many entries (they come first in the write phase: spec order)."""
+    if not entries:
+        return
     for entry in entries:
         assert entry.resource is not None and entry.target_id is not None
         try:

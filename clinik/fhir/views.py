@@ -376,7 +376,7 @@ def _read(request: ApiHttpRequest, resource_type: str, resource_id: str) -> Http
         request=request,
     )
     version = get_store().read(
-        request.org.pk, resource_type, resource_id, audit=lambda ok: audit_row(succeeded=ok)
+        request.org.pk, resource_type, resource_id, audit=lambda when: audit_row(succeeded=when)
     )
     if version is None:
         raise _missing(resource_type, resource_id)
