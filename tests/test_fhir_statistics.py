@@ -1,0 +1,85 @@
+"""A tenant created after the last ANALYZE is estimated at one row by the planner
+(migrations 0005 and 0006): reads by id must still use the primary key, and the
+FHIR tables are analyzed again after a fixed number of changed rows."""
+
+from collections.abc import Iterator
+from uuid import UUID, uuid4
+
+import psycopg
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from clinik.fhir.store import get_store
+from clinik.fhir.tenancy import tenant_transaction
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+STORE = get_store()
+
+
+def _patients(tenant: UUID, count: int) -> list[str]:
+    ids = [str(uuid4()) for _ in range(count)]
+    with tenant_transaction(tenant):
+        STORE.create_many(
+            tenant,
+            [
+                ({"resourceType": "Patient", "name": [{"family": f"Family{n % 50:02d}"}]}, i)
+                for n, i in enumerate(ids)
+            ],
+        )
+    return ids
+
+
+def _analyze() -> None:
+    """ANALYZE as the owner role (the application role may not)."""
+    s = connection.settings_dict
+    owner = settings.DATABASE_OWNER_CREDENTIALS["USER"]
+    url = f"postgresql://{owner}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
+    with psycopg.connect(url, autocommit=True) as session:
+        for table in ("fhir_resource", "fhir_idx_string"):
+            session.execute(f"ANALYZE {table}")
+
+
+def _plan(tenant: UUID, sql: str, args: list) -> str:
+    with tenant_transaction(tenant), connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN (COSTS OFF) {sql}", args)
+        return "\n".join(row[0] for row in cursor.fetchall())
+
+
+@pytest.fixture
+def tenants() -> Iterator[tuple[UUID, UUID, list[str]]]:
+    old, new = uuid4(), uuid4()
+    _patients(old, 4000)
+    _analyze()  # the statistics know the old tenant only
+    ids = _patients(new, 400)
+    yield old, new, ids
+    for tenant in (old, new):
+        STORE.purge_tenant(tenant)
+    _analyze()  # statistics of empty tables again, for the tests that follow
+
+
+def test_a_new_tenant_reads_by_primary_key(tenants) -> None:
+    """Fails with the index of migration 0001 (org_id, resource_type, last_updated): the
+    planner reads the new tenant's Patients through it and filters by id."""
+    _old, new, ids = tenants
+    plan = _plan(
+        new,
+        "SELECT version_id, last_updated, content FROM fhir_resource"
+        " WHERE org_id = %s AND resource_type = %s AND id = %s",
+        [new, "Patient", ids[0]],
+    )
+    assert "fhir_resource_pkey" in plan, plan
+
+
+def test_the_fhir_tables_are_analyzed_after_a_fixed_number_of_changes() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT relname, reloptions FROM pg_class"
+            " WHERE relname = 'fhir_resource' OR relname LIKE 'fhir_idx_%%' AND relkind = 'r'"
+        )
+        options = dict(cursor.fetchall())
+    assert len(options) == 9
+    for table, reloptions in options.items():
+        assert "autovacuum_analyze_scale_factor=0" in reloptions, table
+        assert "autovacuum_analyze_threshold=10000" in reloptions, table
