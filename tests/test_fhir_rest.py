@@ -379,3 +379,23 @@ def test_api_requests_skip_the_dashboard_middleware(owner) -> None:
     assert response["X-Content-Type-Options"] == "nosniff"
     assert int(response["Content-Length"]) == len(response.content)
     assert response.resolver_match.url_name == "fhir_instance"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_refused_transaction_bundle_is_audited(api) -> None:
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"resource": PATIENT, "request": {"method": "POST", "url": "Patient"}},
+            {
+                "resource": {"resourceType": "Patient", "birthDate": "not a date"},
+                "request": {"method": "POST", "url": "Patient"},
+            },
+        ],
+    }
+    assert api.post("", bundle).status_code == 400
+    events = list(AuditEvent.objects.filter(action__startswith="fhir.").order_by("id"))
+    assert [(e.action, e.outcome, e.target_type) for e in events] == [
+        ("fhir.batch", "failure", "Bundle")
+    ]

@@ -155,6 +155,15 @@ def base(request: ApiHttpRequest) -> HttpResponse:
     """GET: system-level search (`_type`). POST: a batch or transaction Bundle."""
     if request.method != "POST":
         return _search(request, None)
+    try:
+        return _bundle_post(request)
+    except FhirError:
+        # The refused bundle's own audit rows rolled back with it; this one stays.
+        _record(request, "fhir.batch", ("Bundle", ""), ok=False)
+        raise
+
+
+def _bundle_post(request: ApiHttpRequest) -> HttpResponse:
     bundle = read_json_body(request)
     representation = prefer_return(request) == "representation" and "return=" in (
         request.headers.get("Prefer", "")
