@@ -1,4 +1,6 @@
-"""The audit trail: `record(action, *, org, actor, target, outcome)` is the one way in."""
+"""The audit trail: `record(action, *, org, actor, target, outcome)` is the way in;
+`note` (deferred), `note_many` (many targets, one INSERT) and `insert_from` (an INSERT
+for a statement to carry) write the same row for the API's hot paths."""
 
 import ipaddress
 from typing import Any
@@ -11,7 +13,7 @@ from django.utils import timezone
 from clinik.audit.actions import ACTIONS
 from clinik.lib.db import defer
 
-__all__ = ["ACTIONS", "OUTCOMES", "note", "record"]
+__all__ = ["ACTIONS", "OUTCOMES", "insert_from", "note", "note_many", "record"]
 
 OUTCOMES = frozenset({"success", "failure", "denied"})
 
