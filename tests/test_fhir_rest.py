@@ -399,3 +399,42 @@ def test_a_refused_transaction_bundle_is_audited(api) -> None:
     assert [(e.action, e.outcome, e.target_type) for e in events] == [
         ("fhir.batch", "failure", "Bundle")
     ]
+
+
+@pytest.mark.parametrize("how", ["revoked", "expired", "closed"])
+def test_a_read_by_a_known_key_sees_its_revocation_at_once(api, owner, how) -> None:
+    """Reads by id skip the key lookup for a key this process knows; the read's own
+    statement checks the key, so a key revoked, expired or whose organization closed
+    since gets the same 401 as from the gateway, reads nothing and audits nothing."""
+    from datetime import timedelta
+
+    import time_machine
+    from django.utils import timezone
+
+    from clinik.accounts.models import Organization
+    from clinik.gateway.ratelimit import known_keys
+    from clinik.keys.actions import do_revoke_key
+    from clinik.keys.models import ApiKey
+
+    pid = _create(api)["id"]
+    assert api.get(f"Patient/{pid}").status_code == 200  # the key is known now
+    key = ApiKey.objects.get(org=owner.org)
+    reads = AuditEvent.objects.filter(action="fhir.read").count()
+    later = timezone.now()
+    if how == "revoked":
+        do_revoke_key(key=key, actor=owner.user, request=None)
+    elif how == "expired":
+        ApiKey.objects.filter(pk=key.pk).update(expires_at=timezone.now() + timedelta(hours=1))
+        later += timedelta(hours=2)
+    else:
+        Organization.objects.filter(pk=owner.org.pk).update(status=Organization.Status.CLOSED)
+    with time_machine.travel(later, tick=False):
+        refused = api.get(f"Patient/{pid}")
+    assert refused.status_code == 401
+    assert refused.json()["issue"][0]["code"] == "login"
+    assert "invalid_token" in refused["WWW-Authenticate"]
+    assert pid not in refused.content.decode()
+    assert AuditEvent.objects.filter(action="fhir.read").count() == reads
+    assert known_keys.get(refused.wsgi_request.key_digest) is None
+    with time_machine.travel(later, tick=False):
+        assert api.get(f"Patient/{pid}").status_code == 401  # looked up: refused again

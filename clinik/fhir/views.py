@@ -31,9 +31,11 @@ from clinik.fhir.outcomes import FHIR_JSON, outcome_body
 from clinik.fhir.search.bundle import request_params, searchset, strict_handling
 from clinik.fhir.search.query import parse_search
 from clinik.fhir.spec import RESOURCE_TYPES
-from clinik.fhir.store import Version, VersionConflict, get_store
+from clinik.fhir.store import GuardFailed, Version, VersionConflict, get_store
 from clinik.fhir.tenancy import format_instant, tenant_transaction
 from clinik.fhir.validation import validate_resource
+from clinik.gateway.checks import Refused, unauthorized
+from clinik.keys.models import still_usable
 from clinik.lib.http import ApiHttpRequest
 
 logger = logging.getLogger(__name__)
@@ -59,6 +61,8 @@ def fhir_view(methods: tuple[str, ...]) -> Callable[[View], View]:
                 return view(request, *args, **kwargs)
             except FhirError as error:
                 return error.response()
+            except Refused:
+                raise  # the gateway's answer (a key found no longer usable): _dispatch
             except Exception:
                 # Logged with the traceback but without the message (it may quote
                 # values); the client gets an OperationOutcome, never an HTML page.
@@ -384,9 +388,19 @@ def _read(request: ApiHttpRequest, resource_type: str, resource_id: str) -> Http
         target=(resource_type, resource_id),
         request=request,
     )
-    version = get_store().read(
-        request.org.pk, resource_type, resource_id, audit=lambda when: audit_row(succeeded=when)
-    )
+    # A key this process looked up before was not looked up again for this request
+    # (clinik.gateway.middleware): the read's statement checks that it still holds.
+    guard = still_usable(request.api_key) if getattr(request, "key_recheck", False) else None
+    try:
+        version = get_store().read(
+            request.org.pk,
+            resource_type,
+            resource_id,
+            audit=lambda when: audit_row(succeeded=when),
+            guard=guard,
+        )
+    except GuardFailed:
+        raise unauthorized() from None
     if version is None:
         raise _missing(resource_type, resource_id)
     if version.deleted:

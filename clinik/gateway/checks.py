@@ -235,6 +235,12 @@ def check_query_string(query_string: str) -> None:
             )
 
 
+def unauthorized() -> Refused:
+    """The one answer for every way a key can be wrong, for a view that finds its key
+    no longer usable (revoked since this process looked it up)."""
+    return _unauthorized()
+
+
 def _unauthorized(error: bool = True) -> Refused:
     header = f'{REALM}, error="invalid_token"' if error else REALM
     return Refused(401, "login", UNAUTHORIZED, {"WWW-Authenticate": header})

@@ -91,18 +91,32 @@ class GatewayMiddleware:
         if passage.preflight:
             return cors.preflight(meta, passage.public)
         checks.check_query_string(str(meta.get("QUERY_STRING", "")))
+        request.key_digest = digest
+        request.key_recheck = False
         if not passage.public:
-            try:
-                key = checks.authenticate(meta)
-            except checks.Refused:
-                if digest:
-                    known_keys.forget(digest)
-                raise
+            key = (
+                known_keys.key(digest)
+                if digest and known and _rechecks_key(method, route)
+                else None
+            )
+            if key is not None:
+                # Looked up by this process before; the read's own statement checks it
+                # again, in its transaction (views._read, keys.models.still_usable).
+                request.key_recheck = True
+            else:
+                try:
+                    key = checks.authenticate(meta)
+                except checks.Refused:
+                    if digest:
+                        known_keys.forget(digest)
+                    raise
+                if known is not None:
+                    known_keys.refresh(str(digest), key)
             request.api_key = key
             request.org = passage.org = key.org
             checks.authorize(key, method, route)
             if known is None:
-                known_keys.remember(str(digest), self.limit(passage, _key_buckets(key)))
+                known_keys.remember(str(digest), self.limit(passage, _key_buckets(key)), key)
             key.note_use()
         return _dispatch(request)
 
@@ -129,11 +143,21 @@ def _dispatch(request: HttpRequest) -> HttpResponseBase:
     request.resolver_match = match
     try:
         response: HttpResponseBase = match.func(request, *match.args, **match.kwargs)
+    except checks.Refused as refusal:  # a key the view's statement found no longer usable
+        if digest := getattr(request, "key_digest", None):
+            known_keys.forget(digest)
+        return refusal.response()
     except Exception as error:  # as Django's handler would: signal, log, 500
         response = response_for_exception(request, error)
     if not response.streaming and not response.has_header("Content-Length"):
         response.headers["Content-Length"] = str(len(cast(HttpResponse, response).content))
     return response
+
+
+def _rechecks_key(method: str, route: checks.Route) -> bool:
+    """Requests whose view checks the key again in the statement that does the work, so
+    a key known to this process need not be looked up first: reads by id."""
+    return route.kind == "instance" and method in ("GET", "HEAD")
 
 
 def _ip_bucket(request: HttpRequest) -> Bucket:

@@ -19,6 +19,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 from django.conf import settings
@@ -206,20 +207,22 @@ class Limiter:
 
 
 class KnownKeys:
-    """Which buckets a key's requests use, learned when the key authenticates, so that
-    later requests check all their buckets (IP, key, organization) in the one call
-    made before the key lookup: one Redis round trip per request instead of two.
+    """What this process learned when a key authenticated: the buckets its requests
+    use, so that later requests check all their buckets (IP, key, organization) in
+    the one call made before the key lookup (one Redis round trip per request instead
+    of two), and the key itself.
 
-    Only the choice of buckets comes from here, never authentication: every request
-    still looks its key up in the database. An entry is forgotten when its key fails
-    to authenticate (revoked, expired, closed organization), and after TTL seconds,
-    so changed limits apply within a minute."""
+    The key is used only by requests whose statement checks it again in the database
+    in the same transaction as the work (a read by id: `clinik.keys.models.
+    still_usable`); every other request looks its key up. An entry is forgotten when
+    its key fails to authenticate (revoked, expired, closed organization), and after
+    TTL seconds, so changed limits apply within a minute."""
 
     TTL = 60.0
     MAX_ENTRIES = 10_000
 
     def __init__(self) -> None:
-        self._entries: dict[str, tuple[float, list[Bucket]]] = {}
+        self._entries: dict[str, tuple[float, list[Bucket], Any]] = {}
 
     def get(self, digest: str) -> list[Bucket] | None:
         entry = self._entries.get(digest)
@@ -227,10 +230,22 @@ class KnownKeys:
             return None
         return entry[1]
 
-    def remember(self, digest: str, buckets: list[Bucket]) -> None:
+    def key(self, digest: str) -> Any:
+        """The ApiKey (with its organization) as it was when it last authenticated."""
+        entry = self._entries.get(digest)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[2]
+
+    def remember(self, digest: str, buckets: list[Bucket], key: Any = None) -> None:
         if len(self._entries) >= self.MAX_ENTRIES:
             self._entries.clear()
-        self._entries[digest] = (time.monotonic() + self.TTL, buckets)
+        self._entries[digest] = (time.monotonic() + self.TTL, buckets, key)
+
+    def refresh(self, digest: str, key: Any) -> None:
+        entry = self._entries.get(digest)
+        if entry is not None:
+            self._entries[digest] = (entry[0], entry[1], key)
 
     def forget(self, digest: str) -> None:
         self._entries.pop(digest, None)

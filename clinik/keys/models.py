@@ -5,7 +5,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connections, models
+from django.db import DEFAULT_DB_ALIAS, connections, models
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.utils import CursorWrapper
 from django.db.models import Q
@@ -61,6 +61,22 @@ def _lookup_sql(alias: str) -> str:
     # Identifiers come from the models; the one value is a query parameter.
     select = f"SELECT {', '.join(columns)} FROM {tables}"  # noqa: S608
     return select + " ON o.id = k.org_id WHERE k.key_hash = %s"
+
+
+def still_usable(key: "ApiKey") -> tuple[str, list[Any]]:
+    """An SQL condition that holds while the key authenticates (not revoked, not
+    expired, its organization not closed), for a statement that must not act for a
+    key revoked since this process looked it up: checked in the statement's own
+    transaction, so a revocation committed before it is seen, as by a lookup."""
+    quote = connections[DEFAULT_DB_ALIAS].ops.quote_name
+    keys, orgs = quote(ApiKey._meta.db_table), quote(Organization._meta.db_table)
+    return (
+        f"EXISTS (SELECT 1 FROM {keys} k JOIN {orgs} o ON o.id = k.org_id"  # noqa: S608
+        " WHERE k.id = %s AND k.key_hash = %s AND k.revoked_at IS NULL"
+        " AND (k.expires_at IS NULL OR k.expires_at > %s) AND o.status <> %s)",
+        # The application's clock, as the lookup's expiry check (ApiKey.is_expired).
+        [key.pk, key.key_hash, timezone.now(), Organization.Status.CLOSED],
+    )
 
 
 LOOKUP_STATEMENT = "clinik_api_key_lookup"

@@ -34,6 +34,11 @@ class ApiHttpRequest(HttpRequest):
     """`Patient`, or "" for paths without a type (base, metadata, system history)."""
     api_key: "ApiKey"
     org: "Organization"
+    key_digest: str | None
+    """SHA-256 of the presented key (None for public paths)."""
+    key_recheck: bool
+    """The key was not looked up for this request: the view's statement must check it
+    (`clinik.keys.models.still_usable`) and refuse with 401 when it no longer holds."""
 
 
 def client_ip(request: HttpRequest) -> str:

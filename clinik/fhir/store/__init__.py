@@ -4,9 +4,16 @@ from functools import cache
 
 from django.conf import settings
 
-from clinik.fhir.store.base import FhirStore, HistoryPage, Version, VersionConflict
+from clinik.fhir.store.base import FhirStore, GuardFailed, HistoryPage, Version, VersionConflict
 
-__all__ = ["FhirStore", "HistoryPage", "Version", "VersionConflict", "get_store"]
+__all__ = [
+    "FhirStore",
+    "GuardFailed",
+    "HistoryPage",
+    "Version",
+    "VersionConflict",
+    "get_store",
+]
 
 
 def get_store() -> FhirStore:
