@@ -11,15 +11,14 @@ from typing import Any
 
 import pytest
 import time_machine
-from celery.contrib.testing.worker import start_worker
 from django.db import connection
 from django.test import Client, override_settings
 
 from clinik.audit.models import AuditEvent
-from clinik.celery import app as celery_app
 from clinik.gateway.ratelimit import known_keys, limiter
 from clinik.usage import requestlog, store, tasks
 from clinik.usage.models import DailyUsage, ErrorLog, HourlyUsage, RequestLog
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.django_db
 
@@ -385,25 +384,6 @@ def test_purge_keeps_day_89_and_removes_day_91(owner) -> None:
         assert cursor.fetchone()[0] is None
 
 
-@pytest.fixture
-def real_worker() -> Iterator[None]:
-    celery_app.conf.task_always_eager = False
-    try:
-        with start_worker(celery_app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
-            yield
-    finally:
-        celery_app.conf.task_always_eager = True
-
-
-def _wait_for(condition: Any, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 @pytest.mark.django_db(transaction=True)
 def test_a_real_worker_drains_and_purges(owner, real_worker) -> None:
     fresh = datetime.now(UTC) - timedelta(days=89)
@@ -413,9 +393,9 @@ def test_a_real_worker_drains_and_purges(owner, real_worker) -> None:
     requestlog.push(_records(5, fresh, owner.org.pk))
     tasks.drain_request_logs.delay()
     org_rows = RequestLog.objects.filter(org_id=owner.org.pk)
-    assert _wait_for(lambda: org_rows.count() == 9)
+    assert wait_for(lambda: org_rows.count() == 9, timeout=20)
     tasks.purge_request_logs.delay()
-    assert _wait_for(lambda: org_rows.count() == 5)
+    assert wait_for(lambda: org_rows.count() == 5, timeout=20)
     assert not org_rows.filter(time__lt=datetime.now(UTC) - timedelta(days=90)).exists()
     RequestLog.objects.filter(org_id=owner.org.pk).delete()  # rows of managed=False tables stay
 
