@@ -18,6 +18,9 @@ from clinik.lib.db import defer
 
 TENANT_SYSTEM = "https://clinikapi.com/fhir/tenant"
 
+# Local to the transaction: it ends with it (the row-level security policies read it).
+_SET_TENANT = "SELECT set_config('clinik.org_id', %s, true)"
+
 
 def tenant_tag(org_id: UUID) -> dict[str, str]:
     return {"system": TENANT_SYSTEM, "code": str(org_id)}
@@ -73,7 +76,7 @@ def tenant_transaction(org_id: UUID) -> Iterator[None]:
         return
     with transaction.atomic():
         # Deferred: it travels with the transaction's first statement (same order).
-        defer("SELECT set_config('clinik.org_id', %s, true)", [str(org_id)])
+        defer(_SET_TENANT, [str(org_id)])
         connection.clinik_tenant = org_id  # type: ignore[attr-defined]
         try:
             yield
@@ -96,7 +99,7 @@ def tenant_query(org_id: UUID, sql: str, params: list[Any]) -> list[tuple[Any, .
         raw = cursor.cursor
         text = ";\n".join(
             [
-                raw.mogrify("SELECT set_config('clinik.org_id', %s, true)", [str(org_id)]),
+                raw.mogrify(_SET_TENANT, [str(org_id)]),
                 raw.mogrify(sql, params),
             ]
         )

@@ -3,7 +3,7 @@ request.org; every view works inside that organization only."""
 
 import logging
 from collections.abc import Callable
-from functools import partial, wraps
+from functools import wraps
 from typing import Any
 from urllib.parse import urlencode
 from uuid import uuid4
@@ -380,14 +380,6 @@ def instance(request: ApiHttpRequest, resource_type: str, resource_id: str) -> H
 
 
 def _read(request: ApiHttpRequest, resource_type: str, resource_id: str) -> HttpResponse:
-    audit_row = partial(
-        audit.insert_from,
-        "fhir.read",
-        org=request.org,
-        actor=request.api_key,
-        target=(resource_type, resource_id),
-        request=request,
-    )
     # A key this process looked up before was not looked up again for this request
     # (clinik.gateway.middleware): the read's statement checks that it still holds.
     guard = still_usable(request.api_key) if getattr(request, "key_recheck", False) else None
@@ -396,7 +388,14 @@ def _read(request: ApiHttpRequest, resource_type: str, resource_id: str) -> Http
             request.org.pk,
             resource_type,
             resource_id,
-            audit=lambda when: audit_row(succeeded=when),
+            audit=lambda when: audit.insert_from(
+                "fhir.read",
+                org=request.org,
+                actor=request.api_key,
+                target=(resource_type, resource_id),
+                request=request,
+                succeeded=when,
+            ),
             guard=guard,
         )
     except GuardFailed:

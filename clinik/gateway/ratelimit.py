@@ -224,18 +224,18 @@ class KnownKeys:
     def __init__(self) -> None:
         self._entries: dict[str, tuple[float, list[Bucket], Any]] = {}
 
-    def get(self, digest: str) -> list[Bucket] | None:
+    def _live(self, digest: str) -> tuple[float, list[Bucket], Any] | None:
         entry = self._entries.get(digest)
-        if entry is None or entry[0] < time.monotonic():
-            return None
-        return entry[1]
+        return None if entry is None or entry[0] < time.monotonic() else entry
+
+    def get(self, digest: str) -> list[Bucket] | None:
+        entry = self._live(digest)
+        return entry[1] if entry else None
 
     def key(self, digest: str) -> Any:
         """The ApiKey (with its organization) as it was when it last authenticated."""
-        entry = self._entries.get(digest)
-        if entry is None or entry[0] < time.monotonic():
-            return None
-        return entry[2]
+        entry = self._live(digest)
+        return entry[2] if entry else None
 
     def remember(self, digest: str, buckets: list[Bucket], key: Any = None) -> None:
         if len(self._entries) >= self.MAX_ENTRIES:

@@ -68,14 +68,18 @@ def still_usable(key: "ApiKey") -> tuple[str, list[Any]]:
     expired, its organization not closed), for a statement that must not act for a
     key revoked since this process looked it up: checked in the statement's own
     transaction, so a revocation committed before it is seen, as by a lookup."""
+    # The application's clock, as the lookup's expiry check (ApiKey.is_expired).
+    return _still_usable_sql(), [key.pk, key.key_hash, timezone.now(), Organization.Status.CLOSED]
+
+
+@functools.cache
+def _still_usable_sql() -> str:
     quote = connections[DEFAULT_DB_ALIAS].ops.quote_name
     keys, orgs = quote(ApiKey._meta.db_table), quote(Organization._meta.db_table)
     return (
         f"EXISTS (SELECT 1 FROM {keys} k JOIN {orgs} o ON o.id = k.org_id"  # noqa: S608
         " WHERE k.id = %s AND k.key_hash = %s AND k.revoked_at IS NULL"
-        " AND (k.expires_at IS NULL OR k.expires_at > %s) AND o.status <> %s)",
-        # The application's clock, as the lookup's expiry check (ApiKey.is_expired).
-        [key.pk, key.key_hash, timezone.now(), Organization.Status.CLOSED],
+        " AND (k.expires_at IS NULL OR k.expires_at > %s) AND o.status <> %s)"
     )
 
 

@@ -34,27 +34,28 @@ if TYPE_CHECKING:
 
 _PURGE_BATCH = 5000
 
-# Version 1 of many resources and their history rows: [type, id, content] per row of
-# one JSON parameter (a JSON string round-trips the content text exactly).
-_INSERT_MANY = (
-    "WITH r AS (INSERT INTO fhir_resource"
-    " (org_id, resource_type, id, version_id, last_updated, content)"
-    " SELECT %s, x->>0, x->>1, 1, %s, x->>2 FROM jsonb_array_elements(%s::jsonb) AS x"
+# The history rows of the versions 1 a CTE `r` inserted (RETURNING every column).
+_HISTORY_OF_R = (
     " RETURNING org_id, resource_type, id, version_id, last_updated, content)"
     " INSERT INTO fhir_history"
     " (org_id, resource_type, id, version_id, last_updated, method, content)"
     " SELECT org_id, resource_type, id, version_id, last_updated, 'create', content FROM r"
 )
 
+# Version 1 of many resources and their history rows: [type, id, content] per row of
+# one JSON parameter (a JSON string round-trips the content text exactly).
+_INSERT_MANY = (
+    "WITH r AS (INSERT INTO fhir_resource"
+    " (org_id, resource_type, id, version_id, last_updated, content)"
+    " SELECT %s, x->>0, x->>1, 1, %s, x->>2 FROM jsonb_array_elements(%s::jsonb) AS x"
+    + _HISTORY_OF_R
+)
+
 # Version 1 of a resource and its history row, in one statement.
 _INSERT_FIRST = (
     "WITH r AS (INSERT INTO fhir_resource"
     " (org_id, resource_type, id, version_id, last_updated, content)"
-    " VALUES (%s, %s, %s, 1, %s, %s){on_conflict}"
-    " RETURNING org_id, resource_type, id, version_id, last_updated, content)"
-    " INSERT INTO fhir_history"
-    " (org_id, resource_type, id, version_id, last_updated, method, content)"
-    " SELECT org_id, resource_type, id, version_id, last_updated, 'create', content FROM r"
+    " VALUES (%s, %s, %s, 1, %s, %s){on_conflict}" + _HISTORY_OF_R
 )
 
 
