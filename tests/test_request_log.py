@@ -445,3 +445,15 @@ def test_rebuilt_rollups_equal_the_incremental_ones(owner) -> None:
     incremental = snapshot()
     assert store.rebuild_rollups(owner.org.pk, start, end) > 0
     assert snapshot() == incremental
+
+
+def test_sql_with_phi_reaches_no_log_line_even_with_debug_on(api, caplog) -> None:
+    """With DEBUG=true (as `make run` sets) and everything at DEBUG, Django's query log
+    (django.db.backends, every statement with its parameters: search values, resource
+    content) must not reach a handler; Django's own logging config stops the
+    `django` loggers at INFO, and this keeps it so."""
+    caplog.set_level(logging.DEBUG)
+    with override_settings(DEBUG=True):
+        api.post("Patient", PATIENT)
+        api.get("Patient?family=Secretname")
+    assert "secretname" not in caplog.text.lower()
