@@ -80,6 +80,43 @@ def start(app: str, port: int) -> subprocess.Popen[bytes]:
     raise RuntimeError(f"{app} did not start")
 
 
+_TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_by_process(app_pid: int) -> dict[str, float]:
+    """CPU milliseconds used so far by the app server under test (gunicorn master and
+    workers), PostgreSQL's processes, Redis and wrk, read from /proc."""
+    parents: dict[int, int] = {}
+    stats: dict[int, tuple[str, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name = raw[raw.index("(") + 1 : raw.rindex(")")]
+        fields = raw[raw.rindex(")") + 2 :].split()
+        parents[int(entry.name)] = int(fields[1])
+        # Own time plus that of reaped children (PostgreSQL backends that exited).
+        ticks = sum(int(field) for field in fields[11:15])
+        stats[int(entry.name)] = (name, ticks * _TICK_MS)
+    totals = {"app": 0.0, "postgres": 0.0, "redis": 0.0, "wrk": 0.0}
+    for pid, (name, ms) in stats.items():
+        ancestor = pid
+        while ancestor not in (0, 1, app_pid) and ancestor in parents:
+            ancestor = parents[ancestor]
+        if ancestor == app_pid:
+            totals["app"] += ms
+        elif name == "postgres":
+            totals["postgres"] += ms
+        elif name.startswith("redis-server"):
+            totals["redis"] += ms
+        elif name == "wrk":
+            totals["wrk"] += ms
+    return totals
+
+
 def wrk(
     script: str,
     port: int,
@@ -156,8 +193,16 @@ def main() -> None:
                 wrk(script, port, org["api_key"], ids_file.name, args, duration=args.warmup)
         for _ in range(args.rounds):
             for verb, script in (("POST", "post_patient.lua"), ("GET", "get_patient.lua")):
-                for name, port in ports.items():
+                for (name, port), server in zip(ports.items(), servers, strict=True):
+                    before = cpu_by_process(server.pid)
                     result = wrk(script, port, org["api_key"], ids_file.name, args)
+                    after = cpu_by_process(server.pid)
+                    # wrk's own CPU is gone with its process; its share is the rest.
+                    requests = max(1, result["requests"])
+                    result["cpu_ms_per_request"] = {
+                        what: round((after[what] - before[what]) / requests, 3)
+                        for what in ("app", "postgres", "redis")
+                    }
                     runs.setdefault(f"{name} {verb}", []).append(result)
     finally:
         for server in servers:
@@ -167,11 +212,16 @@ def main() -> None:
         name: min(rounds, key=lambda r: abs(r["rps"] - statistics.median(x["rps"] for x in rounds)))
         for name, rounds in runs.items()
     }
-    print(f"{'run':<10} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>7}")
+    print(
+        f"{'run':<10} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>7}"
+        "   CPU ms per request: app / postgres / redis"
+    )
     for name, r in results.items():
+        cpu = r["cpu_ms_per_request"]
         print(
             f"{name:<10} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} {r['p95_ms']:>8.2f}"
             f" {r['p99_ms']:>8.2f} {r['errors']:>7}"
+            f"   {cpu['app']:.2f} / {cpu['postgres']:.2f} / {cpu['redis']:.2f}"
         )
     for verb in ("POST", "GET"):
         ratio = results[f"full {verb}"]["rps"] / results[f"bare {verb}"]["rps"]

@@ -438,3 +438,78 @@ def test_a_read_by_a_known_key_sees_its_revocation_at_once(api, owner, how) -> N
     assert known_keys.get(refused.wsgi_request.key_digest) is None
     with time_machine.travel(later, tick=False):
         assert api.get(f"Patient/{pid}").status_code == 401  # looked up: refused again
+
+
+def _bundle_of_one(kind: str) -> dict:
+    return {
+        "resourceType": "Bundle",
+        "type": kind,
+        "entry": [
+            {
+                "resource": {"resourceType": "Patient", "name": [{"family": "Bundled"}]},
+                "request": {"method": "POST", "url": "Patient"},
+            }
+        ],
+    }
+
+
+_KNOWN_KEY_REQUESTS = {
+    "create": lambda api, pid: api.post("Patient", {"resourceType": "Patient"}),
+    "conditional create": lambda api, pid: api.post(
+        "Patient", {"resourceType": "Patient"}, headers={"If-None-Exist": "family=Nobody"}
+    ),
+    "update": lambda api, pid: api.put(
+        f"Patient/{pid}", {"resourceType": "Patient", "id": pid, "active": True}
+    ),
+    "patch": lambda api, pid: api.patch(
+        f"Patient/{pid}", [{"op": "add", "path": "/active", "value": True}]
+    ),
+    "delete": lambda api, pid: api.delete(f"Patient/{pid}"),
+    "search": lambda api, pid: api.get("Patient", data={"_id": pid}),
+    "system search": lambda api, pid: api.get("", data={"_type": "Patient"}),
+    "history": lambda api, pid: api.get(f"Patient/{pid}/_history"),
+    "vread": lambda api, pid: api.get(f"Patient/{pid}/_history/1"),
+    "transaction": lambda api, pid: api.post("", _bundle_of_one("transaction")),
+    "batch": lambda api, pid: api.post("", _bundle_of_one("batch")),
+    "invalid create": lambda api, pid: api.post("Patient", {"resourceType": "Patient", "x": 1}),
+    "missing": lambda api, pid: api.get("Patient/missing"),
+    "wrong method": lambda api, pid: api.send("POST", f"Patient/{pid}/_history/1"),
+}
+
+
+# Committed for real: inside a test's transaction the view's COMMIT would be a
+# savepoint release that waits in the queue (clinik.lib.pgbackend) and never runs.
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("interaction", list(_KNOWN_KEY_REQUESTS))
+def test_every_interaction_by_a_known_key_sees_its_revocation_at_once(
+    api, owner, interaction
+) -> None:
+    """A key this process knows is not looked up again (clinik.keys.recheck): the
+    request's first tenant statement checks it in the same transaction as the work, or
+    one query after a view that sent none or answered an error. Revoked since: the
+    gateway's 401, and nothing written, read or audited."""
+    from clinik.fhir.tenancy import tenant_query
+    from clinik.gateway.ratelimit import known_keys
+    from clinik.keys.actions import do_revoke_key
+    from clinik.keys.models import ApiKey
+
+    pid = _create(api)["id"]
+    assert api.get(f"Patient/{pid}").status_code == 200  # the key is known now
+
+    def state() -> tuple:
+        stored = tenant_query(
+            owner.org.pk,
+            "SELECT count(*), sum(version_id), count(deleted_at) FROM fhir_resource",
+            [],
+        )
+        return stored, AuditEvent.objects.filter(action__startswith="fhir.").count()
+
+    before = state()
+    do_revoke_key(key=ApiKey.objects.get(org=owner.org), actor=owner.user, request=None)
+    refused = _KNOWN_KEY_REQUESTS[interaction](api, pid)
+    assert refused.status_code == 401, refused.content
+    assert refused.json()["issue"][0]["code"] == "login"
+    assert "invalid_token" in refused["WWW-Authenticate"]
+    assert pid not in refused.content.decode()
+    assert state() == before
+    assert known_keys.get(refused.wsgi_request.key_digest) is None

@@ -12,6 +12,7 @@ import time_machine
 from django.test import Client, override_settings
 from django.utils import timezone
 
+from clinik.gateway.ratelimit import known_keys
 from clinik.keys import tokens
 from clinik.keys.actions import do_revoke_key
 from clinik.keys.models import ApiKey
@@ -118,9 +119,17 @@ def test_an_authenticated_request_costs_one_query(
     client: Client, key: tuple[ApiKey, str], django_assert_num_queries: Any
 ) -> None:
     client.get("/fhir/R4/Patient", **bearer(key[1]))  # sets last_used_at
-    with django_assert_num_queries(1):
+    known_keys.clear()  # a key this process has not seen: looked up
+    with django_assert_num_queries(1) as queries:
         response = client.get("/fhir/R4/Patient", **bearer(key[1]))
     assert response.status_code == 200
+    assert "key_hash = " in queries.captured_queries[0]["sql"]
+    # Known now: not looked up again; this probe view ran no tenant statement to
+    # carry the check (clinik.keys.recheck), so it runs alone after the view.
+    with django_assert_num_queries(1) as queries:
+        response = client.get("/fhir/R4/Patient", **bearer(key[1]))
+    assert response.status_code == 200
+    assert queries.captured_queries[0]["sql"].startswith("SELECT EXISTS (SELECT 1 FROM")
 
 
 @override_settings(API_KEY_PREPARED_LOOKUP=True)
@@ -128,6 +137,7 @@ def test_with_the_prepared_lookup_a_request_costs_one_query_and_sees_revocation(
     client: Client, owner: Persona, key: tuple[ApiKey, str], django_assert_num_queries: Any
 ) -> None:
     client.get("/fhir/R4/Patient", **bearer(key[1]))  # prepares, sets last_used_at
+    known_keys.clear()  # a key this process has not seen: looked up
     with django_assert_num_queries(1) as queries:
         response = client.get("/fhir/R4/Patient", **bearer(key[1]))
     assert response.status_code == 200

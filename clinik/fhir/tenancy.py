@@ -14,6 +14,7 @@ from uuid import UUID
 
 from django.db import connection, transaction
 
+from clinik.keys import recheck
 from clinik.lib.db import defer
 
 TENANT_SYSTEM = "https://clinikapi.com/fhir/tenant"
@@ -77,6 +78,8 @@ def tenant_transaction(org_id: UUID) -> Iterator[None]:
     with transaction.atomic():
         # Deferred: it travels with the transaction's first statement (same order).
         defer(_SET_TENANT, [str(org_id)])
+        if (check := recheck.statement(sent=False)) is not None:  # a key not looked up
+            defer(*check)
         connection.clinik_tenant = org_id  # type: ignore[attr-defined]
         try:
             yield
@@ -97,12 +100,10 @@ def tenant_query(org_id: UUID, sql: str, params: list[Any]) -> list[tuple[Any, .
             return cast(list[tuple[Any, ...]], cursor.fetchall())
     with connection.cursor() as cursor:
         raw = cursor.cursor
-        text = ";\n".join(
-            [
-                raw.mogrify(_SET_TENANT, [str(org_id)]),
-                raw.mogrify(sql, params),
-            ]
-        )
-        cursor.execute(text)
-        cursor.nextset()
+        statements = [(_SET_TENANT, [str(org_id)]), (sql, params)]
+        if (check := recheck.statement(sent=True)) is not None:
+            statements.insert(1, check)  # an error there stops the rest
+        cursor.execute(";\n".join(raw.mogrify(*statement) for statement in statements))
+        for _ in statements[1:]:
+            cursor.nextset()
         return cast(list[tuple[Any, ...]], cursor.fetchall())

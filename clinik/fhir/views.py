@@ -31,11 +31,11 @@ from clinik.fhir.outcomes import FHIR_JSON, outcome_body
 from clinik.fhir.search.bundle import request_params, searchset, strict_handling
 from clinik.fhir.search.query import parse_search
 from clinik.fhir.spec import RESOURCE_TYPES
-from clinik.fhir.store import GuardFailed, Version, VersionConflict, get_store
+from clinik.fhir.store import Version, VersionConflict, get_store
 from clinik.fhir.tenancy import format_instant, tenant_transaction
 from clinik.fhir.validation import validate_resource
 from clinik.gateway.checks import Refused, unauthorized
-from clinik.keys.models import still_usable
+from clinik.keys import recheck
 from clinik.lib.http import ApiHttpRequest
 
 logger = logging.getLogger(__name__)
@@ -57,13 +57,24 @@ def fhir_view(methods: tuple[str, ...]) -> Callable[[View], View]:
                 response["Allow"] = ", ".join(methods)
                 return response
             try:
-                negotiate(request)
-                return view(request, *args, **kwargs)
-            except FhirError as error:
-                return error.response()
+                try:
+                    negotiate(request)
+                    response = view(request, *args, **kwargs)
+                except FhirError as error:
+                    response = error.response()
+                if not recheck.settle(response.status_code):  # clinik.keys.recheck
+                    raise unauthorized()
+                return response
             except Refused:
-                raise  # the gateway's answer (a key found no longer usable): _dispatch
-            except Exception:
+                # The key was revoked, expired or closed since (the gateway answers):
+                # nothing was done or read, and, as for a refused lookup, no interaction
+                # of the key's is audited.
+                request.__dict__.pop("clinik_failed_interactions", None)
+                raise
+            except Exception as error:
+                if recheck.refused(error):
+                    request.__dict__.pop("clinik_failed_interactions", None)
+                    raise unauthorized() from None
                 # Logged with the traceback but without the message (it may quote
                 # values); the client gets an OperationOutcome, never an HTML page.
                 logger.exception("FHIR request failed (request id %s)", _request_id(request))
@@ -380,26 +391,19 @@ def instance(request: ApiHttpRequest, resource_type: str, resource_id: str) -> H
 
 
 def _read(request: ApiHttpRequest, resource_type: str, resource_id: str) -> HttpResponse:
-    # A key this process looked up before was not looked up again for this request
-    # (clinik.gateway.middleware): the read's statement checks that it still holds.
-    guard = still_usable(request.api_key) if getattr(request, "key_recheck", False) else None
-    try:
-        version = get_store().read(
-            request.org.pk,
-            resource_type,
-            resource_id,
-            audit=lambda when: audit.insert_from(
-                "fhir.read",
-                org=request.org,
-                actor=request.api_key,
-                target=(resource_type, resource_id),
-                request=request,
-                succeeded=when,
-            ),
-            guard=guard,
-        )
-    except GuardFailed:
-        raise unauthorized() from None
+    version = get_store().read(
+        request.org.pk,
+        resource_type,
+        resource_id,
+        audit=lambda when: audit.insert_from(
+            "fhir.read",
+            org=request.org,
+            actor=request.api_key,
+            target=(resource_type, resource_id),
+            request=request,
+            succeeded=when,
+        ),
+    )
     if version is None:
         raise _missing(resource_type, resource_id)
     if version.deleted:

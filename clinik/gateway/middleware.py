@@ -26,6 +26,7 @@ from clinik.accounts.models import Organization
 from clinik.gateway import checks, cors, ratelimit
 from clinik.gateway.limits import limits_for
 from clinik.gateway.ratelimit import Bucket, BucketState, Policy, known_keys, limiter
+from clinik.keys import recheck
 from clinik.keys.models import ApiKey
 from clinik.lib.http import ApiHttpRequest
 from clinik.usage import requestlog
@@ -96,12 +97,12 @@ class GatewayMiddleware:
         if not passage.public:
             key = (
                 known_keys.key(digest)
-                if digest and known and _rechecks_key(method, route)
+                if digest and known and route.kind in _RECHECKED_ROUTES
                 else None
             )
             if key is not None:
-                # Looked up by this process before; the read's own statement checks it
-                # again, in its transaction (views._read, keys.models.still_usable).
+                # Looked up by this process before; the view's first tenant statement
+                # checks it again, in its transaction (clinik.fhir.tenancy.KeyCheck).
                 request.key_recheck = True
             else:
                 try:
@@ -128,7 +129,7 @@ class GatewayMiddleware:
         return buckets
 
 
-def _dispatch(request: HttpRequest) -> HttpResponseBase:
+def _dispatch(request: ApiHttpRequest) -> HttpResponseBase:
     """The API view, called directly. The middleware after the gateway serves the
     dashboard (static files, CSP for HTML, sessions, CSRF, auth, messages, frame
     options, htmx) and has nothing to do for /fhir/, whose requests carry no cookie
@@ -141,23 +142,34 @@ def _dispatch(request: HttpRequest) -> HttpResponseBase:
     except Resolver404:  # a URLconf without the catch-all (tests, benchmarks)
         return checks.Refused(404, "not-found", "No such endpoint").response()
     request.resolver_match = match
+    # A key not looked up for this request: its tenant statements check it.
+    check = recheck.KeyCheck.of(request.api_key) if request.key_recheck else None
+    token = recheck.pending.set(check)
     try:
         response: HttpResponseBase = match.func(request, *match.args, **match.kwargs)
-    except checks.Refused as refusal:  # a key the view's statement found no longer usable
-        if digest := getattr(request, "key_digest", None):
-            known_keys.forget(digest)
+        if not recheck.settle(response.status_code):  # (FHIR views settle it themselves)
+            raise checks.unauthorized()
+    except checks.Refused as refusal:  # a key found no longer usable
+        if request.key_digest:
+            known_keys.forget(request.key_digest)
         return refusal.response()
     except Exception as error:  # as Django's handler would: signal, log, 500
+        if recheck.refused(error):
+            known_keys.forget(str(request.key_digest))
+            return checks.unauthorized().response()
         response = response_for_exception(request, error)
+    finally:
+        recheck.pending.reset(token)
     if not response.streaming and not response.has_header("Content-Length"):
         response.headers["Content-Length"] = str(len(cast(HttpResponse, response).content))
     return response
 
 
-def _rechecks_key(method: str, route: checks.Route) -> bool:
-    """Requests whose view checks the key again in the statement that does the work, so
-    a key known to this process need not be looked up first: reads by id."""
-    return route.kind == "instance" and method in ("GET", "HEAD")
+# Routes whose views touch tenant data only through clinik.fhir.tenancy, which checks
+# the key in the first statement (KeyCheck), so a key known to this process need not be
+# looked up first. Not operations: an export kick-off starts a job outside any tenant
+# transaction.
+_RECHECKED_ROUTES = frozenset({"base", "history", "type", "search", "instance", "vread"})
 
 
 def _ip_bucket(request: HttpRequest) -> Bucket:

@@ -212,11 +212,11 @@ class KnownKeys:
     the one call made before the key lookup (one Redis round trip per request instead
     of two), and the key itself.
 
-    The key is used only by requests whose statement checks it again in the database
-    in the same transaction as the work (a read by id: `clinik.keys.models.
-    still_usable`); every other request looks its key up. An entry is forgotten when
-    its key fails to authenticate (revoked, expired, closed organization), and after
-    TTL seconds, so changed limits apply within a minute."""
+    The key is used only by requests whose tenant statements check it again in the
+    database, in the same transaction as the work (`clinik.keys.recheck`: reads,
+    searches, history, writes, bundles); operations look their key up. An entry is
+    forgotten when its key fails to authenticate (revoked, expired, closed
+    organization), and after TTL seconds, so changed limits apply within a minute."""
 
     TTL = 60.0
     MAX_ENTRIES = 10_000

@@ -37,8 +37,8 @@ class ApiHttpRequest(HttpRequest):
     key_digest: str | None
     """SHA-256 of the presented key (None for public paths)."""
     key_recheck: bool
-    """The key was not looked up for this request: the view's statement must check it
-    (`clinik.keys.models.still_usable`) and refuse with 401 when it no longer holds."""
+    """The key was not looked up for this request: the view's first tenant statement
+    checks it (`clinik.fhir.tenancy.KeyCheck`), and 401 answers when it no longer holds."""
 
 
 def client_ip(request: HttpRequest) -> str:

@@ -4,11 +4,10 @@ from functools import cache
 
 from django.conf import settings
 
-from clinik.fhir.store.base import FhirStore, GuardFailed, HistoryPage, Version, VersionConflict
+from clinik.fhir.store.base import FhirStore, HistoryPage, Version, VersionConflict
 
 __all__ = [
     "FhirStore",
-    "GuardFailed",
     "HistoryPage",
     "Version",
     "VersionConflict",

@@ -88,17 +88,8 @@ AuditInsert = Callable[[str], tuple[str, list[Any]]]
 (clinik.audit.insert_from with everything but the condition bound)."""
 
 
-Guard = tuple[str, list[Any]]
-"""An SQL condition and its parameters that must hold for a read to happen at all
-(clinik.keys.models.still_usable), checked in the read's own statement."""
-
-
 class StoreError(Exception):
     pass
-
-
-class GuardFailed(StoreError):
-    """A read's guard did not hold: nothing was read, nothing audited."""
 
 
 class VersionConflict(StoreError):
@@ -119,12 +110,10 @@ class FhirStore(Protocol):
         resource_id: str,
         *,
         audit: AuditInsert | None = None,
-        guard: Guard | None = None,
     ) -> Version | None:
         """The current version (a delete is a version without content). `audit`
         builds the interaction's audit row, written in the read's own transaction,
-        its outcome success when a live version was found. `guard` must hold in that
-        transaction, or GuardFailed is raised and nothing is read or audited."""
+        its outcome success when a live version was found."""
         ...
 
     def vread(

@@ -19,8 +19,6 @@ from clinik.fhir.search.index import purge_index, remove_index, write_index, wri
 from clinik.fhir.store.base import (
     SEARCH_FEATURES,
     AuditInsert,
-    Guard,
-    GuardFailed,
     HistoryPage,
     StoreFeatures,
     Version,
@@ -83,40 +81,18 @@ class PostgresStore:
         resource_id: str,
         *,
         audit: AuditInsert | None = None,
-        guard: Guard | None = None,
     ) -> Version | None:
         select = (
             "SELECT version_id, last_updated, content FROM fhir_resource"
             f" WHERE {self._org}resource_type = %s AND id = %s"
         )
-        select_args = self._args(tenant, resource_type, resource_id)
-        if audit is None and guard is None:
-            rows = tenant_query(tenant, select, select_args)
-        else:
-            # One statement, one round trip: the guard, the read and its audit row.
-            ctes, args = [], []
-            held = ""
-            if guard is not None:
-                ctes.append(f"g AS (SELECT {guard[0]} AS ok)")
-                args += guard[1]
-                held = " AND (SELECT ok FROM g)"
-            ctes.append(f"r AS ({select}{held})")
-            args += select_args
-            if audit is not None:
-                insert, insert_args = audit("EXISTS (SELECT 1 FROM r WHERE content IS NOT NULL)")
-                where = " WHERE (SELECT ok FROM g)" if guard is not None else ""
-                ctes.append(f"a AS ({insert}{where})")
-                args += insert_args
-            ok = "(SELECT ok FROM g)" if guard is not None else "TRUE"
-            rows = tenant_query(
-                tenant,
-                f"WITH {', '.join(ctes)} SELECT version_id, last_updated, content, {ok}"
-                " FROM (SELECT 1) AS one LEFT JOIN r ON TRUE",
-                args,
-            )
-            if not rows[0][3]:
-                raise GuardFailed
-            rows = [row for row in rows if row[0] is not None]
+        args = self._args(tenant, resource_type, resource_id)
+        if audit is not None:
+            # One statement, one round trip: the read and its audit row.
+            insert, insert_args = audit("EXISTS (SELECT 1 FROM r WHERE content IS NOT NULL)")
+            select = f"WITH r AS ({select}), a AS ({insert}) SELECT * FROM r"
+            args += insert_args
+        rows = tenant_query(tenant, select, args)
         if not rows:
             return None
         row = rows[0]
