@@ -10,7 +10,7 @@ from django.db import IntegrityError, connection, transaction
 
 from clinik.fhir.tenancy import tenant_query, tenant_transaction
 from clinik.gateway.ratelimit import known_keys
-from clinik.lib.db import defer
+from clinik.lib.db import defer, send_ahead
 from clinik.lib.pgbackend.base import round_trips
 from tests.conftest import Api, Persona
 
@@ -102,6 +102,54 @@ def test_a_failing_deferred_write_fails_the_commit_and_commits_nothing(scratch: 
     with transaction.atomic():  # the connection goes on working
         defer("INSERT INTO scratch VALUES (%s)", [2])
     assert rows() == [2]
+
+
+def test_writes_sent_ahead_run_while_python_goes_on_and_keep_their_order(
+    scratch: None,
+) -> None:
+    """send_ahead: the queue leaves at once, nobody waits for it; the next statement
+    reads its answer first and sees its rows (one round trip waited for in all)."""
+    before = trips()
+    with transaction.atomic():
+        defer("INSERT INTO scratch VALUES (%s)", [1])
+        send_ahead()
+        assert connection.connection.clinik_in_flight
+        defer("INSERT INTO scratch VALUES (%s)", [2])
+        send_ahead()  # reads the first answer, sends the second
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT array_agg(n ORDER BY n) FROM scratch")
+            assert cursor.fetchone() == ([1, 2],)
+        defer("INSERT INTO scratch VALUES (%s)", [3])
+        send_ahead()  # answered at the COMMIT
+    assert trips() - before == 2  # the SELECT and the COMMIT
+    assert rows() == [1, 2, 3]
+    assert not connection.connection.clinik_in_flight
+
+
+def test_an_error_sent_ahead_fails_the_next_statement_and_commits_nothing(
+    scratch: None,
+) -> None:
+    with pytest.raises(IntegrityError), transaction.atomic():
+        defer("INSERT INTO scratch VALUES (%s)", [1])
+        defer("INSERT INTO scratch VALUES (%s)", [1])  # duplicate key
+        send_ahead()
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    assert status() == psycopg.pq.TransactionStatus.IDLE
+    assert rows() == []
+    with pytest.raises(IntegrityError), transaction.atomic():  # ... or the COMMIT
+        defer("INSERT INTO scratch VALUES (%s), (%s)", [2, 2])
+        send_ahead()
+    assert rows() == []
+    with pytest.raises(RuntimeError), transaction.atomic():  # a rollback discards it
+        defer("INSERT INTO scratch VALUES (%s), (%s)", [3, 3])
+        send_ahead()
+        raise RuntimeError("the view failed")
+    assert status() == psycopg.pq.TransactionStatus.IDLE
+    with transaction.atomic():  # the connection goes on working
+        defer("INSERT INTO scratch VALUES (%s)", [4])
+        send_ahead()
+    assert rows() == [4]
 
 
 def test_outside_a_transaction_a_deferred_write_runs_at_once(scratch: None) -> None:

@@ -18,3 +18,12 @@ def defer(sql: str, params: Any = None) -> None:
             cursor.execute(sql, params)
         return
     queue(sql, params)
+
+
+def send_ahead() -> None:
+    """Send what the open transaction has queued now, without waiting for the answer:
+    the server works on it while Python prepares what comes next. An error surfaces
+    with the next statement or the COMMIT, as for a deferred write."""
+    send = getattr(connection, "send_ahead", None)
+    if send is not None:
+        send()

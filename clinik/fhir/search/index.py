@@ -16,7 +16,7 @@ from django.db import connection
 
 from clinik.fhir.search.extract import TABLES, IndexRows, extract
 from clinik.fhir.tenancy import tenant_transaction
-from clinik.lib.db import defer
+from clinik.lib.db import defer, send_ahead
 
 # table -> (IndexRows attribute, columns after org_id/resource_type/id, SQL array types)
 _LAYOUT: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
@@ -137,11 +137,20 @@ def write_index(
         defer(sql, args)
 
 
+# Resources per statement of write_index_many.
+CHUNK = 100
+
+
 def write_index_many(tenant: UUID, resources: list[tuple[str, str, dict[str, Any]]]) -> None:
-    """Index new resources (resource type, id, document) in one statement."""
-    sql, args = _statement(tenant, [(t, i, extract(r)) for t, i, r in resources])
-    if sql:
-        defer(sql, args)
+    """Index new resources (resource type, id, document), one statement per CHUNK
+    resources, each sent as soon as it is built: PostgreSQL inserts one chunk's rows
+    while Python extracts the next one's (`send_ahead`)."""
+    for start in range(0, len(resources), CHUNK):
+        chunk = resources[start : start + CHUNK]
+        sql, args = _statement(tenant, [(t, i, extract(r)) for t, i, r in chunk])
+        if sql:
+            defer(sql, args)
+            send_ahead()
 
 
 def remove_index(tenant: UUID, resource_type: str, resource_id: str) -> None:

@@ -25,7 +25,7 @@ from clinik.fhir.store.base import (
     VersionConflict,
 )
 from clinik.fhir.tenancy import stamp, tenant_query, tenant_transaction
-from clinik.lib.db import defer
+from clinik.lib.db import defer, send_ahead
 
 if TYPE_CHECKING:
     from clinik.fhir.search.query import SearchQuery, SearchResult
@@ -136,9 +136,9 @@ class PostgresStore:
     def create_many(
         self, tenant: UUID, resources: list[tuple[dict[str, Any], str]]
     ) -> list[Version]:
-        """Create many resources (document, new id) in two statements: resources with
-        their history rows, and all their index rows; both deferred (a transaction
-        bundle's POST entries)."""
+        """Create many resources (document, new id): one statement for the resources
+        with their history rows, then their index rows (write_index_many), each sent
+        without waiting for its answer (a transaction bundle's POST entries)."""
         now = timezone.now()
         documents = [stamp(resource, tenant, rid, 1, now) for resource, rid in resources]
         contents = [dumps(document) for document in documents]
@@ -148,6 +148,7 @@ class PostgresStore:
         ]
         with tenant_transaction(tenant):
             defer(_INSERT_MANY, [tenant, now, orjson.dumps(rows).decode()])
+            send_ahead()  # inserted while the index rows are extracted
             write_index_many(
                 tenant, [(row[0], row[1], doc) for row, doc in zip(rows, documents, strict=True)]
             )

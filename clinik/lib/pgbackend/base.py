@@ -23,6 +23,11 @@ error in a queued write surfaces: with the statement it travelled with, or with 
 COMMIT; either way the transaction rolls back whole. Only writes that are not
 expected to fail are deferred (see `clinik.lib.db.defer`).
 
+`send_ahead()` sends what is queued at once without waiting for the answer, so that
+the server works on it while Python prepares the next statements (a transaction
+bundle's index rows, chunk after chunk); the answer is read, and an error raised,
+before the connection's next use, so it surfaces as a deferred write's would.
+
 The per-request health check (CONN_HEALTH_CHECKS) also costs no round trip here:
 an idle connection the server has closed or is closing has bytes (or EOF) waiting
 on its socket, which a zero-timeout poll sees; only then does it send `SELECT 1`.
@@ -35,7 +40,8 @@ import psycopg
 from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.postgresql import base
 from django.db.backends.utils import debug_transaction
-from psycopg.pq import TransactionStatus
+from psycopg import errors, generators
+from psycopg.pq import ExecStatus, TransactionStatus
 
 _OPEN = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
 
@@ -45,6 +51,7 @@ class LazyCursor(base.Cursor):
     ahead of its own, in the same query string, and answers for its own."""
 
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        collect(self.connection)
         count_round_trip(self.connection)
         queue: list[str] | None = getattr(self.connection, "clinik_queue", None)
         if not queue:
@@ -60,16 +67,19 @@ class LazyCursor(base.Cursor):
         return self
 
     def executemany(self, *args: Any, **kwargs: Any) -> Any:
+        collect(self.connection)
         send_queue(self.connection)
         count_round_trip(self.connection)
         return super().executemany(*args, **kwargs)
 
     def copy(self, *args: Any, **kwargs: Any) -> Any:
+        collect(self.connection)
         send_queue(self.connection)
         count_round_trip(self.connection)
         return super().copy(*args, **kwargs)
 
     def stream(self, *args: Any, **kwargs: Any) -> Any:
+        collect(self.connection)
         send_queue(self.connection)
         return super().stream(*args, **kwargs)
 
@@ -84,9 +94,39 @@ def round_trips(session: Any) -> int:
     return int(getattr(session, "clinik_round_trips", 0))
 
 
+_FINE = (ExecStatus.TUPLES_OK, ExecStatus.COMMAND_OK, ExecStatus.EMPTY_QUERY)
+
+
+def send_ahead(session: Any) -> None:
+    """Send what is queued on a psycopg connection now, and return without waiting
+    for the answer (`collect` reads it)."""
+    queue: list[str] | None = getattr(session, "clinik_queue", None)
+    if not queue:
+        return
+    collect(session)
+    text = ";\n".join(queue)
+    queue.clear()
+    # Not a round trip: nothing waits for it (its answer is read with the next one's).
+    session.pgconn.send_query(text.encode())
+    session.wait(generators.send(session.pgconn))
+    session.clinik_in_flight = True
+
+
+def collect(session: Any, *, raise_error: bool = True) -> None:
+    """Read the answer to what `send_ahead` sent, if any; raise its error."""
+    if not getattr(session, "clinik_in_flight", False):
+        return
+    session.clinik_in_flight = False
+    results = session.wait(generators.fetch_many(session.pgconn))
+    failed = next((r for r in results if r.status not in _FINE), None)
+    if failed is not None and raise_error:
+        raise errors.error_from_result(failed)
+
+
 def send_queue(session: Any) -> None:
     """Send what is queued on a psycopg connection now, alone (before statements that
     cannot carry it: COPY, executemany, named cursors)."""
+    collect(session)
     queue: list[str] | None = getattr(session, "clinik_queue", None)
     if queue:
         text = ";\n".join(queue)
@@ -121,6 +161,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
         # transaction is open, and BEGIN waits in the queue for a statement to carry.
         if self.connection is None:
             return
+        collect(self.connection)
         queue = self._queue()
         if autocommit:
             if self.connection.info.transaction_status in _OPEN:
@@ -133,6 +174,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
         if self.connection is None:
             return
         with debug_transaction(self, "COMMIT"), self.wrap_database_errors:
+            collect(self.connection)
             queue = self._queue()
             if queue == ["BEGIN"]:  # nothing ran: nothing to commit
                 queue.clear()
@@ -144,6 +186,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
         if self.connection is None:
             return
         with debug_transaction(self, "ROLLBACK"), self.wrap_database_errors:
+            collect(self.connection, raise_error=False)  # rolled back with the rest
             self._queue().clear()
             if self.connection.info.transaction_status in _OPEN:
                 self.connection.execute("ROLLBACK")
@@ -183,6 +226,11 @@ class DatabaseWrapper(base.DatabaseWrapper):
         if self.queries_logged:
             self.queries_log.append({"sql": text, "time": "0.000"})
 
+    def send_ahead(self) -> None:
+        """Send the queued statements of the open transaction now, without waiting."""
+        if self.connection is not None and not self.get_autocommit():
+            send_ahead(self.connection)
+
     def create_cursor(self, name: str | None = None) -> Any:
         if name:
             send_queue(self.connection)
@@ -205,6 +253,8 @@ class DatabaseWrapper(base.DatabaseWrapper):
             return False
         if session.info.transaction_status == TransactionStatus.UNKNOWN:
             return False
+        if getattr(session, "clinik_in_flight", False):
+            return True  # its answer is read before the next statement
         try:
             waiting, _, _ = select.select([session.fileno()], [], [], 0)
         except (OSError, ValueError):
