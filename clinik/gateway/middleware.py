@@ -102,7 +102,7 @@ class GatewayMiddleware:
             )
             if key is not None:
                 # Looked up by this process before; the view's first tenant statement
-                # checks it again, in its transaction (clinik.fhir.tenancy.KeyCheck).
+                # checks it again, in its transaction (clinik.keys.recheck).
                 request.key_recheck = True
             else:
                 try:
@@ -166,7 +166,7 @@ def _dispatch(request: ApiHttpRequest) -> HttpResponseBase:
 
 
 # Routes whose views touch tenant data only through clinik.fhir.tenancy, which checks
-# the key in the first statement (KeyCheck), so a key known to this process need not be
+# the key in the first statement (clinik.keys.recheck), so a key known to this process need not be
 # looked up first. Not operations: an export kick-off starts a job outside any tenant
 # transaction.
 _RECHECKED_ROUTES = frozenset({"base", "history", "type", "search", "instance", "vread"})

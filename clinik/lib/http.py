@@ -38,7 +38,7 @@ class ApiHttpRequest(HttpRequest):
     """SHA-256 of the presented key (None for public paths)."""
     key_recheck: bool
     """The key was not looked up for this request: the view's first tenant statement
-    checks it (`clinik.fhir.tenancy.KeyCheck`), and 401 answers when it no longer holds."""
+    checks it (`clinik.keys.recheck`), and 401 answers when it no longer holds."""
 
 
 def client_ip(request: HttpRequest) -> str:

@@ -2,7 +2,7 @@
 
 A request whose API key this process looked up before is not looked up again
 (clinik.gateway.middleware); its first tenant statement checks the key instead
-(clinik.fhir.tenancy.KeyCheck), and this error rolls back the transaction it ran in.
+(clinik.keys.recheck), and this error rolls back the transaction it ran in.
 """
 
 from django.db import migrations
