@@ -181,14 +181,15 @@ WITH s AS (
   INSERT INTO fhir_idx_token (org_id, resource_type, id, param, system, code)
   SELECT %(org)s::uuid, 'Observation', id, p.param, p.system, p.code FROM s, LATERAL (VALUES
     ('category', '{CATEGORY}', 'vital-signs'), ('code', '{LOINC}', s.code),
-    ('combo-code', '{LOINC}', s.code), ('status', '', 'final')) p(param, system, code)
+    ('status', '', 'final')) p(param, system, code)
 ), d AS (
   INSERT INTO fhir_idx_date (org_id, resource_type, id, param, low, high)
   SELECT %(org)s::uuid, 'Observation', id, 'date', at, at + interval '999999 microseconds' FROM s
 ), q AS (
   INSERT INTO fhir_idx_quantity (org_id, resource_type, id, param, low, high, system, code, unit)
-  SELECT %(org)s::uuid, 'Observation', id, p, value, value, '{UCUM}', 'mm[Hg]', 'mmHg'
-  FROM s, unnest(ARRAY['value-quantity', 'combo-value-quantity']) p
+  SELECT %(org)s::uuid, 'Observation', id, 'value-quantity', value, value, '{UCUM}', 'mm[Hg]',
+    'mmHg'
+  FROM s
 ), f AS (
   INSERT INTO fhir_idx_reference (org_id, resource_type, id, param, target_type, target_id)
   SELECT %(org)s::uuid, 'Observation', id, p, 'Patient', patient
@@ -196,8 +197,9 @@ WITH s AS (
 )
 INSERT INTO fhir_idx_composite (org_id, resource_type, id, param, system1, code1, system2,
   code2, low2, high2)
-SELECT %(org)s::uuid, 'Observation', id, p, '{LOINC}', code, '{UCUM}', 'mm[Hg]', value, value
-FROM s, unnest(ARRAY['code-value-quantity', 'combo-code-value-quantity']) p
+SELECT %(org)s::uuid, 'Observation', id, 'code-value-quantity', '{LOINC}', code, '{UCUM}',
+  'mm[Hg]', value, value
+FROM s
 """  # noqa: S608
 
 

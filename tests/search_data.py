@@ -339,6 +339,13 @@ CASES: list[tuple[str, str, set[str]]] = [
     ("Observation", "status=final&code=8480-6", {"o1", "o2"}),
     ("Observation", "category=vital-signs", {"o1"}),
     ("Observation", "combo-code=8480-6", {"o1", "o2", "o3", "o5"}),
+    # combo-* have no rows of their own: read from code's and component-code's
+    ("Observation", "combo-code=8462-4", {"o5"}),
+    ("Observation", "combo-code:text=systolic", {"o1"}),
+    ("Observation", "combo-code:not=8480-6", {"o4", "o6", "o7"}),
+    ("Observation", "combo-code:missing=true", set()),
+    ("Observation", "combo-code=8462-4&code=85354-9", {"o5"}),
+    ("Observation", "combo-value-concept=260385009", {"o6"}),
     ("Observation", "component-code=8462-4", {"o5"}),
     ("Observation", "value-concept=260385009", {"o6"}),
     ("Observation", "value-concept:text=neg", {"o6"}),
@@ -414,6 +421,9 @@ CASES: list[tuple[str, str, set[str]]] = [
     ("Observation", "value-quantity:missing=true", {"o5", "o6", "o7"}),
     ("Observation", "component-value-quantity=gt140", {"o5"}),
     ("Observation", "combo-value-quantity=95", {"o5"}),
+    ("Observation", "combo-value-quantity=gt130", {"o2", "o5"}),
+    ("Observation", "combo-value-quantity:missing=true", {"o6", "o7"}),
+    ("Observation", "combo-value-quantity:missing=false", {"o1", "o2", "o3", "o4", "o5"}),
     # --- reference
     ("Observation", "subject=Patient/pat-chalmers", {"o1", "o2"}),
     ("Observation", "subject=pat-chalmers", {"o1", "o2"}),
@@ -477,6 +487,8 @@ CASES: list[tuple[str, str, set[str]]] = [
     ("Observation", "component-code-value-quantity=8480-6$150", {"o5"}),
     ("Observation", "component-code-value-quantity=8462-4$gt100", set()),
     ("Observation", "combo-code-value-quantity=8462-4$95", {"o5"}),
+    ("Observation", "combo-code-value-quantity=8480-6$gt130", {"o2", "o5"}),
+    ("Observation", "combo-code-value-quantity:missing=true", {"o6", "o7"}),
     ("Observation", "code-value-concept=165997004$260385009", {"o6"}),
     ("Observation", "code-value-string=GLU$elev", {"o7"}),
     ("Observation", "code-value-date=8480-6$2024-03", set()),  # o1's value is no date

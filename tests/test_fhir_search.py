@@ -112,6 +112,16 @@ def test_sort_by_quantity_token_id_and_last_updated(tenant: UUID) -> None:
     ]
 
 
+def test_sort_by_a_parameter_read_from_its_parts(tenant: UUID) -> None:
+    """combo-value-quantity has no rows of its own (value-quantity's and
+    component-value-quantity's are its rows): o5 sorts by its components, 95 and 150."""
+    qs = "combo-value-quantity:missing=false&_sort="
+    ascending = search(tenant, "Observation", qs + "combo-value-quantity").matches
+    assert [v.id for v in ascending] == ["o4", "o5", "o3", "o1", "o2"]
+    descending = search(tenant, "Observation", qs + "-combo-value-quantity").matches
+    assert [v.id for v in descending] == ["o5", "o2", "o1", "o3", "o4"]
+
+
 def test_default_order_is_by_id(tenant: UUID) -> None:
     assert [v.id for v in search(tenant, "Patient", "").matches] == sorted(PATIENTS)
 

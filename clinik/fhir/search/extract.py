@@ -320,8 +320,8 @@ def extract(resource: dict[str, Any]) -> IndexRows:
     """Every index row of a resource (of a known type; others get none)."""
     rows = IndexRows()
     for param in registry.PARAMS.get(resource.get("resourceType", ""), {}).values():
-        if param.extract is None or param.unsupported:
-            continue
+        if param.extract is None or param.unsupported or param.parts:
+            continue  # (a parameter with parts is searched through their rows)
         if param.type == "composite":
             _add_composite(rows, param, resource)
         else:

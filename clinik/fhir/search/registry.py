@@ -6,9 +6,10 @@ Compiling all of them takes a few tens of milliseconds, so there is no build ste
 the table is the package itself.
 """
 
+import itertools
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -50,10 +51,21 @@ class SearchParam:
     fallback: bool = False
     """Extracted by fhirpathpy rather than the compiled subset."""
     modifiers: frozenset[str] = field(default_factory=frozenset)
+    component_key: tuple[tuple[str, str], ...] = ()
+    """A composite's components as (type, expression)."""
+    parts: tuple[str, ...] = ()
+    """Parameters of the same type whose index rows together are exactly this one's
+    (Observation's `combo-code` is `code | component-code`): it has no rows of its
+    own, and a search on it reads theirs (`stored`)."""
 
     @property
     def searchable(self) -> bool:
         return self.unsupported is None
+
+    @property
+    def stored(self) -> tuple[str, ...]:
+        """The codes its index rows are written under."""
+        return self.parts or (self.code,)
 
     def values(self, resource: dict[str, Any]) -> list[Item]:
         return self.extract(resource) if self.extract else []
@@ -114,6 +126,7 @@ def _compile_one(
         return SearchParam(expression=own, unsupported="no element of this type", **base)
     targets = tuple(t for t in definition.get("target", []) if t in RESOURCE_TYPES)
     components: list[Component] = []
+    component_key: list[tuple[str, str]] = []
     if type_ == "composite":
         context = _context_types(own, resource_type)
         for component in definition.get("component", []):
@@ -124,6 +137,7 @@ def _compile_one(
             if relative is None:
                 return SearchParam(expression=own, unsupported="component", **base)
             components.append(Component(target["type"], relative))
+            component_key.append((target["type"], " ".join(component["expression"].split())))
     if type_ == "reference" and own.endswith(".resource") and "entry" in own:
         # Bundle.entry[0].resource is a resource inside the bundle, not a reference.
         return SearchParam(expression=own, unsupported="contained resources", **base)
@@ -132,6 +146,7 @@ def _compile_one(
         extract=extract,
         targets=targets,
         components=tuple(components),
+        component_key=tuple(component_key),
         fallback=fallback,
         **base,
     )
@@ -146,6 +161,57 @@ def _context_types(expression: str, resource_type: str) -> frozenset[str]:
     return compiled[1]
 
 
+def _terms(param: SearchParam) -> frozenset[str]:
+    return frozenset(" ".join(t.split()) for t in paths.split_union(param.expression))
+
+
+def _storable(param: SearchParam) -> bool:
+    # Not references: chains, _has and includes read reference rows by their own code.
+    return (
+        param.searchable
+        and param.extract is not None
+        and not param.column
+        and not param.fallback
+        and param.type != "reference"
+    )
+
+
+def _with_parts(params: dict[str, SearchParam]) -> dict[str, SearchParam]:
+    """Mark each parameter whose union terms are exactly those of two or three other
+    parameters of the same type (and components), disjoint: its rows would repeat
+    theirs, so none are written for it and searches read theirs. Observation's combo-*
+    parameters are four of its twelve rows per observation otherwise."""
+    out = dict(params)
+    for code, param in sorted(params.items(), key=lambda item: len(_terms(item[1]))):
+        whole = _terms(param)
+        if len(whole) < 2 or not _storable(param):
+            continue
+        candidates = [
+            other
+            for other in out.values()
+            if other.code != code
+            and _storable(other)
+            and other.type == param.type
+            and other.component_key == param.component_key
+            and _terms(other) < whole
+        ]
+        for size in (2, 3):
+            group = next(
+                (
+                    group
+                    for group in itertools.combinations(candidates, size)
+                    if sum(len(_terms(q)) for q in group) == len(whole)
+                    and frozenset().union(*(_terms(q) for q in group)) == whole
+                ),
+                None,
+            )
+            if group is not None:
+                stored = sorted({c for q in group for c in q.stored})
+                out[code] = replace(param, parts=tuple(stored))
+                break
+    return out
+
+
 def _build() -> dict[str, dict[str, SearchParam]]:
     definitions = _load_definitions()
     by_url = {d["url"]: d for d in definitions}
@@ -155,7 +221,7 @@ def _build() -> dict[str, dict[str, SearchParam]]:
             for resource_type in _concrete_types(base):
                 param = _compile_one(definition, resource_type, by_url)
                 table[resource_type][param.code] = param
-    return table
+    return {resource_type: _with_parts(params) for resource_type, params in table.items()}
 
 
 PARAMS: MappingProxyType[str, MappingProxyType[str, SearchParam]] = MappingProxyType(

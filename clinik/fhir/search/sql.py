@@ -209,6 +209,13 @@ def _composite(value: CompositeValue, kinds: Sequence[str], alias: str) -> Sql:
     return _join([p for p in parts if p[0]], " AND ")
 
 
+def _params(alias: str, codes: Sequence[str]) -> Sql:
+    """The index rows of a parameter: its own code, or its parts' (SearchParam.stored)."""
+    if len(codes) == 1:
+        return f"{alias}.param = %s", [codes[0]]
+    return f"{alias}.param = ANY(%s)", [list(codes)]
+
+
 # --- criteria -------------------------------------------------------------------------------
 
 
@@ -275,10 +282,11 @@ class Compiler:
         return f"({sql})", args
 
     @staticmethod
-    def table_param(clause: Clause) -> tuple[str, str]:
+    def table_param(clause: Clause, alias: str) -> tuple[str, Sql]:
+        """The index table of a clause's rows, and the predicate on their `param`."""
         if clause.modifier == "text":
-            return TABLE["string"], clause.param.code + TEXT_SUFFIX
-        return TABLE[clause.param.type], clause.param.code
+            return TABLE["string"], _params(alias, [c + TEXT_SUFFIX for c in clause.param.stored])
+        return TABLE[clause.param.type], _params(alias, clause.param.stored)
 
     def tenant_tag(self, clause: Clause) -> tuple[Clause | None, bool]:
         """`_tag=<tenant system>|<org>`: every own resource carries that tag, which is
@@ -297,15 +305,14 @@ class Compiler:
 
     def rows(self, clause: Clause, alias: str, types: Sequence[str], *, pairs: bool) -> Sql:
         """SELECT of the (type and) ids whose index rows match the clause's values."""
-        table, code = self.table_param(clause)
+        table, (param, param_args) = self.table_param(clause, alias)
         org, org_args = self.org(alias)
         type_sql, type_args = self.types(alias, types)
         values, value_args = self.values(clause, alias)
         columns = f"{alias}.resource_type, {alias}.id" if pairs else f"{alias}.id"
         return (
-            f"SELECT {columns} FROM {table} {alias} WHERE {org}{type_sql}"
-            f" AND {alias}.param = %s AND {values}",
-            [*org_args, *type_args, code, *value_args],
+            f"SELECT {columns} FROM {table} {alias} WHERE {org}{type_sql} AND {param} AND {values}",
+            [*org_args, *type_args, *param_args, *value_args],
         )
 
     def column_clause(self, clause: Clause, row: str) -> Sql:
@@ -350,14 +357,14 @@ class Compiler:
     def absent(self, clause: Clause, row: str) -> Sql:
         """:not and :missing=true: no index row of the resource matches."""
         alias = self.alias("x")
-        table, code = self.table_param(clause)
+        table, (param, param_args) = self.table_param(clause, alias)
         org, org_args = self.org(alias)
         values: Sql = ("TRUE", []) if clause.missing else self.values(clause, alias)
         return (
             f"NOT EXISTS (SELECT 1 FROM {table} {alias} WHERE {org}{alias}.resource_type ="
-            f" {row}.resource_type AND {alias}.id = {row}.id AND {alias}.param = %s"
+            f" {row}.resource_type AND {alias}.id = {row}.id AND {param}"
             f" AND {values[0]})",
-            [*org_args, code, *values[1]],
+            [*org_args, *param_args, *values[1]],
         )
 
     def ids(self, criterion: Any, resource_type: str) -> Sql:
@@ -432,11 +439,12 @@ class Compiler:
         aggregate = "max" if descending else "min"
         alias = self.alias("s")
         org, org_args = self.org(alias)
+        param_sql, param_args = _params(alias, param.stored)
         return (
             f"(SELECT {aggregate}({alias}.{column}) FROM {table} {alias} WHERE {org}"
             f"{alias}.resource_type = {row}.resource_type AND {alias}.id = {row}.id"
-            f" AND {alias}.param = %s)",
-            [*org_args, code],
+            f" AND {param_sql})",
+            [*org_args, *param_args],
         )
 
 
@@ -452,6 +460,10 @@ def _needs_row(criterion: Any) -> bool:
     return isinstance(criterion, Clause) and criterion.param.column not in (None, "id")
 
 
+def _driver_rank(criterion: Any) -> int:
+    return 0 if isinstance(criterion, Clause) and criterion.param.type == "reference" else 1
+
+
 def _shared_shape(query: SearchQuery) -> bool:
     """True when one statement can search every type at once: only plain clauses, each
     of the same kind of parameter on every type (then the SQL is the same)."""
@@ -465,8 +477,10 @@ def _shared_shape(query: SearchQuery) -> bool:
                 return False
             if a.param.type != b.param.type or a.modifier != b.modifier:
                 return False
+            if a.param.stored != b.param.stored:  # rows under other codes
+                return False
     for key in query.sort:
-        kinds = {p.type for t in query.types if (p := get_param(t, key.code))}
+        kinds = {(p.type, p.stored) for t in query.types if (p := get_param(t, key.code))}
         if len(kinds) > 1:
             return False
     return all(isinstance(c, Clause) for c in first)
@@ -484,7 +498,10 @@ class _Statement:
         compiler = self.compiler
         criteria = self.query.criteria[types[0]]
         if len(types) == 1 and not (sort and self.query.sort):
-            driver = next((c for c in criteria if self._drives(c)), None)
+            # A reference (one patient's observations, say) is usually the narrowest
+            # criterion; otherwise the first that can drive, in the query's order.
+            drivers = [c for c in criteria if self._drives(c)]
+            driver = min(drivers, key=_driver_rank) if drivers else None
             if driver is not None and not any(_needs_row(c) for c in criteria):
                 return self._from_index(types[0], driver, [c for c in criteria if c is not driver])
         org, org_args = compiler.org("r")
