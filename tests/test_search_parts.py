@@ -3,6 +3,7 @@ Observation's combo-* parameters are unions of a parameter and its component-*
 counterpart, so writing their rows would repeat those rows. None are written; searches
 read the parts' rows. Search results over known data: tests/search_data.py."""
 
+from collections.abc import Mapping
 from uuid import uuid4
 
 import pytest
@@ -67,13 +68,15 @@ def test_the_parts_rows_are_exactly_the_rows_the_parameter_would_have() -> None:
     checked = 0
     resources = [r for _path, r in example_resources(include_conformance=False)] + RESOURCES
     for resource in resources:
-        params = registry.PARAMS.get(resource.get("resourceType", ""), {})
+        params: Mapping[str, registry.SearchParam] = (
+            registry.PARAMS.get(resource.get("resourceType", "")) or {}
+        )
         for param in params.values():
             if not param.parts:
                 continue
             own = _own_rows(param, resource)
             union = IndexRows()
-            names = {}
+            names: dict[str, str] = {}
             for part in param.parts:
                 part_rows = _own_rows(params[part], resource)
                 for table in IndexRows.__dataclass_fields__:
