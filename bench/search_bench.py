@@ -193,7 +193,7 @@ WITH s AS (
 ), f AS (
   INSERT INTO fhir_idx_reference (org_id, resource_type, id, param, target_type, target_id)
   SELECT %(org)s::uuid, 'Observation', id, p, 'Patient', patient
-  FROM s, unnest(ARRAY['subject', 'patient']) p
+  FROM s, unnest(ARRAY['subject']) p
 )
 INSERT INTO fhir_idx_composite (org_id, resource_type, id, param, system1, code1, system2,
   code2, low2, high2)

@@ -239,8 +239,10 @@ def _add(rows: IndexRows, param: SearchParam, items: list[Item]) -> None:
                     (code, q_low, q_high, clip(q_system), clip(unit_code), clip(unit))
                 )
         elif kind == "reference":
+            # (a restricted parameter's reference rows are its base's: registry)
             for target_type, target_id in _references(value, type_):
-                rows.reference.add((code, target_type, clip(target_id)))
+                if not param.restrict_to:
+                    rows.reference.add((code, target_type, clip(target_id)))
             if isinstance(value, dict) and isinstance(value.get("identifier"), dict):
                 for system, token, _text in _codings(value["identifier"], "Identifier"):
                     rows.token.add((code + IDENTIFIER_SUFFIX, clip(system), clip(token)))
@@ -320,7 +322,7 @@ def extract(resource: dict[str, Any]) -> IndexRows:
     """Every index row of a resource (of a known type; others get none)."""
     rows = IndexRows()
     for param in registry.PARAMS.get(resource.get("resourceType", ""), {}).values():
-        if param.extract is None or param.unsupported or param.parts:
+        if param.extract is None or param.unsupported or (param.parts and not param.restrict_to):
             continue  # (a parameter with parts is searched through their rows)
         if param.type == "composite":
             _add_composite(rows, param, resource)

@@ -9,6 +9,7 @@ the table is the package itself.
 import itertools
 import json
 import logging
+import re
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
@@ -57,6 +58,11 @@ class SearchParam:
     """Parameters of the same type whose index rows together are exactly this one's
     (Observation's `combo-code` is `code | component-code`): it has no rows of its
     own, and a search on it reads theirs (`stored`)."""
+    restrict_to: str | None = None
+    """With `parts`, for a reference parameter that is another one whose target is of
+    this type (Observation's `patient` is `subject.where(resolve() is Patient)`): its
+    reference rows are that one's rows with this target type (its `:identifier` rows
+    are its own: an identifier-only reference has no type)."""
 
     @property
     def searchable(self) -> bool:
@@ -212,6 +218,31 @@ def _with_parts(params: dict[str, SearchParam]) -> dict[str, SearchParam]:
     return out
 
 
+def _with_restricted(params: dict[str, SearchParam]) -> dict[str, SearchParam]:
+    """Mark each reference parameter `X.where(resolve() is T)` whose `X` is another
+    reference parameter's whole expression (47 in R4, `patient` of most clinical
+    resources): its reference rows would repeat that one's with target type T."""
+    by_expression = {
+        p.expression: p
+        for p in params.values()
+        if p.type == "reference" and p.searchable and p.extract is not None and not p.fallback
+    }
+    out = dict(params)
+    for code, param in params.items():
+        if param.type != "reference" or param.extract is None or param.fallback:
+            continue
+        match = _RESTRICTED.fullmatch(param.expression)
+        if match is None or match.group(2) not in RESOURCE_TYPES:
+            continue
+        base = by_expression.get(match.group(1))
+        if base is not None and base.code != code:
+            out[code] = replace(param, parts=(base.code,), restrict_to=match.group(2))
+    return out
+
+
+_RESTRICTED = re.compile(r"(.+)\.where\(resolve\(\) is (\w+)\)")
+
+
 def _build() -> dict[str, dict[str, SearchParam]]:
     definitions = _load_definitions()
     by_url = {d["url"]: d for d in definitions}
@@ -221,7 +252,10 @@ def _build() -> dict[str, dict[str, SearchParam]]:
             for resource_type in _concrete_types(base):
                 param = _compile_one(definition, resource_type, by_url)
                 table[resource_type][param.code] = param
-    return {resource_type: _with_parts(params) for resource_type, params in table.items()}
+    return {
+        resource_type: _with_restricted(_with_parts(params))
+        for resource_type, params in table.items()
+    }
 
 
 PARAMS: MappingProxyType[str, MappingProxyType[str, SearchParam]] = MappingProxyType(

@@ -38,6 +38,7 @@ from clinik.fhir.search.query import (
     TokenValue,
     UriValue,
 )
+from clinik.fhir.search.registry import SearchParam
 from clinik.fhir.search.registry import get as get_param
 from clinik.fhir.search.values import MAX_CHAR, clip, normalize, prefix_bounds
 from clinik.fhir.store.base import Version
@@ -209,11 +210,18 @@ def _composite(value: CompositeValue, kinds: Sequence[str], alias: str) -> Sql:
     return _join([p for p in parts if p[0]], " AND ")
 
 
-def _params(alias: str, codes: Sequence[str]) -> Sql:
-    """The index rows of a parameter: its own code, or its parts' (SearchParam.stored)."""
-    if len(codes) == 1:
-        return f"{alias}.param = %s", [codes[0]]
-    return f"{alias}.param = ANY(%s)", [list(codes)]
+def _params(alias: str, param: SearchParam, suffix: str = "") -> Sql:
+    """The index rows of a parameter: its own code, or its parts' (SearchParam.stored),
+    of the one target type a restricted reference parameter allows."""
+    codes = [code + suffix for code in param.stored]
+    sql, args = (
+        (f"{alias}.param = %s", [codes[0]])
+        if len(codes) == 1
+        else (f"{alias}.param = ANY(%s)", [codes])
+    )
+    if param.restrict_to and not suffix:
+        return f"{sql} AND {alias}.target_type = %s", [*args, param.restrict_to]
+    return sql, args
 
 
 # --- criteria -------------------------------------------------------------------------------
@@ -285,8 +293,8 @@ class Compiler:
     def table_param(clause: Clause, alias: str) -> tuple[str, Sql]:
         """The index table of a clause's rows, and the predicate on their `param`."""
         if clause.modifier == "text":
-            return TABLE["string"], _params(alias, [c + TEXT_SUFFIX for c in clause.param.stored])
-        return TABLE[clause.param.type], _params(alias, clause.param.stored)
+            return TABLE["string"], _params(alias, clause.param, TEXT_SUFFIX)
+        return TABLE[clause.param.type], _params(alias, clause.param)
 
     def tenant_tag(self, clause: Clause) -> tuple[Clause | None, bool]:
         """`_tag=<tenant system>|<org>`: every own resource carries that tag, which is
@@ -397,12 +405,13 @@ class Compiler:
                 alias = self.alias("c")
                 org, org_args = self.org(alias)
                 sql, args = self.ids(inner, target_type)
+                param, param_args = _params(alias, criterion.param)
                 branches.append(
                     (
                         f"SELECT {alias}.id FROM fhir_idx_reference {alias} WHERE {org}"
-                        f"{alias}.resource_type = %s AND {alias}.param = %s"
+                        f"{alias}.resource_type = %s AND {param}"
                         f" AND {alias}.target_type = %s AND {alias}.target_id IN ({sql})",
-                        [*org_args, resource_type, criterion.param.code, target_type, *args],
+                        [*org_args, resource_type, *param_args, target_type, *args],
                     )
                 )
             return _join(branches, " UNION ALL ")
@@ -410,11 +419,12 @@ class Compiler:
         alias = self.alias("h")
         org, org_args = self.org(alias)
         sql, args = self.ids(criterion.criterion, criterion.source_type)
+        param, param_args = _params(alias, criterion.param)
         return (
             f"SELECT {alias}.target_id FROM fhir_idx_reference {alias} WHERE {org}"
-            f"{alias}.resource_type = %s AND {alias}.param = %s AND {alias}.target_type = %s"
+            f"{alias}.resource_type = %s AND {param} AND {alias}.target_type = %s"
             f" AND {alias}.id IN ({sql})",
-            [*org_args, criterion.source_type, criterion.param.code, resource_type, *args],
+            [*org_args, criterion.source_type, *param_args, resource_type, *args],
         )
 
     # --- sorting ----------------------------------------------------------------------------
@@ -439,7 +449,7 @@ class Compiler:
         aggregate = "max" if descending else "min"
         alias = self.alias("s")
         org, org_args = self.org(alias)
-        param_sql, param_args = _params(alias, param.stored)
+        param_sql, param_args = _params(alias, param)
         return (
             f"(SELECT {aggregate}({alias}.{column}) FROM {table} {alias} WHERE {org}"
             f"{alias}.resource_type = {row}.resource_type AND {alias}.id = {row}.id"
@@ -477,10 +487,12 @@ def _shared_shape(query: SearchQuery) -> bool:
                 return False
             if a.param.type != b.param.type or a.modifier != b.modifier:
                 return False
-            if a.param.stored != b.param.stored:  # rows under other codes
-                return False
+            if (a.param.stored, a.param.restrict_to) != (b.param.stored, b.param.restrict_to):
+                return False  # rows under other codes
     for key in query.sort:
-        kinds = {(p.type, p.stored) for t in query.types if (p := get_param(t, key.code))}
+        kinds = {
+            (p.type, p.stored, p.restrict_to) for t in query.types if (p := get_param(t, key.code))
+        }
         if len(kinds) > 1:
             return False
     return all(isinstance(c, Clause) for c in first)
@@ -682,8 +694,12 @@ def _include_targets(
         )
         args: list[Any] = [*org_args, source_type, ids]
         if include.param != "*":
-            sql += " AND x.param = %s"
-            args.append(include.param)
+            param = get_param(source_type, include.param)
+            if param is None:
+                continue  # no such parameter on this type: nothing to include
+            param_sql, param_args = _params("x", param)
+            sql += f" AND {param_sql}"
+            args += param_args
         if include.target_type:
             sql += " AND x.target_type = %s"
             args.append(include.target_type)
@@ -701,19 +717,23 @@ def _revinclude(
         if include.target_type and include.target_type != target_type:
             continue
         ids = [v.id for v in targets if v.resource_type == target_type]
+        param = get_param(include.source_type, include.param)
+        if param is None:
+            continue
         org, org_args = compiler.org("r")
         xorg, xorg_args = compiler.org("x")
+        param_sql, param_args = _params("x", param)
         cursor.execute(
             f"SELECT {COLUMNS} FROM fhir_resource r WHERE {org}r.resource_type = %s"
             " AND r.deleted_at IS NULL AND r.id IN (SELECT x.id FROM fhir_idx_reference x"
-            f" WHERE {xorg}x.resource_type = %s AND x.param = %s AND x.target_type = %s"
+            f" WHERE {xorg}x.resource_type = %s AND {param_sql} AND x.target_type = %s"
             " AND x.target_id = ANY(%s)) ORDER BY r.id LIMIT %s",
             [
                 *org_args,
                 include.source_type,
                 *xorg_args,
                 include.source_type,
-                include.param,
+                *param_args,
                 target_type,
                 ids,
                 MAX_INCLUDED + 1,
