@@ -172,7 +172,8 @@ def _terms(param: SearchParam) -> frozenset[str]:
 
 
 def _storable(param: SearchParam) -> bool:
-    # Not references: chains, _has and includes read reference rows by their own code.
+    # References are the other kind (_with_restricted); no R4 reference parameter is a
+    # union of others.
     return (
         param.searchable
         and param.extract is not None
@@ -225,7 +226,11 @@ def _with_restricted(params: dict[str, SearchParam]) -> dict[str, SearchParam]:
     by_expression = {
         p.expression: p
         for p in params.values()
-        if p.type == "reference" and p.searchable and p.extract is not None and not p.fallback
+        if p.type == "reference"
+        and p.searchable
+        and p.extract is not None
+        and not p.fallback
+        and not _RESTRICTED.fullmatch(p.expression)  # a base has rows of its own
     }
     out = dict(params)
     for code, param in params.items():
