@@ -42,6 +42,13 @@ def test_observation_combo_parameters_are_read_from_their_parts() -> None:
             "code-value-quantity",
             "component-code-value-quantity",
         ),
+        # the same expression twice: the first code keeps the rows
+        ("Patient", "phonetic"): ("name",),
+        ("Practitioner", "phonetic"): ("name",),
+        ("RelatedPerson", "phonetic"): ("name",),
+        ("Person", "phonetic"): ("name",),
+        ("CapabilityStatement", "version"): ("fhirversion",),
+        ("CodeSystem", "url"): ("system",),
     }
     for (resource_type, _code), parts in with_parts.items():
         for part in parts:

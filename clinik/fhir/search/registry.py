@@ -184,12 +184,21 @@ def _storable(param: SearchParam) -> bool:
 
 
 def _with_parts(params: dict[str, SearchParam]) -> dict[str, SearchParam]:
-    """Mark each parameter whose union terms are exactly those of two or three other
-    parameters of the same type (and components), disjoint: its rows would repeat
-    theirs, so none are written for it and searches read theirs. Observation's combo-*
-    parameters are four of its twelve rows per observation otherwise."""
+    """Mark each parameter whose terms are exactly another's (Patient's `phonetic` is
+    `name`'s expression; the first code in order keeps the rows), or exactly those of
+    two or three other parameters of the same type (and components), disjoint: its
+    rows would repeat theirs, so none are written for it and searches read theirs.
+    Observation's combo-* parameters are four of its twelve rows otherwise."""
     out = dict(params)
+    first: dict[tuple[Any, ...], str] = {}
+    for code, param in sorted(params.items()):
+        if _storable(param):
+            same = first.setdefault((param.type, _terms(param), param.component_key), code)
+            if same != code:
+                out[code] = replace(param, parts=(same,))
     for code, param in sorted(params.items(), key=lambda item: len(_terms(item[1]))):
+        if out[code].parts:
+            continue
         whole = _terms(param)
         if len(whole) < 2 or not _storable(param):
             continue
@@ -197,6 +206,7 @@ def _with_parts(params: dict[str, SearchParam]) -> dict[str, SearchParam]:
             other
             for other in out.values()
             if other.code != code
+            and not other.parts
             and _storable(other)
             and other.type == param.type
             and other.component_key == param.component_key
@@ -213,8 +223,7 @@ def _with_parts(params: dict[str, SearchParam]) -> dict[str, SearchParam]:
                 None,
             )
             if group is not None:
-                stored = sorted({c for q in group for c in q.stored})
-                out[code] = replace(param, parts=tuple(stored))
+                out[code] = replace(param, parts=tuple(sorted(q.code for q in group)))
                 break
     return out
 
