@@ -135,13 +135,18 @@ def insert_from(
     (the read and its audit row in one statement): `succeeded` is an SQL condition
     deciding the outcome, success or failure."""
     fields = _fields(action, org, actor, target, "success", request)
+    outcome = f"CASE WHEN {succeeded} THEN 'success' ELSE 'failure' END"
+    return _insert_select(fields, {"outcome": outcome})
+
+
+def _insert_select(fields: dict[str, Any], computed: dict[str, str]) -> tuple[str, list[Any]]:
+    """INSERT ... SELECT of one event's fields: each a parameter, except the columns in
+    `computed`, which are SQL expressions (this module's own, never values)."""
     names = list(fields)
-    at = names.index("outcome")
-    values = list(fields.values())
-    placeholders = ["%s"] * len(names)
-    placeholders[at] = f"CASE WHEN {succeeded} THEN 'success' ELSE 'failure' END"
-    del values[at]
-    sql = f"INSERT INTO audit_auditevent ({', '.join(names)}) SELECT {', '.join(placeholders)}"
+    select = [computed.get(name, "%s") for name in names]
+    values = [value for name, value in fields.items() if name not in computed]
+    # Column names and expressions are this module's own; every value is a parameter.
+    sql = f"INSERT INTO audit_auditevent ({', '.join(names)}) SELECT {', '.join(select)}"
     return sql, values
 
 
@@ -159,20 +164,8 @@ def note_many(
     if not targets:
         return
     fields = _fields(action, org, actor, None, outcome, request)
-    names = list(fields)
-    values: list[Any] = []
-    select = []
-    for name in names:
-        if name == "target_type":
-            select.append("left(t->>0, 64)")
-        elif name == "target_id":
-            select.append("left(t->>1, 64)")
-        else:
-            select.append("%s")
-            values.append(fields[name])
-    # Column names and expressions are this module's own; every value is a parameter.
-    sql = (
-        f"INSERT INTO audit_auditevent ({', '.join(names)}) SELECT {', '.join(select)}"  # noqa: S608
-        " FROM jsonb_array_elements(%s::jsonb) AS t"
+    sql, values = _insert_select(
+        fields, {"target_type": "left(t->>0, 64)", "target_id": "left(t->>1, 64)"}
     )
-    defer(sql, [*values, orjson.dumps(targets).decode()])
+    targets_json = orjson.dumps(targets).decode()
+    defer(f"{sql} FROM jsonb_array_elements(%s::jsonb) AS t", [*values, targets_json])
