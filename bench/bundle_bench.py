@@ -20,6 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import create_org  # noqa: E402
 from tests.synthea import patient_bundle  # noqa: E402
 
 ENV = {
@@ -41,23 +42,7 @@ def main() -> None:
         "--warmup", type=int, default=4, help="bundles sent first, not measured (both workers)"
     )
     args = parser.parse_args()
-    out = subprocess.run(
-        [
-            sys.executable,
-            "manage.py",
-            "create_org",
-            "--name",
-            "Bundles",
-            "--email",
-            "b@example.com",
-        ],
-        cwd=ROOT,
-        env=ENV,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    key = json.loads(out.strip().splitlines()[-1])["api_key"]
+    key = create_org("Bundles", "b@example.com", env=ENV)["api_key"]
     server = subprocess.Popen(
         [
             sys.executable,

@@ -24,20 +24,13 @@ from pathlib import Path
 import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import create_org  # noqa: E402
+
 BENCH = ROOT / "bench"
 PY = sys.executable
 DB = os.environ.get("DATABASE_URL", "postgres://clinik@127.0.0.1:5432/clinik")
-
-
-def create_org() -> dict[str, str]:
-    out = subprocess.run(
-        [PY, "manage.py", "create_org", "--name", "Bench", "--email", "bench@example.com"],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return json.loads(out.strip().splitlines()[-1])
 
 
 def start(app: str, port: int) -> subprocess.Popen[bytes]:
@@ -176,7 +169,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="seconds per workload, unmeasured")
     parser.add_argument("--rounds", type=int, default=3, help="full and bare alternate")
     args = parser.parse_args()
-    org = create_org()
+    org = create_org("Bench", "bench@example.com")
     ids_file = tempfile.NamedTemporaryFile("w", suffix=".ids", delete=False)  # noqa: SIM115
     ports = {"full": 8001, "bare": 8002}
     servers = [start("clinik.wsgi", ports["full"]), start("bench.bare:application", ports["bare"])]

@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,16 +40,7 @@ django.setup()
 
 from django.test import Client  # noqa: E402
 
-
-def create_org() -> dict[str, str]:
-    out = subprocess.run(
-        [sys.executable, "manage.py", "create_org", "--name", "CPU", "--email", "cpu@example.com"],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return json.loads(out.strip().splitlines()[-1])
+from bench.common import create_org  # noqa: E402
 
 
 def measure(send, requests: int, rounds: int) -> dict[str, float]:
@@ -74,7 +64,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    org = create_org()
+    org = create_org("CPU", "cpu@example.com")
     client = Client(HTTP_AUTHORIZATION=f"Bearer {org['api_key']}")
     body = (ROOT / "bench" / "wrk" / "patient.json").read_bytes()
 

@@ -52,6 +52,7 @@ import psycopg  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.db import connection  # noqa: E402
 
+from bench.common import create_org  # noqa: E402
 from clinik.fhir.search.extract import IndexRows, extract  # noqa: E402
 from clinik.fhir.search.query import parse_search  # noqa: E402
 from clinik.fhir.store.postgres import PostgresStore  # noqa: E402
@@ -91,17 +92,6 @@ def database_url(owner: bool = False) -> str:
     password = settings.DATABASE_OWNER_CREDENTIALS["PASSWORD"] if owner else db["PASSWORD"]
     auth = f"{user}:{password}" if password else user
     return f"postgresql://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-
-
-def create_org() -> dict[str, str]:
-    out = subprocess.run(
-        [PY, "manage.py", "create_org", "--name", "Search bench", "--email", "search@bench.test"],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return json.loads(out.strip().splitlines()[-1])
 
 
 # --- loading -----------------------------------------------------------------------------
@@ -430,7 +420,7 @@ def main() -> None:
     if args.org and args.key:
         org = {"org_id": args.org, "api_key": args.key}
     else:
-        org = create_org()
+        org = create_org("Search bench", "search@bench.test")
         began = time.monotonic()
         load_people(org["org_id"], args.patients)
         print(f"people loaded in {time.monotonic() - began:.0f} s", file=sys.stderr)

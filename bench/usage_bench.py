@@ -32,6 +32,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 sys.path.insert(0, str(ROOT))
+
+from bench.common import create_org  # noqa: E402
+
 PY = sys.executable
 HIGH = str(10**9)
 ENV = {
@@ -48,18 +51,6 @@ CONFIGS = {
     "bare": {"DJANGO_SETTINGS_MODULE": "bench.usage_off_settings", "USAGE_BENCH_OFF": "log,audit"},
 }
 LOSS_REDIS_PORT = 6391
-
-
-def create_org() -> dict[str, str]:
-    out = subprocess.run(
-        [PY, "manage.py", "create_org", "--name", "Usage bench", "--email", "usage@example.com"],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-        env=ENV,
-    ).stdout
-    return json.loads(out.strip().splitlines()[-1])
 
 
 def start(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -286,7 +277,7 @@ def main() -> None:
     parser.add_argument("--outage", type=float, default=4.0)
     parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args()
-    org = create_org()
+    org = create_org("Usage bench", "usage@example.com", env=ENV)
     results: dict = {}
     if not args.skip_throughput:
         results["throughput"] = tp = throughput(args, org)
