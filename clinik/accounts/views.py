@@ -17,6 +17,12 @@ from django.views.decorators.http import require_http_methods, require_POST, req
 
 from clinik import audit
 from clinik.accounts import throttle
+from clinik.accounts.access import (
+    dashboard_context,
+    get_managing_membership,
+    get_membership,
+    require_active,
+)
 from clinik.accounts.actions import (
     LastOwnerError,
     do_accept_invitation,
@@ -36,47 +42,6 @@ from clinik.accounts.forms import (
 )
 from clinik.accounts.models import Invitation, Membership, hash_token
 from clinik.lib.http import AuthedHttpRequest, client_ip
-
-# --- access helpers ------------------------------------------------------------
-
-
-def get_membership(request: AuthedHttpRequest, org_id: UUID) -> Membership:
-    """The caller's membership in org_id; 404 for anyone outside it."""
-    try:
-        membership = Membership.objects.select_related("org").get(org_id=org_id, user=request.user)
-    except Membership.DoesNotExist:
-        raise Http404 from None
-    if membership.org.status == membership.org.Status.CLOSED:
-        raise Http404
-    request.session["org_id"] = str(org_id)
-    return membership
-
-
-def get_managing_membership(request: AuthedHttpRequest, org_id: UUID) -> Membership:
-    """Like get_membership, but only owners and admins pass (403 for developers)."""
-    membership = get_membership(request, org_id)
-    if not membership.can_manage:
-        raise PermissionDenied
-    return membership
-
-
-def require_active(membership: Membership) -> None:
-    """A closing organization is read-only: no new keys, invitations or settings."""
-    if membership.org.status != membership.org.Status.ACTIVE:
-        raise PermissionDenied("This organization is closing and read-only")
-
-
-def dashboard_context(
-    request: AuthedHttpRequest, membership: Membership, active: str, **extra: Any
-) -> dict[str, Any]:
-    memberships = Membership.objects.filter(user=request.user).select_related("org")
-    return {
-        "org": membership.org,
-        "membership": membership,
-        "memberships": memberships,
-        "active": active,
-        **extra,
-    }
 
 
 def _safe_next(request: HttpRequest, fallback: str) -> str:

@@ -10,8 +10,8 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST, require_safe
 from django.views.decorators.vary import vary_on_headers
 
+from clinik.accounts.access import dashboard_context, get_membership
 from clinik.accounts.models import Membership
-from clinik.accounts.views import dashboard_context, get_membership
 from clinik.audit import exports
 from clinik.audit.forms import AuditFilterForm, ExportForm
 from clinik.audit.models import AuditEvent, AuditExport

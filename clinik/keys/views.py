@@ -11,13 +11,13 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.cache import add_never_cache_headers, patch_vary_headers
 from django.views.decorators.http import require_POST, require_safe
 
-from clinik.accounts.models import Membership
-from clinik.accounts.views import (
+from clinik.accounts.access import (
     dashboard_context,
     get_managing_membership,
     get_membership,
     require_active,
 )
+from clinik.accounts.models import Membership
 from clinik.gateway.actions import do_allow_origin, do_remove_origin
 from clinik.gateway.forms import OriginForm
 from clinik.keys.actions import do_create_key, do_revoke_key

@@ -20,8 +20,8 @@ from django.utils.cache import add_never_cache_headers, patch_vary_headers
 from django.views.decorators.http import require_POST, require_safe
 
 from clinik import audit
+from clinik.accounts.access import dashboard_context, get_managing_membership, get_membership
 from clinik.accounts.models import Membership, Organization
-from clinik.accounts.views import dashboard_context, get_managing_membership, get_membership
 from clinik.fhir.export import ExportBusy, ExportParams, cancel_export, start_export, status_url
 from clinik.keys.models import ApiKey
 from clinik.lib.http import AuthedHttpRequest

@@ -13,7 +13,7 @@ from django.views.decorators.http import require_safe
 from django.views.decorators.vary import vary_on_headers
 
 from clinik import audit
-from clinik.accounts.views import dashboard_context, get_membership
+from clinik.accounts.access import dashboard_context, get_membership
 from clinik.keys.models import ApiKey
 from clinik.lib.http import AuthedHttpRequest
 from clinik.usage import charts, queries
