@@ -46,6 +46,7 @@ INSTALLED_APPS = [
     "clinik.keys",
     "clinik.gateway",
     "clinik.usage",
+    "clinik.notify",
 ]
 
 MIDDLEWARE = [
@@ -76,6 +77,7 @@ TEMPLATES = [
                 "django.template.context_processors.csp",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "clinik.privacy.analytics.browser_config",
             ],
         },
     },
@@ -340,6 +342,25 @@ MAILERS = {
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "ClinikAPI <noreply@clinikapi.com>")
 SERVER_EMAIL = DEFAULT_FROM_EMAIL
 ADMINS: list[tuple[str, str]] = []  # no error emails: they would carry request data
+
+# --- Service emails, incidents, policy notices, analytics (clinik.notify, privacy) ---
+# Emails are sent by a Celery task; a failed SMTP attempt is retried after
+# EMAIL_RETRY_BASE_SECONDS, doubling each time, EMAIL_MAX_RETRIES times.
+EMAIL_MAX_RETRIES = env_int("EMAIL_MAX_RETRIES", 10, minimum=0)
+EMAIL_RETRY_BASE_SECONDS = env_int("EMAIL_RETRY_BASE_SECONDS", 30, minimum=0)
+# Policy §11: a new privacy policy version is announced at least this long ahead.
+POLICY_NOTICE_DAYS = 30
+CELERY_BEAT_SCHEDULE["announce-policy-versions"] = {
+    "task": "clinik.notify.tasks.announce_policy_versions",
+    "schedule": 3600.0,
+}
+# Product analytics (PostHog). Unset key: nothing is sent and nothing is loaded.
+POSTHOG_API_KEY = env_str("POSTHOG_API_KEY", "")
+POSTHOG_HOST = env_str("POSTHOG_HOST", "").rstrip("/")
+if POSTHOG_API_KEY and not POSTHOG_HOST.startswith(("https://", "http://")):
+    raise ImproperlyConfigured("POSTHOG_HOST must be an http(s) URL when POSTHOG_API_KEY is set")
+if POSTHOG_API_KEY and POSTHOG_HOST:
+    SECURE_CSP["connect-src"] = [*SECURE_CSP["connect-src"], POSTHOG_HOST]
 
 # --- Static files ----------------------------------------------------------------
 STATIC_URL = "/static/"

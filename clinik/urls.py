@@ -4,6 +4,7 @@ from django.urls import URLPattern, URLResolver, include, path
 from clinik import views
 from clinik.accounts import views as account_views
 from clinik.fhir import views as fhir_views
+from clinik.notify import views as notify_views
 from clinik.privacy import urls as privacy_urls
 from clinik.privacy import views as privacy_views
 
@@ -31,6 +32,13 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("privacy", privacy_views.policy, name="privacy"),
     path("security", views.security, name="security"),
+    path("status", notify_views.status, name="status"),
+    path("emails", notify_views.emails, name="emails"),
+    path(
+        "privacy/acknowledge/<int:version>/",
+        notify_views.policy_acknowledge,
+        name="policy_acknowledge",
+    ),
     path("accounts/data/", include(privacy_urls.account_patterns)),
     path("accounts/", include("clinik.accounts.urls")),
     path("dashboard/", account_views.dashboard, name="dashboard"),

@@ -7,11 +7,13 @@ import time_machine
 from django.contrib.sessions.backends.db import SessionStore
 from django.contrib.sessions.models import Session
 from django.core import mail
+from django.db import transaction
 from django.utils import timezone
 
 from clinik.accounts import tasks
 from clinik.accounts.models import Invitation
 from clinik.celery import app as celery_app
+from clinik.notify.emails import send
 from tests.conftest import wait_for
 
 
@@ -50,10 +52,12 @@ def test_real_worker_runs_the_purge_and_sends_email(owner, real_worker) -> None:
     Invitation.objects.filter(pk=expired.pk).update(expires_at=timezone.now() - timedelta(days=1))
     tasks.purge_expired_invitations.delay()
     assert wait_for(lambda: not Invitation.objects.exists())
-    tasks.send_email.delay(
-        "invitation",
-        ["someone@acme.test"],
-        {"org_name": "Acme", "inviter": "Olivia", "role": "developer", "link": "http://x/"},
-    )
+    with transaction.atomic():
+        send(
+            "service",
+            "invitation",
+            "someone@acme.test",
+            {"org_name": "Acme", "inviter": "Olivia", "role": "developer", "link": "http://x/"},
+        )
     assert wait_for(lambda: len(mail.outbox) == 1)
     assert mail.outbox[0].subject == "Olivia invited you to Acme on ClinikAPI"

@@ -7,7 +7,8 @@ from django.utils import timezone
 
 from clinik import audit
 from clinik.accounts.models import Invitation, Membership, Organization, User
-from clinik.lib.emails import send_email_on_commit
+from clinik.notify import security
+from clinik.notify.emails import send
 
 
 class LastOwnerError(Exception):
@@ -39,9 +40,10 @@ def do_invite(
     invitation, token = Invitation.issue(org, email, role, actor)
     audit.record("member.invite", org=org, actor=actor, target=invitation, request=request)
     link = request.build_absolute_uri(reverse("accounts:invitation", args=[token]))
-    send_email_on_commit(
+    send(
+        "service",
         "invitation",
-        [invitation.email],
+        invitation.email,
         {"org_name": org.name, "inviter": actor.name, "role": role, "link": link},
     )
     return invitation
@@ -50,12 +52,14 @@ def do_invite(
 @transaction.atomic
 def do_accept_invitation(*, invitation: Invitation, user: User, request: HttpRequest) -> Membership:
     locked = Invitation.objects.select_for_update().get(pk=invitation.pk)
-    membership, _created = Membership.objects.get_or_create(
+    membership, created = Membership.objects.get_or_create(
         user=user, org=locked.org, defaults={"role": locked.role}
     )
     locked.accepted_at = timezone.now()
     locked.save(update_fields=["accepted_at"])
     audit.record("member.join", org=locked.org, actor=user, target=membership, request=request)
+    if created:
+        security.alert_member_added(membership, actor=user)
     return membership
 
 
@@ -70,11 +74,14 @@ def do_change_role(*, membership: Membership, role: str, actor: User, request: H
     membership.refresh_from_db()
     if membership.role == Membership.Role.OWNER and role != Membership.Role.OWNER and owners <= 1:
         raise LastOwnerError
+    granted_owner = role == Membership.Role.OWNER and membership.role != Membership.Role.OWNER
     membership.role = role
     membership.save(update_fields=["role"])
     audit.record(
         "member.role_change", org=membership.org, actor=actor, target=membership, request=request
     )
+    if granted_owner:
+        security.alert_owner_granted(membership, actor)
 
 
 @transaction.atomic
@@ -87,3 +94,4 @@ def do_remove_member(*, membership: Membership, actor: User, request: HttpReques
         "member.remove", org=membership.org, actor=actor, target=membership, request=request
     )
     membership.delete()
+    security.alert_member_removed(membership, actor)

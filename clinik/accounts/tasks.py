@@ -1,16 +1,8 @@
-from typing import Any
-
 from celery import shared_task
 from django.contrib.sessions.models import Session
 from django.utils import timezone
 
 from clinik.accounts.models import Invitation
-from clinik.lib.emails import send_email_now
-
-
-@shared_task(autoretry_for=(OSError,), retry_backoff=True, max_retries=5)
-def send_email(name: str, to: list[str], context: dict[str, Any]) -> None:
-    send_email_now(name, to, context)
 
 
 def clear_expired_sessions_now(batch: int = 5000) -> int:

@@ -20,13 +20,18 @@ def is_locked(email: str, ip: str) -> bool:
     return any(counts.get(key, 0) >= limit for key, limit in pairs)
 
 
-def note_failure(email: str, ip: str) -> None:
+def note_failure(email: str, ip: str) -> int:
+    """Count one failure; returns the email's count (the lockout starts at the limit)."""
+    counts = []
     for key in _keys(email, ip):
+        count = 1
         if not cache.add(key, 1, timeout=settings.SIGNIN_LOCKOUT_SECONDS):
             try:
-                cache.incr(key)
+                count = cache.incr(key)
             except ValueError:
                 cache.set(key, 1, timeout=settings.SIGNIN_LOCKOUT_SECONDS)
+        counts.append(count)
+    return counts[0]
 
 
 def clear(email: str) -> None:

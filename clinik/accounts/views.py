@@ -42,6 +42,8 @@ from clinik.accounts.forms import (
 )
 from clinik.accounts.models import Invitation, Membership, hash_token
 from clinik.lib.http import AuthedHttpRequest, client_ip
+from clinik.notify import security
+from clinik.privacy import analytics
 
 
 def _safe_next(request: HttpRequest, fallback: str) -> str:
@@ -72,6 +74,10 @@ def signup(request: HttpRequest) -> HttpResponse:
         )
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
         request.session["org_id"] = str(org.pk)
+        with transaction.atomic():
+            security.note_signin(request, user, alert=False)
+        analytics.capture(user, "signed_up")
+        analytics.capture(user, "organization_created")
         return redirect(_safe_next(request, reverse("org_overview", args=[org.pk])))
     return render(request, "accounts/signup.html", {"form": form, "next": _safe_next(request, "")})
 
@@ -96,9 +102,14 @@ def signin(request: HttpRequest) -> HttpResponse:
             if user is not None:
                 login(request, user)
                 throttle.clear(email)
-                audit.record("account.signin", org=None, actor=user, request=request)
+                with transaction.atomic():
+                    audit.record("account.signin", org=None, actor=user, request=request)
+                    security.note_signin(request, user)
+                analytics.capture(user, "signed_in")
                 return redirect(_safe_next(request, reverse("dashboard")))
-            throttle.note_failure(email, ip)
+            if throttle.note_failure(email, ip) == settings.SIGNIN_MAX_FAILURES:
+                with transaction.atomic():
+                    security.alert_lockout(email)
             audit.record(
                 "account.signin_failed",
                 org=None,
@@ -135,7 +146,11 @@ class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
 
     def form_valid(self, form: SetPasswordForm) -> HttpResponse:
         response = super().form_valid(form)
-        audit.record("account.password_reset", org=None, actor=form.user, request=self.request)
+        with transaction.atomic():
+            audit.record(
+                "account.password_reset", org=None, actor=form.user, request=self.request
+            )
+            security.alert_password_changed(form.user)
         return response
 
 
@@ -152,11 +167,14 @@ def account(request: AuthedHttpRequest) -> HttpResponse:
     if request.method == "POST" and request.POST.get("form") == "profile":
         profile = ProfileForm(request.POST, user=user)
         if profile.is_valid():
+            old_email = user.email
             user.name = profile.cleaned_data["name"]
             user.email = profile.cleaned_data["email"]
             with transaction.atomic():
                 user.save(update_fields=["name", "email"])
                 audit.record("account.update", org=None, actor=user, target=user, request=request)
+                if user.email != old_email:
+                    security.alert_email_changed(user, old_email)
             messages.success(request, "Your profile is saved.")
             return redirect("accounts:account")
     elif request.method == "POST" and request.POST.get("form") == "password":
@@ -165,6 +183,7 @@ def account(request: AuthedHttpRequest) -> HttpResponse:
             with transaction.atomic():
                 password_form.save()
                 audit.record("account.password_change", org=None, actor=user, request=request)
+                security.alert_password_changed(user)
             update_session_auth_hash(request, user)
             messages.success(request, "Your password is changed.")
             return redirect("accounts:account")
@@ -197,6 +216,7 @@ def org_create(request: AuthedHttpRequest) -> HttpResponse:
     form = OrganizationForm(request.POST if request.method == "POST" else None)
     if request.method == "POST" and form.is_valid():
         org = do_create_org(user=request.user, name=form.cleaned_data["name"], request=request)
+        analytics.capture(request.user, "organization_created")
         return redirect("org_overview", org.pk)
     return render(request, "accounts/org_create.html", {"form": form})
 
@@ -269,6 +289,7 @@ def team_invite(request: AuthedHttpRequest, org_id: UUID) -> HttpResponse:
         actor=request.user,
         request=request,
     )
+    analytics.capture(request.user, "member_invited", role=form.cleaned_data["role"])
     messages.success(request, f"Invitation sent to {form.cleaned_data['email']}.")
     return redirect("team", org_id)
 
@@ -366,7 +387,8 @@ def invitation(request: HttpRequest, token: str) -> HttpResponse:
     if request.method == "POST":
         if not ctx["email_matches"]:
             return render(request, "accounts/invitation.html", ctx, status=403)
-        do_accept_invitation(invitation=invitation, user=user, request=request)
+        membership = do_accept_invitation(invitation=invitation, user=user, request=request)
+        analytics.capture(user, "member_joined", role=membership.role)
         request.session["org_id"] = str(invitation.org_id)
         messages.success(request, f"Welcome to {invitation.org.name}.")
         return redirect("org_overview", invitation.org_id)
@@ -382,5 +404,7 @@ def coming_soon(request: AuthedHttpRequest, org_id: UUID, section: str) -> HttpR
     }
     if section not in titles:
         raise Http404
+    if section == "billing":
+        analytics.capture(request.user, "plan_viewed")
     ctx = dashboard_context(request, membership, section, title=titles[section])
     return render(request, "dashboard/coming_soon.html", ctx)

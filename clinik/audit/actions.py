@@ -44,6 +44,8 @@ ACTIONS: dict[str, str] = {
     "account.data_download": "A user downloaded their account data",
     "account.analytics_opt_out": "A user objected to product analytics",
     "account.analytics_opt_in": "A user allowed product analytics again",
+    "account.analytics_id_reset": "A user reset their analytics id",
+    "account.policy_acknowledge": "A user acknowledged a privacy policy version",
     "account.deletion_request": "A user asked for their account to be deleted",
     "account.deletion_cancel": "A user cancelled their account deletion",
     "account.deletion_blocked": "An account deletion was stopped: the user is a last owner",

@@ -18,6 +18,7 @@ from clinik.audit.models import AuditEvent, AuditExport
 from clinik.audit.query import AuditFilter, events_of, iterate, page
 from clinik.keys.models import ApiKey
 from clinik.lib.http import AuthedHttpRequest
+from clinik.privacy import analytics
 from clinik.usage.views import format_cursor, parse_cursor
 
 
@@ -54,6 +55,7 @@ def audit_log(request: AuthedHttpRequest, org_id: UUID) -> HttpResponse:
     membership = get_membership(request, org_id)
     form = AuditFilterForm(request.GET)
     flt = form.to_filter()
+    analytics.capture(request.user, "audit_log_viewed")
     result = page(
         events_of(org_id, flt),
         before=parse_cursor(request.GET.get("before")),

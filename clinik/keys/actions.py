@@ -12,11 +12,11 @@ from django.utils import timezone
 from clinik import audit
 from clinik.accounts.models import Organization, User
 from clinik.keys.models import ApiKey
-from clinik.lib.emails import send_email_on_commit
+from clinik.notify.emails import send
 
 
 def _alert_owners(template: str, key: ApiKey, actor: User | None) -> None:
-    owners = list(key.org.owners().values_list("email", flat=True))
+    owners = list(key.org.owners())
     if not owners:
         return
     when = key.revoked_at if template == "key-revoked" else key.created_at
@@ -29,7 +29,7 @@ def _alert_owners(template: str, key: ApiKey, actor: User | None) -> None:
         "when": f"{when:%Y-%m-%d %H:%M} UTC" if when else "",
         "keys_path": reverse("keys", args=[key.org_id]),
     }
-    send_email_on_commit(template, owners, context)
+    send("security", template, owners, context)
 
 
 @transaction.atomic

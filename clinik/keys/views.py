@@ -23,6 +23,7 @@ from clinik.gateway.forms import OriginForm
 from clinik.keys.actions import do_create_key, do_revoke_key
 from clinik.keys.forms import KeyForm
 from clinik.lib.http import AuthedHttpRequest
+from clinik.privacy import analytics
 
 
 def _page(
@@ -66,6 +67,9 @@ def keys_create(request: AuthedHttpRequest, org_id: UUID) -> HttpResponse:
         expires_at=form.expires_at(),
         request=request,
     )
+    analytics.capture(
+        request.user, "key_created", scopes=key.scopes, expires=key.expires_at is not None
+    )
     # The only response that ever holds the plaintext: rendered here, not stored for a
     # redirect (a session or message would put it in the database), never cached.
     response = _page(request, membership, created=key, plaintext=plaintext)
@@ -78,7 +82,8 @@ def keys_create(request: AuthedHttpRequest, org_id: UUID) -> HttpResponse:
 def keys_revoke(request: AuthedHttpRequest, org_id: UUID, key_id: int) -> HttpResponse:
     membership = get_managing_membership(request, org_id)
     key = get_object_or_404(membership.org.api_keys, pk=key_id)
-    do_revoke_key(key=key, actor=request.user, request=request)
+    if do_revoke_key(key=key, actor=request.user, request=request):
+        analytics.capture(request.user, "key_revoked")
     if request.htmx:
         ctx = {"key": key, "org": membership.org, "membership": membership}
         response = render(request, "keys/list.html#row", ctx)

@@ -6,12 +6,9 @@ from typing import Any
 from django.contrib import admin
 from django.http import HttpRequest
 
-from clinik.privacy.models import AccountDeletion, Closure, ExportJob, PolicyVersion
+from clinik.privacy.models import AccountDeletion, Closure, ExportJob
 
-
-@admin.register(PolicyVersion)
-class PolicyVersionAdmin(admin.ModelAdmin[PolicyVersion]):
-    list_display = ("version", "last_updated", "effective_on")
+# Policy versions are published in clinik/notify/admin.py (30 days' notice, emails).
 
 
 class ReadOnlyAdmin[M: Any](admin.ModelAdmin[M]):

@@ -32,7 +32,7 @@ from clinik.audit.models import AuditEvent, AuditExport
 from clinik.fhir.store import get_store
 from clinik.gateway.models import AllowedOrigin
 from clinik.keys.models import ApiKey
-from clinik.lib.emails import send_email_now, send_email_on_commit
+from clinik.notify.emails import send, send_now
 from clinik.privacy.erasure import tombstone_user
 from clinik.privacy.models import LEASE, Closure, ExportJob, schedule_for
 from clinik.privacy.storage import delete_org_files
@@ -79,10 +79,8 @@ def _date(moment: datetime) -> str:
     return f"{moment:%Y-%m-%d}"
 
 
-def _member_emails(org: Organization) -> list[str]:
-    return list(
-        User.objects.filter(memberships__org=org, is_active=True).values_list("email", flat=True)
-    )
+def _members(org: Organization) -> list[User]:
+    return list(User.objects.filter(memberships__org=org, is_active=True))
 
 
 def _revoke_keys(org: Organization, actor: User | None, request: HttpRequest | None) -> int:
@@ -126,9 +124,10 @@ def do_request_closure(*, org: Organization, actor: User, request: HttpRequest |
     audit.record("closure.request", org=locked, actor=actor, target=closure, request=request)
     _revoke_keys(locked, actor, request)
     _stop_exports(locked, actor, request)
-    send_email_on_commit(
+    send(
+        "security",
         "closure-requested",
-        _member_emails(locked),
+        _members(locked),
         {
             "org_name": locked.name,
             "actor": actor.name or actor.email,
@@ -153,9 +152,10 @@ def do_cancel_closure(*, closure: Closure, actor: User, request: HttpRequest | N
     )
     org = Organization.objects.get(pk=closure.org_id)
     audit.record("closure.cancel", org=org, actor=actor, target=closure, request=request)
-    send_email_on_commit(
+    send(
+        "security",
         "closure-cancelled",
-        _member_emails(org),
+        _members(org),
         {
             "org_name": org.name,
             "actor": actor.name or actor.email,
@@ -286,7 +286,8 @@ def _notify(closure: Closure, check: Checkpoint) -> dict[str, int]:
     """Sent before the job is marked complete: a kill between the two sends it
     again on the rerun (at least once), never not at all."""
     if closure.notify_emails:
-        send_email_now(
+        send_now(
+            "service",
             "closure-completed",
             closure.notify_emails,
             {"org_name": closure.org_name, "completed": _date(timezone.now())},

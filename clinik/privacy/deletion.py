@@ -18,7 +18,7 @@ from django.utils import timezone
 from clinik import audit
 from clinik.accounts.models import Membership, Organization, User
 from clinik.audit.erasure import erase_user_details
-from clinik.lib.emails import send_email_now, send_email_on_commit
+from clinik.notify.emails import send, send_now
 from clinik.privacy.erasure import last_owner_orgs, tombstone_user
 from clinik.privacy.models import LEASE, AccountDeletion, schedule_for
 
@@ -56,9 +56,10 @@ def do_request_deletion(*, user: User, request: HttpRequest | None) -> AccountDe
     except IntegrityError:
         raise AlreadyRequested from None
     audit.record("account.deletion_request", org=None, actor=user, target=deletion, request=request)
-    send_email_on_commit(
+    send(
+        "security",
         "account-deletion-requested",
-        [user.email],
+        user,
         {
             "name": user.name,
             "scheduled_for": _date(scheduled_for),
@@ -113,7 +114,8 @@ def run_deletion(deletion_id: int, *, checkpoint: Callable[[str], None] | None =
                     target=deletion,
                     outcome="failure",
                 )
-            send_email_now(
+            send_now(
+                "security",
                 "account-deletion-blocked",
                 [deletion.notify_email],
                 {
@@ -132,7 +134,7 @@ def run_deletion(deletion_id: int, *, checkpoint: Callable[[str], None] | None =
         erase_user_details(user.pk)
         check("audit_details")
         if deletion.notify_email:
-            send_email_now("account-deletion-completed", [deletion.notify_email], {})
+            send_now("service", "account-deletion-completed", deletion.notify_email, {})
         check("notify")
     except Exception:
         AccountDeletion.objects.filter(pk=deletion.pk).update(lease_until=None)

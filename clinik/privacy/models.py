@@ -245,3 +245,17 @@ class AccountDeletion(models.Model):
 
     def __str__(self) -> str:
         return f"deletion of user {self.user_id} ({self.status})"
+
+
+class AnalyticsId(models.Model):
+    """The random id product analytics know a user by (never the user id or email).
+    Deleting the row resets it: the next event gets a new one."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, models.CASCADE, primary_key=True, related_name="+"
+    )
+    distinct_id = models.UUIDField(default=uuid.uuid4, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"analytics id of user {self.user_id}"

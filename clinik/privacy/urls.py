@@ -20,6 +20,7 @@ account_patterns: list[URLPattern] = [
     path("", views.account_data_page, name="account_data"),
     path("download/", views.account_data_download, name="account_data_download"),
     path("analytics/", views.account_analytics, name="account_analytics"),
+    path("analytics/reset/", views.account_analytics_reset, name="account_analytics_reset"),
     path("delete/", views.account_delete, name="account_delete"),
     path("delete/cancel/", views.account_delete_cancel, name="account_delete_cancel"),
 ]

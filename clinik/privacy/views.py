@@ -15,7 +15,6 @@ from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.utils import timezone
 from django.utils.cache import add_never_cache_headers, patch_vary_headers
 from django.views.decorators.http import require_POST, require_safe
 
@@ -25,6 +24,7 @@ from clinik.accounts.models import Membership, Organization
 from clinik.fhir.export import ExportBusy, ExportParams, cancel_export, start_export, status_url
 from clinik.keys.models import ApiKey
 from clinik.lib.http import AuthedHttpRequest
+from clinik.privacy import analytics
 from clinik.privacy.account_data import account_data
 from clinik.privacy.closure import (
     ClosureRefused,
@@ -41,20 +41,27 @@ from clinik.privacy.deletion import (
 )
 from clinik.privacy.erasure import last_owner_orgs
 from clinik.privacy.forms import AnalyticsForm, CloseForm, DeleteAccountForm
-from clinik.privacy.models import ExportJob, PolicyVersion
+from clinik.notify import policy as notify_policy
+from clinik.notify.models import PolicyAcknowledgement
+from clinik.privacy.models import ExportJob
 
 EXPORTS_SHOWN = 20
 
 
 @require_safe
 def policy(request: HttpRequest) -> HttpResponse:
-    current = (
-        PolicyVersion.objects.filter(effective_on__lte=timezone.localdate())
-        .order_by("-version")
-        .first()
-    )
-    upcoming = PolicyVersion.objects.filter(effective_on__gt=timezone.localdate()).first()
-    return render(request, "public/privacy.html", {"policy": current, "upcoming": upcoming})
+    """The version in force today and the next one: the page switches by itself on
+    the effective date."""
+    current, upcoming = notify_policy.current_version(), notify_policy.upcoming_version()
+    acknowledged = set()
+    if request.user.is_authenticated:
+        acknowledged = set(
+            PolicyAcknowledgement.objects.filter(
+                user=request.user, policy__in=[p for p in (current, upcoming) if p]
+            ).values_list("policy_id", flat=True)
+        )
+    ctx = {"policy": current, "upcoming": upcoming, "acknowledged": acknowledged}
+    return render(request, "public/privacy.html", ctx)
 
 
 # --- the organization's Data & privacy page ----------------------------------------------
@@ -143,6 +150,7 @@ def privacy_export_start(request: AuthedHttpRequest, org_id: UUID) -> HttpRespon
     except ExportBusy:
         messages.error(request, "An export is already running. Wait for it, or cancel it.")
         return redirect("data_privacy", org_id)
+    analytics.capture(request.user, "export_started")
     messages.success(request, "Export started. Its files are downloaded with an API key.")
     return redirect("data_privacy", org_id)
 
@@ -169,6 +177,7 @@ def privacy_close(request: AuthedHttpRequest, org_id: UUID) -> HttpResponse:
     except ClosureRefused:
         messages.error(request, "This organization is already closing.")
         return redirect("data_privacy", org_id)
+    analytics.capture(request.user, "closure_requested")
     messages.success(
         request,
         f"{membership.org.name} is closing. Its API keys are revoked; its data will be "
@@ -256,6 +265,22 @@ def account_analytics(request: AuthedHttpRequest) -> HttpResponse:
         request,
         "Product analytics are off for you." if opt_out else "Product analytics are on for you.",
     )
+    return redirect("account_data")
+
+
+@login_required
+@require_POST
+def account_analytics_reset(request: AuthedHttpRequest) -> HttpResponse:
+    with transaction.atomic():
+        analytics.reset_id(request.user)
+        audit.record(
+            "account.analytics_id_reset",
+            org=None,
+            actor=request.user,
+            target=request.user,
+            request=request,
+        )
+    messages.success(request, "Your analytics id is reset: new events cannot be linked to old.")
     return redirect("account_data")
 
 

@@ -16,6 +16,7 @@ from clinik import audit
 from clinik.accounts.access import dashboard_context, get_membership
 from clinik.keys.models import ApiKey
 from clinik.lib.http import AuthedHttpRequest
+from clinik.privacy import analytics
 from clinik.usage import charts, queries
 from clinik.usage.forms import METHOD_CHOICES, STATUS_CHOICES, LogFilterForm, RangeForm
 from clinik.usage.models import ErrorLog, RequestLog
@@ -56,6 +57,7 @@ def usage(request: AuthedHttpRequest, org_id: UUID) -> HttpResponse:
     membership = get_membership(request, org_id)
     range_form = RangeForm(request.GET)
     rng = range_form.resolve()
+    analytics.capture(request.user, "usage_page_viewed", range=request.GET.get("range") or "24h")
     summary = queries.summary(org_id, rng)
     ctx = dashboard_context(
         request,
