@@ -360,7 +360,7 @@ POSTHOG_HOST = env_str("POSTHOG_HOST", "").rstrip("/")
 if POSTHOG_API_KEY and not POSTHOG_HOST.startswith(("https://", "http://")):
     raise ImproperlyConfigured("POSTHOG_HOST must be an http(s) URL when POSTHOG_API_KEY is set")
 if POSTHOG_API_KEY and POSTHOG_HOST:
-    SECURE_CSP["connect-src"] = [*SECURE_CSP["connect-src"], POSTHOG_HOST]
+    SECURE_CSP["connect-src"] = [CSP.SELF, POSTHOG_HOST]
 
 # --- Static files ----------------------------------------------------------------
 STATIC_URL = "/static/"

@@ -147,9 +147,7 @@ class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
     def form_valid(self, form: SetPasswordForm) -> HttpResponse:
         response = super().form_valid(form)
         with transaction.atomic():
-            audit.record(
-                "account.password_reset", org=None, actor=form.user, request=self.request
-            )
+            audit.record("account.password_reset", org=None, actor=form.user, request=self.request)
             security.alert_password_changed(form.user)
         return response
 

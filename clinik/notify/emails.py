@@ -5,6 +5,7 @@ import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -102,9 +103,7 @@ def send(
     for user, address in _recipients(to):
         record = EmailRecord.objects.create(kind=kind, template=template, user=user)
         records.append(record)
-        transaction.on_commit(
-            lambda r=record.pk, a=address: deliver_email.delay(r, a, template, context)
-        )
+        transaction.on_commit(partial(deliver_email.delay, record.pk, address, template, context))
     return records
 
 
@@ -137,4 +136,3 @@ def deliver(record_id: int, address: str, template: str, context: dict[str, Any]
 def give_up(record_id: int) -> None:
     EmailRecord.objects.filter(pk=record_id).update(status=EmailRecord.Status.FAILED)
     logger.error("email %s not sent after %s retries", record_id, settings.EMAIL_MAX_RETRIES)
-

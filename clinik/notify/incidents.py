@@ -54,6 +54,4 @@ def note_change(incident: Incident, *, message: str) -> None:
     if incident.status == Incident.Status.RESOLVED and Incident.objects.filter(
         pk=incident.pk, resolution_sent_at__isnull=True
     ).update(resolution_sent_at=now):
-        send(
-            "service", "incident-resolved", affected_owners(incident), _context(incident, message)
-        )
+        send("service", "incident-resolved", affected_owners(incident), _context(incident, message))

@@ -79,9 +79,7 @@ class Incident(models.Model):
         RESOLVED = "resolved", "Resolved"
 
     title = models.CharField(max_length=200)
-    status = models.CharField(
-        max_length=15, choices=Status.choices, default=Status.INVESTIGATING
-    )
+    status = models.CharField(max_length=15, choices=Status.choices, default=Status.INVESTIGATING)
     components = ArrayField(models.CharField(max_length=20, choices=Component.choices))
     message = models.TextField()
     # Empty: every organization is affected (and its owners are emailed).

@@ -79,9 +79,9 @@ def clean(event: str, properties: dict[str, Any]) -> dict[str, Any]:
     kept: dict[str, Any] = {}
     for key, value in properties.items():
         rule = allowed.get(key)
-        if rule is bool and isinstance(value, bool):
-            kept[key] = value
-        elif isinstance(rule, frozenset) and isinstance(value, str) and value in rule:
+        if (rule is bool and isinstance(value, bool)) or (
+            isinstance(rule, frozenset) and isinstance(value, str) and value in rule
+        ):
             kept[key] = value
     return kept
 

@@ -24,6 +24,8 @@ from clinik.accounts.models import Membership, Organization
 from clinik.fhir.export import ExportBusy, ExportParams, cancel_export, start_export, status_url
 from clinik.keys.models import ApiKey
 from clinik.lib.http import AuthedHttpRequest
+from clinik.notify import policy as notify_policy
+from clinik.notify.models import PolicyAcknowledgement
 from clinik.privacy import analytics
 from clinik.privacy.account_data import account_data
 from clinik.privacy.closure import (
@@ -41,8 +43,6 @@ from clinik.privacy.deletion import (
 )
 from clinik.privacy.erasure import last_owner_orgs
 from clinik.privacy.forms import AnalyticsForm, CloseForm, DeleteAccountForm
-from clinik.notify import policy as notify_policy
-from clinik.notify.models import PolicyAcknowledgement
 from clinik.privacy.models import ExportJob
 
 EXPORTS_SHOWN = 20

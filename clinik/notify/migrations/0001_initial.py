@@ -8,100 +8,249 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('accounts', '0001_initial'),
-        ('privacy', '0002_export_closure_deletion'),
+        ("accounts", "0001_initial"),
+        ("privacy", "0002_export_closure_deletion"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Incident',
+            name="Incident",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('title', models.CharField(max_length=200)),
-                ('status', models.CharField(choices=[('investigating', 'Investigating'), ('identified', 'Identified'), ('monitoring', 'Monitoring'), ('resolved', 'Resolved')], default='investigating', max_length=15)),
-                ('components', django.contrib.postgres.fields.ArrayField(base_field=models.CharField(choices=[('api', 'FHIR API'), ('dashboard', 'Dashboard'), ('exports', 'Bulk export'), ('email', 'Email')], max_length=20))),
-                ('message', models.TextField()),
-                ('opened_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('updated_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('resolved_at', models.DateTimeField(blank=True, null=True)),
-                ('opening_sent_at', models.DateTimeField(blank=True, null=True)),
-                ('resolution_sent_at', models.DateTimeField(blank=True, null=True)),
-                ('affected_orgs', models.ManyToManyField(blank=True, related_name='+', to='accounts.organization')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("title", models.CharField(max_length=200)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("investigating", "Investigating"),
+                            ("identified", "Identified"),
+                            ("monitoring", "Monitoring"),
+                            ("resolved", "Resolved"),
+                        ],
+                        default="investigating",
+                        max_length=15,
+                    ),
+                ),
+                (
+                    "components",
+                    django.contrib.postgres.fields.ArrayField(
+                        base_field=models.CharField(
+                            choices=[
+                                ("api", "FHIR API"),
+                                ("dashboard", "Dashboard"),
+                                ("exports", "Bulk export"),
+                                ("email", "Email"),
+                            ],
+                            max_length=20,
+                        )
+                    ),
+                ),
+                ("message", models.TextField()),
+                ("opened_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("updated_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("resolved_at", models.DateTimeField(blank=True, null=True)),
+                ("opening_sent_at", models.DateTimeField(blank=True, null=True)),
+                ("resolution_sent_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "affected_orgs",
+                    models.ManyToManyField(
+                        blank=True, related_name="+", to="accounts.organization"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-opened_at'],
+                "ordering": ["-opened_at"],
             },
         ),
         migrations.CreateModel(
-            name='IncidentUpdate',
+            name="IncidentUpdate",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('status', models.CharField(choices=[('investigating', 'Investigating'), ('identified', 'Identified'), ('monitoring', 'Monitoring'), ('resolved', 'Resolved')], max_length=15)),
-                ('message', models.TextField()),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('incident', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='updates', to='notify.incident')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("investigating", "Investigating"),
+                            ("identified", "Identified"),
+                            ("monitoring", "Monitoring"),
+                            ("resolved", "Resolved"),
+                        ],
+                        max_length=15,
+                    ),
+                ),
+                ("message", models.TextField()),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "incident",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="updates",
+                        to="notify.incident",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at', '-id'],
+                "ordering": ["-created_at", "-id"],
             },
         ),
         migrations.CreateModel(
-            name='EmailRecord',
+            name="EmailRecord",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('kind', models.CharField(choices=[('security', 'Security'), ('billing', 'Billing'), ('service', 'Service'), ('policy', 'Policy')], max_length=10)),
-                ('template', models.CharField(max_length=60)),
-                ('status', models.CharField(choices=[('queued', 'Queued'), ('sent', 'Sent'), ('failed', 'Failed')], default='queued', max_length=10)),
-                ('attempts', models.PositiveSmallIntegerField(default=0)),
-                ('last_error', models.CharField(blank=True, max_length=100)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('sent_at', models.DateTimeField(blank=True, null=True)),
-                ('user', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("security", "Security"),
+                            ("billing", "Billing"),
+                            ("service", "Service"),
+                            ("policy", "Policy"),
+                        ],
+                        max_length=10,
+                    ),
+                ),
+                ("template", models.CharField(max_length=60)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[("queued", "Queued"), ("sent", "Sent"), ("failed", "Failed")],
+                        default="queued",
+                        max_length=10,
+                    ),
+                ),
+                ("attempts", models.PositiveSmallIntegerField(default=0)),
+                ("last_error", models.CharField(blank=True, max_length=100)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("sent_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "user",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'indexes': [models.Index(fields=['created_at'], name='notify_emai_created_950223_idx')],
+                "indexes": [
+                    models.Index(fields=["created_at"], name="notify_emai_created_950223_idx")
+                ],
             },
         ),
         migrations.CreateModel(
-            name='KnownBrowser',
+            name="KnownBrowser",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('fingerprint', models.CharField(max_length=64)),
-                ('first_seen', models.DateTimeField(default=django.utils.timezone.now)),
-                ('last_seen', models.DateTimeField(default=django.utils.timezone.now)),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("fingerprint", models.CharField(max_length=64)),
+                ("first_seen", models.DateTimeField(default=django.utils.timezone.now)),
+                ("last_seen", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('user', 'fingerprint'), name='one_known_browser')],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("user", "fingerprint"), name="one_known_browser"
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='PolicyAcknowledgement',
+            name="PolicyAcknowledgement",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('acknowledged_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('policy', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='privacy.policyversion')),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("acknowledged_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "policy",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="privacy.policyversion",
+                    ),
+                ),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('policy', 'user'), name='one_acknowledgement')],
+                "constraints": [
+                    models.UniqueConstraint(fields=("policy", "user"), name="one_acknowledgement")
+                ],
             },
         ),
         migrations.CreateModel(
-            name='PolicyNotice',
+            name="PolicyNotice",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('policy', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='privacy.policyversion')),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "policy",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="privacy.policyversion",
+                    ),
+                ),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('policy', 'user'), name='one_notice')],
+                "constraints": [
+                    models.UniqueConstraint(fields=("policy", "user"), name="one_notice")
+                ],
             },
         ),
     ]
