@@ -120,7 +120,7 @@ def test_member_added_removed_and_owner_granted(
     from clinik.accounts.models import Invitation, Membership
 
     joiner = UserFactory(email="join@acme.test", password="a sturdy passphrase 42")
-    invitation, token = Invitation.issue(owner.org, joiner.email, "developer", owner.user)
+    _invitation, token = Invitation.issue(owner.org, joiner.email, "developer", owner.user)
     client = Client()
     client.force_login(joiner)
     with django_capture_on_commit_callbacks(execute=True):
