@@ -42,19 +42,19 @@ def upcoming_version() -> PolicyVersion | None:
     return PolicyVersion.objects.filter(effective_on__gt=today).order_by("version").first()
 
 
-@transaction.atomic
 def do_publish(
     *, version: int, effective_on: date, template_name: str, summary: str = ""
 ) -> PolicyVersion:
     check_effective_date(effective_on)
-    policy = PolicyVersion.objects.create(
-        version=version,
-        last_updated=timezone.localdate(),
-        effective_on=effective_on,
-        template_name=template_name,
-        summary=summary,
-    )
-    schedule_announcement(policy)
+    with transaction.atomic():
+        policy = PolicyVersion.objects.create(
+            version=version,
+            last_updated=timezone.localdate(),
+            effective_on=effective_on,
+            template_name=template_name,
+            summary=summary,
+        )
+        schedule_announcement(policy)
     return policy
 
 
