@@ -1,6 +1,9 @@
 """Staff open, update and resolve incidents in the admin; owners are emailed at opening
 and resolution; /status shows the current state and the history."""
 
+from collections.abc import Sequence
+from typing import Any
+
 import pytest
 from django.core import mail
 from django.test import Client
@@ -13,13 +16,13 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def staff_client() -> Client:
-    staff = UserFactory(email="staff@clinikapi.test", is_staff=True, is_superuser=True)
+    staff: Any = UserFactory(email="staff@clinikapi.test", is_staff=True, is_superuser=True)
     client = Client()
     client.force_login(staff)
     return client
 
 
-def _form(status: str, message: str, orgs: list = ()) -> dict:
+def _form(status: str, message: str, orgs: Sequence[Any] = ()) -> dict[str, Any]:
     return {
         "title": "Elevated API errors",
         "status": status,

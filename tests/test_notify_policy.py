@@ -2,6 +2,7 @@
 owner, shown on /privacy, switched on the effective date, acknowledged per user."""
 
 from datetime import date, timedelta
+from typing import Any
 
 import pytest
 import time_machine
@@ -23,7 +24,7 @@ TODAY = date(2027, 3, 1)
 
 def staff_client() -> Client:
     """Signed in at the travelled-to time (a session from today would have expired)."""
-    user = User.objects.filter(email="staff@clinikapi.test").first()
+    user: Any = User.objects.filter(email="staff@clinikapi.test").first()
     user = user or UserFactory(email="staff@clinikapi.test", is_staff=True, is_superuser=True)
     client = Client()
     client.force_login(user)
@@ -99,7 +100,8 @@ def test_privacy_page_shows_the_upcoming_version_and_switches_on_the_date(owner)
     with time_machine.travel(TODAY + timedelta(days=45), tick=False):
         page = Client().get("/privacy").content.decode()
         assert "Version 2" in page and "A new version" not in page
-        assert policy.current_version().version == 2
+        current = policy.current_version()
+        assert current is not None and current.version == 2
 
 
 def test_acknowledgement_is_recorded_once_per_user(owner) -> None:

@@ -1,6 +1,7 @@
 """Each security alert fires once for its trigger, and not for a known browser."""
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.conf import settings
@@ -119,7 +120,7 @@ def test_member_added_removed_and_owner_granted(
 ) -> None:
     from clinik.accounts.models import Invitation, Membership
 
-    joiner = UserFactory(email="join@acme.test", password="a sturdy passphrase 42")
+    joiner: Any = UserFactory(email="join@acme.test", password="a sturdy passphrase 42")
     _invitation, token = Invitation.issue(owner.org, joiner.email, "developer", owner.user)
     client = Client()
     client.force_login(joiner)

@@ -2,6 +2,8 @@
 server is back; the request that triggered it succeeds at once. A real SMTP server
 (aiosmtpd) on a loopback port, a real worker on the test Redis."""
 
+from typing import Any
+
 import pytest
 from django.test import override_settings
 
@@ -71,4 +73,5 @@ def test_a_running_smtp_server_gets_the_email_with_text_and_html(
         server.stop()
     [message] = server.messages
     assert message.is_multipart()
-    assert [p.get_content_type() for p in message.get_payload()] == ["text/plain", "text/html"]
+    parts: Any = message.get_payload()
+    assert [p.get_content_type() for p in parts] == ["text/plain", "text/html"]
