@@ -41,6 +41,10 @@ EVENTS: dict[str, dict[str, Allowed]] = {
     "closure_requested": {},
 }
 
+# What the SDK may add by itself; everything else it adds (OS, Python version, ...)
+# is dropped by `_last_check` just before the event is queued.
+SDK_PROPERTIES = frozenset({"$lib", "$lib_version", "$geoip_disable", "$process_person_profile"})
+
 _lock = threading.Lock()
 _clients: dict[tuple[str, str], Any] = {}
 
@@ -62,8 +66,22 @@ def client() -> Any:
                 enable_exception_autocapture=False,
                 enable_local_evaluation=False,
                 flush_interval=1.0,
+                before_send=_last_check,
             )
         return _clients[config]
+
+
+def _last_check(event: dict[str, Any]) -> dict[str, Any] | None:
+    """The SDK's last hook before its queue: drop what is not in the catalogue, and
+    every property that is neither allowlisted for the event nor the SDK's own."""
+    allowed = EVENTS.get(str(event.get("event")))
+    if allowed is None:
+        return None
+    properties = event.get("properties") or {}
+    event["properties"] = {
+        k: v for k, v in properties.items() if k in allowed or k in SDK_PROPERTIES
+    }
+    return event
 
 
 def flush() -> None:
