@@ -77,7 +77,8 @@
         autocapture: true,
         mask_all_text: true,
         mask_all_element_attributes: true,
-        capture_pageview: true,
+        // The library arrives after the page loaded: the first pageview is sent below.
+        capture_pageview: false,
         capture_pageleave: false,
         disable_session_recording: true,
         disable_surveys: true,
@@ -97,6 +98,7 @@
         before_send: beforeSend,
         loaded: (posthog) => {
           if (config.distinct_id) posthog.identify(config.distinct_id);
+          posthog.capture("$pageview");
         },
       });
     };
