@@ -5,6 +5,8 @@ who it was."""
 from django.db import transaction
 
 from clinik.accounts.models import Invitation, Membership, Organization, User
+from clinik.notify.models import KnownBrowser
+from clinik.privacy.models import AnalyticsId
 
 ERASED_DOMAIN = "erased.invalid"
 
@@ -40,6 +42,8 @@ def tombstone_user(user_id: int) -> bool:
     if user is None or is_erased(user):
         return False
     Invitation.objects.filter(email=user.email).delete()
+    KnownBrowser.objects.filter(user=user).delete()
+    AnalyticsId.objects.filter(user=user).delete()
     user.email = erased_email(user.pk)
     user.name = ""
     user.external_auth_id = None
