@@ -112,3 +112,17 @@ def test_the_readme_lists_every_email() -> None:
         re.findall(r"^\| `([a-z-]+)` \| (?:security|billing|service|policy) \|", readme, re.M)
     )
     assert listed == set(CATALOGUE)
+
+
+def test_the_account_data_download_lists_the_emails_sent_without_bodies(
+    owner, django_capture_on_commit_callbacks
+) -> None:
+    with django_capture_on_commit_callbacks(execute=True):
+        send("security", "password-changed", owner.user, {"when": "x", "account_path": "/"})
+    data = owner.client().get("/accounts/data/download/").json()
+    [email] = data["emails_sent"]
+    assert (email["type"], email["email"], email["status"]) == (
+        "security",
+        "password-changed",
+        "sent",
+    )

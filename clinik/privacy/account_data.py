@@ -2,7 +2,8 @@
 
 What is theirs: their profile, their organizations (name only) and memberships,
 the API keys they created (metadata: never a hash), invitations they sent, a usage
-summary and their own activity from the audit trail. Nothing about other users
+summary, their own activity from the audit trail, their analytics id, the emails sent
+to them (type and date, never the body) and their policy acknowledgements. Nothing about other users
 (beyond the names of shared organizations) and no PHI: clinical data is exported
 with the organization's keys through the bulk export endpoint."""
 
@@ -14,7 +15,8 @@ from django.utils import timezone
 from clinik.accounts.models import Invitation, Membership, User
 from clinik.audit.models import AuditEvent
 from clinik.keys.models import ApiKey
-from clinik.privacy.models import AccountDeletion
+from clinik.notify.models import EmailRecord, PolicyAcknowledgement
+from clinik.privacy.models import AccountDeletion, AnalyticsId
 
 
 def _when(value: Any) -> str | None:
@@ -26,6 +28,9 @@ def account_data(user: User) -> dict[str, Any]:
     keys = ApiKey.objects.filter(created_by=user).select_related("org").order_by("created_at")
     activity = AuditEvent.objects.filter(actor_type="user", actor_id=str(user.pk)).order_by("time")
     usage = Counter(activity.values_list("action", flat=True))
+    analytics_id = (
+        AnalyticsId.objects.filter(user=user).values_list("distinct_id", flat=True).first()
+    )
     return {
         "generated_at": timezone.now().isoformat(),
         "profile": {
@@ -94,5 +99,14 @@ def account_data(user: User) -> dict[str, Any]:
                 "scheduled_for": _when(d.scheduled_for),
             }
             for d in AccountDeletion.objects.filter(user=user)
+        ],
+        "analytics_id": str(analytics_id) if analytics_id else None,
+        "emails_sent": [
+            {"time": _when(r.created_at), "type": r.kind, "email": r.template, "status": r.status}
+            for r in EmailRecord.objects.filter(user=user).order_by("created_at")
+        ],
+        "privacy_policy_acknowledgements": [
+            {"version": a.policy.version, "acknowledged_at": _when(a.acknowledged_at)}
+            for a in PolicyAcknowledgement.objects.filter(user=user).select_related("policy")
         ],
     }
