@@ -4,12 +4,15 @@ text, names, emails, IP addresses, ids of any resource, search strings or FHIR c
 can pass: anything not in the allowlist is dropped before it leaves the process.
 
 The distinct id is a random per-user `AnalyticsId` (resettable), never the user's id
-or email; person profiles are not processed and GeoIP is off. Events are queued after
-commit into the SDK's in-memory queue, which a background thread sends in batches:
-never on the request's critical path. The user's analytics opt-out (account data page)
+or email; person profiles are not processed and GeoIP is off. After commit, an event
+is put in an in-process queue; a thread of ours hands it to the SDK, whose own thread
+sends batches: the request pays one id lookup and a queue put, never the network
+(bench/analytics_bench.py). The user's analytics opt-out (account data page)
 stops both this and the browser script. POSTHOG_API_KEY or POSTHOG_HOST unset: nothing
 is sent and nothing is loaded. The FHIR API never calls this module."""
 
+import logging
+import queue
 import threading
 from typing import Any
 
@@ -45,8 +48,13 @@ EVENTS: dict[str, dict[str, Allowed]] = {
 # is dropped by `_last_check` just before the event is queued.
 SDK_PROPERTIES = frozenset({"$lib", "$lib_version", "$geoip_disable", "$process_person_profile"})
 
+logger = logging.getLogger(__name__)
 _lock = threading.Lock()
 _clients: dict[tuple[str, str], Any] = {}
+# The SDK does real work before its own queue (it reads the OS release on every
+# capture): a thread of ours calls it, so a request only puts a tuple in this queue.
+_outbox: "queue.Queue[tuple[Any, str, str, dict[str, Any]]]" = queue.Queue(maxsize=10_000)
+_sender: threading.Thread | None = None
 
 
 def enabled() -> bool:
@@ -84,7 +92,32 @@ def _last_check(event: dict[str, Any]) -> dict[str, Any] | None:
     return event
 
 
+def _send_forever() -> None:
+    while True:
+        target, event, who, props = _outbox.get()
+        try:
+            target.capture(event, distinct_id=who, properties=props, disable_geoip=True)
+        except Exception:
+            logger.exception("analytics event not queued")  # never the event's content
+        finally:
+            _outbox.task_done()
+
+
+def _post(event: str, who: str, props: dict[str, Any]) -> None:
+    global _sender
+    with _lock:
+        if _sender is None or not _sender.is_alive():
+            _sender = threading.Thread(target=_send_forever, name="analytics", daemon=True)
+            _sender.start()
+    try:
+        _outbox.put_nowait((client(), event, who, props))
+    except queue.Full:
+        logger.warning("analytics queue full: event dropped")
+
+
 def flush() -> None:
+    """Send everything queued so far (tests; process shutdown)."""
+    _outbox.join()
     with _lock:
         clients = list(_clients.values())
     for c in clients:
@@ -122,9 +155,7 @@ def capture(user: User | Any, event: str, **properties: Any) -> None:
         return
     props = {**clean(event, properties), "$process_person_profile": False}
     who = distinct_id(user)
-    transaction.on_commit(
-        lambda: client().capture(event, distinct_id=who, properties=props, disable_geoip=True)
-    )
+    transaction.on_commit(lambda: _post(event, who, props))
 
 
 def browser_config(request: HttpRequest) -> dict[str, Any]:
