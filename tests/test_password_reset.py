@@ -9,8 +9,11 @@ from clinik.audit.models import AuditEvent
 pytestmark = pytest.mark.django_db
 
 
-def test_reset_by_email_end_to_end(client: Client, owner) -> None:
-    response = client.post("/accounts/password-reset/", {"email": "owner@acme.test"})
+def test_reset_by_email_end_to_end(
+    client: Client, owner, django_capture_on_commit_callbacks
+) -> None:
+    with django_capture_on_commit_callbacks(execute=True):  # sent by clinik.notify
+        response = client.post("/accounts/password-reset/", {"email": "owner@acme.test"})
     assert response.status_code == 302
     assert len(mail.outbox) == 1
     message = mail.outbox[0]

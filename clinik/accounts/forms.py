@@ -1,9 +1,11 @@
 from typing import Any
 
 from django import forms
+from django.contrib.auth import forms as auth_forms
 from django.contrib.auth import password_validation
 
 from clinik.accounts.models import Membership, User, normalize_email
+from clinik.notify.emails import send
 
 
 class SignUpForm(forms.Form):
@@ -99,3 +101,19 @@ class RoleForm(forms.Form):
         self.fields["role"].choices = [  # type: ignore[attr-defined]
             choice for choice in Membership.Role.choices if choice[0] in allowed
         ]
+
+
+class PasswordResetForm(auth_forms.PasswordResetForm):
+    """Django's form, with the link sent through clinik.notify (recorded, retried)."""
+
+    def send_mail(
+        self,
+        subject_template_name: str,
+        email_template_name: str,
+        context: dict[str, Any],
+        from_email: str | None,
+        to_email: str,
+        html_email_template_name: str | None = None,
+    ) -> None:
+        keep = ("email", "protocol", "domain", "uid", "token")
+        send("security", "password-reset", context["user"], {k: context[k] for k in keep})

@@ -35,6 +35,7 @@ from clinik.accounts.actions import (
 from clinik.accounts.forms import (
     InviteForm,
     OrganizationForm,
+    PasswordResetForm,
     ProfileForm,
     RoleForm,
     SignInForm,
@@ -133,6 +134,7 @@ def signout(request: HttpRequest) -> HttpResponse:
 
 class PasswordResetView(auth_views.PasswordResetView):
     template_name = "accounts/password_reset.html"
+    form_class = PasswordResetForm
     email_template_name = "emails/password-reset-body.txt"
     html_email_template_name = "emails/password-reset-body.html"
     subject_template_name = "emails/password-reset-subject.txt"

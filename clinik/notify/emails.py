@@ -38,6 +38,7 @@ CATALOGUE: dict[str, Email] = {
         "security", "you sign in from a browser or network not seen for you in 90 days"
     ),
     "signin-locked": Email("security", "sign-in to your account is locked after failed attempts"),
+    "password-reset": Email("security", "you ask for a password reset link"),
     "password-changed": Email("security", "your password is changed or reset"),
     "email-changed": Email("security", "your sign-in email is changed (to the old and new one)"),
     "member-added": Email("security", "someone joins an organization (to its owners)"),
