@@ -14,7 +14,7 @@ class LastOwnerError(Exception):
     """The organization would be left without an owner."""
 
 
-@transaction.atomic
+@transaction.atomic(durable=True)
 def do_signup(
     *, email: str, name: str, password: str | None, org_name: str, request: HttpRequest | None
 ) -> tuple[User, Organization]:
@@ -32,10 +32,11 @@ def do_create_org(*, user: User, name: str, request: HttpRequest | None) -> Orga
     return org
 
 
-@transaction.atomic
+@transaction.atomic(durable=True)
 def do_invite(
     *, org: Organization, email: str, role: str, actor: User, request: HttpRequest
 ) -> Invitation:
+    org.lock_writable()
     invitation, token = Invitation.issue(org, email, role, actor)
     audit.record("member.invite", org=org, actor=actor, target=invitation, request=request)
     link = request.build_absolute_uri(reverse("accounts:invitation", args=[token]))
@@ -47,9 +48,27 @@ def do_invite(
     return invitation
 
 
-@transaction.atomic
+@transaction.atomic(durable=True)
+def do_revoke_invitation(*, invitation: Invitation, actor: User, request: HttpRequest) -> None:
+    invitation.org.lock_writable()
+    audit.record(
+        "member.invite_revoke", org=invitation.org, actor=actor, target=invitation, request=request
+    )
+    invitation.delete()
+
+
+@transaction.atomic(durable=True)
+def do_update_org(*, org: Organization, name: str, actor: User, request: HttpRequest) -> None:
+    org.lock_writable()
+    org.name = name
+    org.save(update_fields=["name"])
+    audit.record("org.update", org=org, actor=actor, target=org, request=request)
+
+
+@transaction.atomic(durable=True)
 def do_accept_invitation(*, invitation: Invitation, user: User, request: HttpRequest) -> Membership:
     locked = Invitation.objects.select_for_update().get(pk=invitation.pk)
+    locked.org.lock_writable()
     membership, _created = Membership.objects.get_or_create(
         user=user, org=locked.org, defaults={"role": locked.role}
     )
@@ -64,8 +83,9 @@ def _lock_owners(org: Organization) -> int:
     return len(list(owners))
 
 
-@transaction.atomic
+@transaction.atomic(durable=True)
 def do_change_role(*, membership: Membership, role: str, actor: User, request: HttpRequest) -> None:
+    membership.org.lock_writable()
     owners = _lock_owners(membership.org)
     membership.refresh_from_db()
     if membership.role == Membership.Role.OWNER and role != Membership.Role.OWNER and owners <= 1:
@@ -77,8 +97,9 @@ def do_change_role(*, membership: Membership, role: str, actor: User, request: H
     )
 
 
-@transaction.atomic
+@transaction.atomic(durable=True)
 def do_remove_member(*, membership: Membership, actor: User, request: HttpRequest) -> None:
+    membership.org.lock_writable()
     owners = _lock_owners(membership.org)
     membership.refresh_from_db()
     if membership.role == Membership.Role.OWNER and owners <= 1:
