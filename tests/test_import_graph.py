@@ -1,5 +1,5 @@
 """The import graph of `clinik/`: no circles between modules, and `clinik/lib/` imports
-no app (docs/architecture.md, "Dependencies").
+no app (docs/architecture.md, "Layout and dependencies").
 
 The graph is read statically with `ast`, so every module counts, including ones no test
 imports. Every import statement counts, wherever it is:

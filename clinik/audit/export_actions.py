@@ -1,6 +1,6 @@
 """Starting an audit export: the row, its audit record and, after commit, the job.
 The job itself is `exports.run_export`, run by the thin task in `tasks.py`; this module
-sits above both so the task never imports back (docs/architecture.md, "Dependencies")."""
+sits above both so the task never imports back (docs/architecture.md, "Layout and dependencies")."""
 
 from typing import Any
 

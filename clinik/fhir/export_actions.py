@@ -1,7 +1,7 @@
 """Starting and cancelling a FHIR bulk export: the job row, its audit record and,
 after commit, the worker. The job itself is in export.py, run by the thin tasks in
 clinik/privacy/tasks.py; this module sits above both so the tasks never import back
-(docs/architecture.md, "Dependencies")."""
+(docs/architecture.md, "Layout and dependencies")."""
 
 from typing import Any
 
