@@ -6,12 +6,33 @@ from django.urls import reverse
 from django.utils import timezone
 
 from clinik import audit
-from clinik.accounts.models import Invitation, Membership, Organization, User
+from clinik.accounts.models import Invitation, Membership, Organization, User, normalize_email
 from clinik.lib.emails import send_email_on_commit
 
 
 class LastOwnerError(Exception):
     """The organization would be left without an owner."""
+
+
+@transaction.atomic(durable=True)
+def do_note_lockout(*, email: str, request: HttpRequest) -> int:
+    """Write a sign-in lockout of the account behind email to the audit trail of each
+    organization it belongs to (HIPAA log-in monitoring: the organization's admins see
+    repeated failures against their members). Returns how many trails got it; 0 when
+    no such account exists, which the caller never reveals."""
+    user = User.objects.filter(email=normalize_email(email)).first()
+    if user is None:
+        return 0
+    orgs = Organization.objects.filter(memberships__user=user).exclude(
+        status=Organization.Status.CLOSED
+    )
+    written = 0
+    for org in orgs:
+        audit.record(
+            "account.lockout", org=org, actor=None, target=user, outcome="denied", request=request
+        )
+        written += 1
+    return written
 
 
 @transaction.atomic(durable=True)

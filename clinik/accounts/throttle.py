@@ -20,13 +20,19 @@ def is_locked(email: str, ip: str) -> bool:
     return any(counts.get(key, 0) >= limit for key, limit in pairs)
 
 
-def note_failure(email: str, ip: str) -> None:
+def note_failure(email: str, ip: str) -> bool:
+    """Count a failure. True when this one locks the email (it reaches the limit): the
+    moment a lockout starts, reported once, not on every refused attempt after it."""
+    counts = []
     for key in _keys(email, ip):
+        count = 1
         if not cache.add(key, 1, timeout=settings.SIGNIN_LOCKOUT_SECONDS):
             try:
-                cache.incr(key)
+                count = cache.incr(key)
             except ValueError:
                 cache.set(key, 1, timeout=settings.SIGNIN_LOCKOUT_SECONDS)
+        counts.append(count)
+    return counts[0] == settings.SIGNIN_MAX_FAILURES
 
 
 def clear(email: str) -> None:

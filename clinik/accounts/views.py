@@ -28,6 +28,7 @@ from clinik.accounts.actions import (
     do_change_role,
     do_create_org,
     do_invite,
+    do_note_lockout,
     do_remove_member,
     do_revoke_invitation,
     do_signup,
@@ -99,7 +100,7 @@ def signin(request: HttpRequest) -> HttpResponse:
                 throttle.clear(email)
                 audit.record("account.signin", org=None, actor=user, request=request)
                 return redirect(_safe_next(request, reverse("dashboard")))
-            throttle.note_failure(email, ip)
+            locks = throttle.note_failure(email, ip)
             audit.record(
                 "account.signin_failed",
                 org=None,
@@ -107,6 +108,8 @@ def signin(request: HttpRequest) -> HttpResponse:
                 outcome="failure",
                 request=request,
             )
+            if locks:
+                do_note_lockout(email=email, request=request)
             form.add_error(None, "Email or password is incorrect.")
             status = 400
     ctx = {"form": form, "next": _safe_next(request, "")}
