@@ -26,7 +26,7 @@ def test_a_lockout_reaches_each_trail_of_the_user_once(
     settings, owner: Persona, outsider: Persona
 ) -> None:
     settings.SIGNIN_MAX_FAILURES = 3
-    second = OrganizationFactory(name="Second Clinic")
+    second = OrganizationFactory.create(name="Second Clinic")
     MembershipFactory(user=owner.user, org=second, role="developer")
     closed = OrganizationFactory(name="Gone Clinic", status=Organization.Status.CLOSED)
     MembershipFactory(user=owner.user, org=closed, role="owner")
