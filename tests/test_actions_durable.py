@@ -21,6 +21,7 @@ from clinik.privacy import closure, deletion
 
 DURABLE: list[Callable[..., Any]] = [
     accounts.do_signup,
+    accounts.do_note_lockout,
     accounts.do_invite,
     accounts.do_revoke_invitation,
     accounts.do_update_org,
