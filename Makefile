@@ -1,12 +1,14 @@
 # Two commands: `make run` serves everything, `make test` checks everything.
-# Both work on a fresh clone with PostgreSQL and Redis on their standard local ports.
+# Both work on a fresh clone: PostgreSQL and Redis are used where they answer (standard
+# local ports by default); where nothing answers on a local address, embedded ones from
+# the Python environment start there, with their data under var/.
 
 VENV := .venv
 PY := $(VENV)/bin/python
 PYTHON ?= $(shell command -v python3.12 || ls -d $$HOME/.pyenv/versions/3.12*/bin/python 2>/dev/null | tail -1)
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install services db lint typecheck pytest bench clean
+.PHONY: run test install services stop-embedded db lint typecheck pytest bench clean
 
 run: install services db
 	$(VENV)/bin/honcho start -f Procfile
@@ -27,7 +29,11 @@ install: $(STAMP)
 	@$(PY) -m clinik.fhir.build_definitions
 
 services: $(STAMP)
-	@$(PY) -m clinik.lib.services check
+	@$(PY) -m clinik.lib.services ensure
+
+# Stop the embedded PostgreSQL and Redis that `make run`/`make test` may have started.
+stop-embedded: $(STAMP)
+	@$(PY) -m clinik.lib.services stop-embedded
 
 db: services
 	@$(PY) -m clinik.lib.services bootstrap

@@ -1,6 +1,6 @@
-"""gunicorn settings. FHIR search parameters carry PHI (DESIGN.md, privacy rules), so
-no log line gunicorn writes carries a query string or the raw request line: the
-access log format leaves them out, and the error log goes through `PhiSafeLogger`."""
+"""gunicorn settings. FHIR search parameters carry PHI (docs/architecture.md, "Privacy
+rules"), so no log line gunicorn writes carries a query string or the raw request line:
+the access log format leaves them out, and the error log goes through `PhiSafeLogger`."""
 
 import logging
 import os

@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -10,7 +11,9 @@ from django.views.decorators.http import require_safe
 def landing(request: HttpRequest) -> HttpResponse:
     if request.user.is_authenticated and "stay" not in request.GET:
         return redirect("dashboard")
-    return render(request, "public/landing.html")
+    # SITE_URL, not the Host header: the scheme is right (http in development) and a
+    # forged Host never ends up in a command people copy.
+    return render(request, "public/landing.html", {"site_url": settings.SITE_URL})
 
 
 @require_safe

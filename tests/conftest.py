@@ -1,5 +1,6 @@
-"""Shared fixtures: the test database is created and migrated as the owner role,
-then every test connects as the ordinary application role (DESIGN.md)."""
+"""Shared fixtures: the test database is created and migrated as the owner role, then
+every test connects as the ordinary application role (docs/architecture.md, "Database
+roles")."""
 
 import time
 from collections.abc import Iterator

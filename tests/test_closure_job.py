@@ -27,7 +27,7 @@ from django.utils import timezone
 from clinik.accounts.models import Membership, Organization, User
 from clinik.audit.erasure import erase_actor_details
 from clinik.audit.models import AuditEvent
-from clinik.fhir import export
+from clinik.fhir import export, export_actions
 from clinik.fhir.store import get_store
 from clinik.fhir.tenancy import tenant_transaction
 from clinik.keys.models import ApiKey
@@ -91,7 +91,9 @@ def _populate(owner, outsider, api) -> dict[str, Any]:
     gone = store.create(org.pk, {"resourceType": "Patient"}).id
     store.delete(org.pk, "Patient", gone)
     theirs = store.create(outsider.org.pk, {"resourceType": "Patient"}).id
-    job = export.start_export(org=org, actor=owner.user, params=export.ExportParams(), request=None)
+    job = export_actions.start_export(
+        org=org, actor=owner.user, params=export.ExportParams(), request=None
+    )
     export.run_export(job.pk)  # in autocommit tests the eager worker already ran it
     job.refresh_from_db()
     assert job.status == "completed"

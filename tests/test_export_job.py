@@ -14,7 +14,7 @@ from django.db import connection
 from django.utils import timezone
 
 from clinik.audit.models import AuditEvent
-from clinik.fhir import export
+from clinik.fhir import export, export_actions
 from clinik.fhir.store import get_store
 from clinik.fhir.tenancy import TENANT_SYSTEM, tenant_transaction
 from clinik.privacy.models import ExportJob
@@ -74,7 +74,7 @@ def _lines(root: Path, job: ExportJob) -> dict[str, list[dict]]:
 
 
 def _run(owner, **params) -> ExportJob:
-    job = export.start_export(
+    job = export_actions.start_export(
         org=owner.org, actor=owner.user, params=export.ExportParams(**params), request=None
     )
     assert export.run_export(job.pk) == "completed"
@@ -190,7 +190,7 @@ def test_group_export_keeps_its_members_compartments(owner, _export_dir) -> None
 
 def test_group_deleted_before_the_job_runs_fails_cleanly(owner, _export_dir) -> None:
     group = _create(owner.org, {"resourceType": "Group", "type": "person", "actual": True})
-    job = export.start_export(
+    job = export_actions.start_export(
         org=owner.org,
         actor=owner.user,
         params=export.ExportParams(kind="group", group_id=group),
@@ -216,15 +216,17 @@ def test_files_are_split_above_the_size_limit(owner, settings, _export_dir) -> N
 
 
 def test_second_concurrent_export_is_refused(owner) -> None:
-    export.start_export(org=owner.org, actor=owner.user, params=export.ExportParams(), request=None)
+    export_actions.start_export(
+        org=owner.org, actor=owner.user, params=export.ExportParams(), request=None
+    )
     with pytest.raises(export.ExportBusy):
-        export.start_export(
+        export_actions.start_export(
             org=owner.org, actor=owner.user, params=export.ExportParams(), request=None
         )
 
 
 def test_a_job_is_claimed_once(owner) -> None:
-    job = export.start_export(
+    job = export_actions.start_export(
         org=owner.org, actor=owner.user, params=export.ExportParams(), request=None
     )
     assert export.run_export(job.pk) == "completed"
@@ -233,12 +235,12 @@ def test_a_job_is_claimed_once(owner) -> None:
 
 def test_cancel_before_it_runs(owner, _export_dir) -> None:
     _seed(owner.org)
-    job = export.start_export(
+    job = export_actions.start_export(
         org=owner.org, actor=owner.user, params=export.ExportParams(), request=None
     )
-    assert export.cancel_export(job=job, actor=owner.user, request=None)
+    assert export_actions.cancel_export(job=job, actor=owner.user, request=None)
     assert export.run_export(job.pk) == "skipped"
-    assert not export.cancel_export(job=job, actor=owner.user, request=None)
+    assert not export_actions.cancel_export(job=job, actor=owner.user, request=None)
     assert not list(_export_dir.rglob("*.ndjson"))
 
 
@@ -246,7 +248,7 @@ def test_cancel_after_completion_deletes_the_files(owner, _export_dir) -> None:
     _seed(owner.org)
     job = _run(owner)
     assert list(_export_dir.rglob("*.ndjson"))
-    assert export.cancel_export(job=job, actor=owner.user, request=None)
+    assert export_actions.cancel_export(job=job, actor=owner.user, request=None)
     assert export.delete_files(job.pk)
     assert not list(_export_dir.rglob("*.ndjson"))
     actions = list(
@@ -285,7 +287,7 @@ def test_cancel_while_running_stops_and_deletes_its_files(owner, _export_dir) ->
 
             def other_process() -> None:
                 try:
-                    export.cancel_export(job=job, actor=owner.user, request=None)
+                    export_actions.cancel_export(job=job, actor=owner.user, request=None)
                 finally:
                     connection.close()
 
@@ -303,7 +305,7 @@ def test_cancel_while_running_stops_and_deletes_its_files(owner, _export_dir) ->
 def test_retention_job_expires_files_and_fails_lost_workers(owner, outsider, _export_dir) -> None:
     _seed(owner.org)
     done = _run(owner)
-    lost = export.start_export(
+    lost = export_actions.start_export(
         org=outsider.org, actor=outsider.user, params=export.ExportParams(), request=None
     )
     ExportJob.objects.filter(pk=lost.pk).update(

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from moto import mock_aws
 
-from clinik.fhir import export
+from clinik.fhir import export, export_actions
 from clinik.fhir.store import get_store
 from clinik.privacy.storage import LocalStorage, delete_org_files, get_storage
 
@@ -51,7 +51,7 @@ def test_export_to_s3_is_encrypted_and_complete(owner, outsider, s3, tmp_path) -
         store.create(owner.org.pk, {"resourceType": "Patient"})
     store.create(owner.org.pk, {"resourceType": "Observation", "status": "final", "code": {}})
     store.create(outsider.org.pk, {"resourceType": "Patient"})
-    job = export.start_export(
+    job = export_actions.start_export(
         org=owner.org, actor=owner.user, params=export.ExportParams(), request=None
     )
     assert export.run_export(job.pk) == "completed"
@@ -70,7 +70,7 @@ def test_export_to_s3_is_encrypted_and_complete(owner, outsider, s3, tmp_path) -
     staged = [p for p in (tmp_path / "staging").rglob("*") if p.is_file()]
     assert staged == []  # the local staging copy is gone once uploaded
 
-    assert export.cancel_export(job=job, actor=owner.user, request=None)
+    assert export_actions.cancel_export(job=job, actor=owner.user, request=None)
     assert export.delete_files(job.pk)
     assert _keys(s3) == []
 
@@ -80,7 +80,7 @@ def test_kms_encryption_names_the_key(owner, s3, settings) -> None:
     settings.EXPORT_S3_SSE = "aws:kms"
     settings.EXPORT_S3_KMS_KEY_ID = "alias/clinik-exports"
     get_store().create(owner.org.pk, {"resourceType": "Patient"})
-    job = export.start_export(
+    job = export_actions.start_export(
         org=owner.org, actor=owner.user, params=export.ExportParams(), request=None
     )
     assert export.run_export(job.pk) == "completed"

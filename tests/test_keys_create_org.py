@@ -1,4 +1,4 @@
-"""`create_org` prints one JSON line whose api_key works (DESIGN.md contract)."""
+"""`create_org` prints one JSON line whose api_key works (docs/architecture.md, "Contracts")."""
 
 import io
 import json

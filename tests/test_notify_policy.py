@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from clinik.accounts.models import User
 from clinik.audit.models import AuditEvent
-from clinik.notify import policy
+from clinik.notify import announcements, policy
 from clinik.notify.models import EmailRecord, PolicyAcknowledgement
 from clinik.notify.tasks import announce_policy_versions
 from clinik.privacy.models import PolicyVersion
@@ -133,4 +133,4 @@ def test_acknowledge_needs_sign_in_post_and_a_shown_version(client: Client, owne
 def test_a_version_already_in_force_is_not_announced(owner) -> None:
     current = PolicyVersion.objects.get(version=1)
     assert current.effective_on <= timezone.localdate()
-    assert policy.announce(current) == 0
+    assert announcements.announce(current) == 0

@@ -105,7 +105,7 @@ def test_a_closing_org_is_read_only_in_the_dashboard(owner, teammate) -> None:
     assert (
         client.post(f"{base}/team/members/{teammate.membership.pk}/role/", role).status_code == 403
     )
-    key = {"name": "late", "scopes": "read", "expiry": "never"}
+    key = {"name": "late", "scopes": "read", "expires": "never"}
     assert client.post(f"{base}/keys/new/", key).status_code == 403
     assert not ApiKey.objects.filter(org=owner.org).exists()
     owner.org.refresh_from_db()

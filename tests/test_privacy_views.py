@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from clinik.accounts.models import Organization
-from clinik.fhir import export
+from clinik.fhir import export, export_actions
 from clinik.fhir.store import get_store
 from clinik.privacy.models import Closure, ExportJob
 
@@ -39,7 +39,7 @@ def _job(persona, **fields) -> ExportJob:
 
 def test_page_renders_for_every_member_and_hides_clinical_content(owner, teammate) -> None:
     get_store().create(owner.org.pk, {"resourceType": "Patient", "name": [{"family": "Zebediah"}]})
-    job = export.start_export(
+    job = export_actions.start_export(
         org=owner.org, actor=owner.user, params=export.ExportParams(), request=None
     )
     export.run_export(job.pk)

@@ -30,12 +30,6 @@ def get_managing_membership(request: AuthedHttpRequest, org_id: UUID) -> Members
     return membership
 
 
-def require_active(membership: Membership) -> None:
-    """A closing organization is read-only: no new keys, invitations or settings."""
-    if membership.org.status != membership.org.Status.ACTIVE:
-        raise PermissionDenied("This organization is closing and read-only")
-
-
 def dashboard_context(
     request: AuthedHttpRequest, membership: Membership, active: str, **extra: Any
 ) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from clinik import audit
-from clinik.accounts.models import Invitation, Membership, Organization, User
+from clinik.accounts.models import Invitation, Membership, Organization, User, normalize_email
 from clinik.notify import security
 from clinik.notify.emails import send
 
@@ -15,7 +15,30 @@ class LastOwnerError(Exception):
     """The organization would be left without an owner."""
 
 
-@transaction.atomic
+@transaction.atomic(durable=True)
+def do_note_lockout(*, email: str, request: HttpRequest) -> int:
+    """Write a sign-in lockout of the account behind email to the audit trail of each
+    organization it belongs to (HIPAA log-in monitoring: the organization's admins see
+    repeated failures against their members), and email the account's owner. Returns
+    how many trails got it; 0 when no such account exists, which the caller never
+    reveals."""
+    user = User.objects.filter(email=normalize_email(email)).first()
+    if user is None:
+        return 0
+    security.alert_lockout(email)
+    orgs = Organization.objects.filter(memberships__user=user).exclude(
+        status=Organization.Status.CLOSED
+    )
+    written = 0
+    for org in orgs:
+        audit.record(
+            "account.lockout", org=org, actor=None, target=user, outcome="denied", request=request
+        )
+        written += 1
+    return written
+
+
+@transaction.atomic(durable=True)
 def do_signup(
     *, email: str, name: str, password: str | None, org_name: str, request: HttpRequest | None
 ) -> tuple[User, Organization]:
@@ -33,10 +56,11 @@ def do_create_org(*, user: User, name: str, request: HttpRequest | None) -> Orga
     return org
 
 
-@transaction.atomic
+@transaction.atomic(durable=True)
 def do_invite(
     *, org: Organization, email: str, role: str, actor: User, request: HttpRequest
 ) -> Invitation:
+    org.lock_writable()
     invitation, token = Invitation.issue(org, email, role, actor)
     audit.record("member.invite", org=org, actor=actor, target=invitation, request=request)
     link = request.build_absolute_uri(reverse("accounts:invitation", args=[token]))
@@ -49,9 +73,27 @@ def do_invite(
     return invitation
 
 
-@transaction.atomic
+@transaction.atomic(durable=True)
+def do_revoke_invitation(*, invitation: Invitation, actor: User, request: HttpRequest) -> None:
+    invitation.org.lock_writable()
+    audit.record(
+        "member.invite_revoke", org=invitation.org, actor=actor, target=invitation, request=request
+    )
+    invitation.delete()
+
+
+@transaction.atomic(durable=True)
+def do_update_org(*, org: Organization, name: str, actor: User, request: HttpRequest) -> None:
+    org.lock_writable()
+    org.name = name
+    org.save(update_fields=["name"])
+    audit.record("org.update", org=org, actor=actor, target=org, request=request)
+
+
+@transaction.atomic(durable=True)
 def do_accept_invitation(*, invitation: Invitation, user: User, request: HttpRequest) -> Membership:
     locked = Invitation.objects.select_for_update().get(pk=invitation.pk)
+    locked.org.lock_writable()
     membership, created = Membership.objects.get_or_create(
         user=user, org=locked.org, defaults={"role": locked.role}
     )
@@ -68,8 +110,9 @@ def _lock_owners(org: Organization) -> int:
     return len(list(owners))
 
 
-@transaction.atomic
+@transaction.atomic(durable=True)
 def do_change_role(*, membership: Membership, role: str, actor: User, request: HttpRequest) -> None:
+    membership.org.lock_writable()
     owners = _lock_owners(membership.org)
     membership.refresh_from_db()
     if membership.role == Membership.Role.OWNER and role != Membership.Role.OWNER and owners <= 1:
@@ -84,8 +127,9 @@ def do_change_role(*, membership: Membership, role: str, actor: User, request: H
         security.alert_owner_granted(membership, actor)
 
 
-@transaction.atomic
+@transaction.atomic(durable=True)
 def do_remove_member(*, membership: Membership, actor: User, request: HttpRequest) -> None:
+    membership.org.lock_writable()
     owners = _lock_owners(membership.org)
     membership.refresh_from_db()
     if membership.role == Membership.Role.OWNER and owners <= 1:

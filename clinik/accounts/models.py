@@ -6,6 +6,7 @@ from typing import Any, ClassVar
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, PermissionsMixin
+from django.core.exceptions import PermissionDenied
 from django.db import models
 from django.utils import timezone
 
@@ -69,6 +70,15 @@ class User(AbstractBaseUser, PermissionsMixin):
         return self.name.split(" ")[0] if self.name else self.email
 
 
+class OrganizationReadOnly(PermissionDenied):
+    """The organization is closing: it can be read, not changed. A PermissionDenied, so a
+    view that lets it through answers 403; deliberately not an OSError (the built-in
+    PermissionError is one), which the Celery tasks retry on."""
+
+    def __init__(self) -> None:
+        super().__init__("This organization is closing and read-only")
+
+
 class Organization(models.Model):
     """The tenant. Its id is the code of the tenant tag on every FHIR resource."""
 
@@ -89,6 +99,20 @@ class Organization(models.Model):
         return User.objects.filter(
             memberships__org=self, memberships__role=Membership.Role.OWNER, is_active=True
         )
+
+    def lock_writable(self) -> None:
+        """Refuse any change to an organization that is not active (docs/architecture.md,
+        "A closing organization is read-only"). Every action that changes one calls this
+        first, inside its transaction: the row lock makes a closure requested meanwhile
+        wait for the action to commit, or the action see the closure."""
+        status = (
+            Organization.objects.select_for_update(no_key=True)
+            .filter(pk=self.pk)
+            .values_list("status", flat=True)
+            .first()
+        )
+        if status != self.Status.ACTIVE:
+            raise OrganizationReadOnly
 
 
 class MembershipQuerySet(models.QuerySet["Membership"]):

@@ -20,8 +20,9 @@ def is_locked(email: str, ip: str) -> bool:
     return any(counts.get(key, 0) >= limit for key, limit in pairs)
 
 
-def note_failure(email: str, ip: str) -> int:
-    """Count one failure; returns the email's count (the lockout starts at the limit)."""
+def note_failure(email: str, ip: str) -> bool:
+    """Count a failure. True when this one locks the email (it reaches the limit): the
+    moment a lockout starts, reported once, not on every refused attempt after it."""
     counts = []
     for key in _keys(email, ip):
         count = 1
@@ -31,7 +32,7 @@ def note_failure(email: str, ip: str) -> int:
             except ValueError:
                 cache.set(key, 1, timeout=settings.SIGNIN_LOCKOUT_SECONDS)
         counts.append(count)
-    return counts[0]
+    return counts[0] == settings.SIGNIN_MAX_FAILURES
 
 
 def clear(email: str) -> None:

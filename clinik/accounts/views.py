@@ -21,7 +21,6 @@ from clinik.accounts.access import (
     dashboard_context,
     get_managing_membership,
     get_membership,
-    require_active,
 )
 from clinik.accounts.actions import (
     LastOwnerError,
@@ -29,8 +28,11 @@ from clinik.accounts.actions import (
     do_change_role,
     do_create_org,
     do_invite,
+    do_note_lockout,
     do_remove_member,
+    do_revoke_invitation,
     do_signup,
+    do_update_org,
 )
 from clinik.accounts.forms import (
     InviteForm,
@@ -108,9 +110,7 @@ def signin(request: HttpRequest) -> HttpResponse:
                     security.note_signin(request, user)
                 analytics.capture(user, "signed_in")
                 return redirect(_safe_next(request, reverse("dashboard")))
-            if throttle.note_failure(email, ip) == settings.SIGNIN_MAX_FAILURES:
-                with transaction.atomic():
-                    security.alert_lockout(email)
+            locks = throttle.note_failure(email, ip)
             audit.record(
                 "account.signin_failed",
                 org=None,
@@ -118,6 +118,8 @@ def signin(request: HttpRequest) -> HttpResponse:
                 outcome="failure",
                 request=request,
             )
+            if locks:
+                do_note_lockout(email=email, request=request)
             form.add_error(None, "Email or password is incorrect.")
             status = 400
     ctx = {"form": form, "next": _safe_next(request, "")}
@@ -239,13 +241,11 @@ def org_settings(request: AuthedHttpRequest, org_id: UUID) -> HttpResponse:
     if request.method == "POST":
         if not membership.can_manage:
             raise PermissionDenied
-        require_active(membership)
         form = OrganizationForm(request.POST)
         if form.is_valid():
-            org.name = form.cleaned_data["name"]
-            with transaction.atomic():
-                org.save(update_fields=["name"])
-                audit.record("org.update", org=org, actor=request.user, target=org, request=request)
+            do_update_org(
+                org=org, name=form.cleaned_data["name"], actor=request.user, request=request
+            )
             messages.success(request, "Organization settings saved.")
             return redirect("org_settings", org.pk)
     ctx = dashboard_context(request, membership, "settings", form=form)
@@ -277,7 +277,6 @@ def team(request: AuthedHttpRequest, org_id: UUID) -> HttpResponse:
 @require_POST
 def team_invite(request: AuthedHttpRequest, org_id: UUID) -> HttpResponse:
     membership = get_managing_membership(request, org_id)
-    require_active(membership)
     form = InviteForm(request.POST, membership=membership)
     if not form.is_valid():
         ctx = _team_context(request, membership, invite_form=form)
@@ -301,15 +300,7 @@ def team_invite_revoke(
 ) -> HttpResponse:
     membership = get_managing_membership(request, org_id)
     invitation = get_object_or_404(membership.org.invitations.pending(), pk=invitation_id)
-    with transaction.atomic():
-        audit.record(
-            "member.invite_revoke",
-            org=membership.org,
-            actor=request.user,
-            target=invitation,
-            request=request,
-        )
-        invitation.delete()
+    do_revoke_invitation(invitation=invitation, actor=request.user, request=request)
     messages.success(request, "Invitation revoked.")
     return redirect("team", org_id)
 
@@ -325,7 +316,6 @@ def _target_member(membership: Membership, member_id: int) -> Membership:
 @require_POST
 def team_role(request: AuthedHttpRequest, org_id: UUID, member_id: int) -> HttpResponse:
     membership = get_managing_membership(request, org_id)
-    require_active(membership)
     target = _target_member(membership, member_id)
     form = RoleForm(request.POST, membership=membership)
     if not form.is_valid():

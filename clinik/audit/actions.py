@@ -5,6 +5,7 @@ ACTIONS: dict[str, str] = {
     "account.signup": "A user signed up",
     "account.signin": "A user signed in",
     "account.signin_failed": "A sign-in attempt failed",
+    "account.lockout": "A member's sign-in was locked after repeated failed attempts",
     "account.signout": "A user signed out",
     "account.update": "A user changed their name or email",
     "account.password_change": "A user changed their password",

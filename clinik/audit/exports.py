@@ -13,7 +13,6 @@ from uuid import UUID
 
 import orjson
 from django.conf import settings
-from django.db import transaction
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -239,23 +238,6 @@ def record_export(
 
 def storage_key(export: AuditExport) -> str:
     return f"{export.org_id}/audit-{export.pk}/{export.filename}"
-
-
-def start_export(
-    *, org: Any, actor: Any, fmt: str, flt: AuditFilter, request: HttpRequest | None
-) -> AuditExport:
-    from clinik.audit.tasks import write_audit_export
-
-    with transaction.atomic():
-        export = AuditExport.objects.create(
-            org_id=org.pk,
-            requested_by_id=getattr(actor, "pk", None),
-            format=fmt,
-            filters=flt.as_json(),
-        )
-        record_export(org, actor, request, export.pk)
-        transaction.on_commit(lambda: write_audit_export.delay(export.pk))
-    return export
 
 
 class _Progress:

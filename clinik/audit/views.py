@@ -12,7 +12,7 @@ from django.views.decorators.vary import vary_on_headers
 
 from clinik.accounts.access import dashboard_context, get_membership
 from clinik.accounts.models import Membership
-from clinik.audit import exports
+from clinik.audit import export_actions, exports
 from clinik.audit.forms import AuditFilterForm, ExportForm
 from clinik.audit.models import AuditEvent, AuditExport
 from clinik.audit.query import AuditFilter, events_of, iterate, page
@@ -133,7 +133,7 @@ def audit_export_start(request: AuthedHttpRequest, org_id: UUID) -> HttpResponse
     if not fmt_form.is_valid():
         return HttpResponse("Choose a format.", status=400)
     flt = AuditFilterForm(request.POST).to_filter()
-    export = exports.start_export(
+    export = export_actions.start_export(
         org=membership.org,
         actor=request.user,
         fmt=fmt_form.cleaned_data["format"],

@@ -1,6 +1,7 @@
-"""FHIR Bulk Data export ($export): the job that writes NDJSON files, starting,
-cancelling and expiring it, and the manifest. HTTP is in export_views.py; the job
-row is clinik.privacy.models.ExportJob; files go to clinik.privacy.storage.
+"""FHIR Bulk Data export ($export): the job that writes NDJSON files, expiring it, and
+the manifest. Starting and cancelling (which queue the job) are in export_actions.py,
+HTTP is in export_views.py; the job row is clinik.privacy.models.ExportJob; files go
+to clinik.privacy.storage.
 
 Scope of each kind (documented in the README):
 - system (`/$export`): every current resource of the organization.
@@ -26,8 +27,7 @@ from uuid import UUID
 import orjson
 from django.conf import settings
 from django.core.cache import cache
-from django.db import IntegrityError, transaction
-from django.http import HttpRequest
+from django.db import transaction
 from django.utils import timezone
 
 from clinik import audit
@@ -59,61 +59,6 @@ class ExportParams:
     since: datetime | None = None
     output_format: str = "application/fhir+ndjson"
     group_id: str = ""
-
-
-# --- start, cancel ---------------------------------------------------------------------
-
-
-def _requested_by(actor: Any) -> tuple[str, str]:
-    kind = getattr(actor, "audit_actor_type", "user")
-    return kind, str(actor.pk)
-
-
-@transaction.atomic
-def start_export(
-    *, org: Organization, actor: Any, params: ExportParams, request: HttpRequest | None
-) -> ExportJob:
-    """Queue an export; the worker starts after commit. ExportBusy if one is active."""
-    by_type, by_id = _requested_by(actor)
-    try:
-        with transaction.atomic():
-            job = ExportJob.objects.create(
-                org=org,
-                requested_by_type=by_type,
-                requested_by_id=by_id,
-                kind=params.kind,
-                group_id=params.group_id,
-                types=sorted(params.types),
-                since=params.since,
-                output_format=params.output_format,
-            )
-    except IntegrityError:
-        raise ExportBusy from None
-    audit.record("export.start", org=org, actor=actor, target=job, request=request)
-    from clinik.privacy.tasks import run_export
-
-    job_id = str(job.pk)
-    transaction.on_commit(lambda: run_export.delay(job_id))
-    return job
-
-
-@transaction.atomic
-def cancel_export(*, job: ExportJob, actor: Any, request: HttpRequest | None) -> bool:
-    """Cancel an export (queued, running or finished) and delete its files. False
-    when it was cancelled already. A running worker notices within CHECK_EVERY rows."""
-    changed = (
-        ExportJob.objects.exclude(status=ExportJob.Status.CANCELLED)
-        .filter(pk=job.pk)
-        .update(status=ExportJob.Status.CANCELLED, finished_at=timezone.now())
-    )
-    if not changed:
-        return False
-    audit.record("export.cancel", org=job.org_id, actor=actor, target=job, request=request)
-    from clinik.privacy.tasks import delete_export_files
-
-    job_id = str(job.pk)
-    transaction.on_commit(lambda: delete_export_files.delay(job_id))
-    return True
 
 
 # --- the job -------------------------------------------------------------------------------

@@ -25,7 +25,8 @@ from django.utils.http import http_date
 from django.views.decorators.csrf import csrf_exempt
 
 from clinik import audit
-from clinik.fhir import export
+from clinik.accounts.models import OrganizationReadOnly
+from clinik.fhir import export, export_actions
 from clinik.fhir.http import FhirError, parse_fhir_datetime, read_json_body
 from clinik.fhir.outcomes import outcome_response
 from clinik.fhir.spec import RESOURCE_TYPES
@@ -125,9 +126,11 @@ def _kickoff(request: ApiHttpRequest, kind: str, group_id: str = "") -> HttpResp
         if group is None or group.deleted:
             raise FhirError(404, "not-found", f"Group/{group_id} is not known")
     try:
-        job = export.start_export(
+        job = export_actions.start_export(
             org=request.org, actor=request.api_key, params=params, request=request
         )
+    except OrganizationReadOnly:
+        raise _closing() from None
     except export.ExportBusy:
         raise FhirError(
             429,
@@ -188,6 +191,10 @@ def _check_poll_rate(job: ExportJob) -> None:
         )
 
 
+def _closing() -> FhirError:
+    return FhirError(403, "forbidden", "This organization is closing: no export can start or stop.")
+
+
 def _expired() -> FhirError:
     return FhirError(410, "expired", "The export's files have expired: start a new export")
 
@@ -196,7 +203,10 @@ def _expired() -> FhirError:
 def export_status(request: ApiHttpRequest) -> HttpResponse:
     job = _job(request)
     if request.method == "DELETE":
-        export.cancel_export(job=job, actor=request.api_key, request=request)
+        try:
+            export_actions.cancel_export(job=job, actor=request.api_key, request=request)
+        except OrganizationReadOnly:
+            raise _closing() from None
         return outcome_response(
             202,
             "informational",

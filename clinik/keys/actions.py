@@ -43,8 +43,7 @@ def do_create_key(
     request: HttpRequest | None,
 ) -> tuple[ApiKey, str]:
     """Issue a live key. Returns the key and its plaintext, which exists nowhere else."""
-    if org.status != Organization.Status.ACTIVE:
-        raise PermissionError("a closing organization cannot get new keys")
+    org.lock_writable()
     key, plaintext = ApiKey.issue(
         org=org, name=name, scopes=scopes, expires_at=expires_at, created_by=actor
     )
@@ -53,9 +52,10 @@ def do_create_key(
     return key, plaintext
 
 
-@transaction.atomic
+@transaction.atomic(durable=True)
 def do_revoke_key(*, key: ApiKey, actor: User | None, request: HttpRequest | None) -> bool:
     """Revoke for good. Returns False when the key was already revoked (nothing done)."""
+    key.org.lock_writable()
     now = timezone.now()
     changed = ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=now)
     if not changed:

@@ -15,7 +15,6 @@ from clinik.accounts.access import (
     dashboard_context,
     get_managing_membership,
     get_membership,
-    require_active,
 )
 from clinik.accounts.models import Membership
 from clinik.gateway.actions import do_allow_origin, do_remove_origin
@@ -55,7 +54,6 @@ def keys(request: AuthedHttpRequest, org_id: UUID) -> HttpResponse:
 @require_POST
 def keys_create(request: AuthedHttpRequest, org_id: UUID) -> HttpResponse:
     membership = get_managing_membership(request, org_id)
-    require_active(membership)
     form = KeyForm(request.POST)
     if not form.is_valid():
         return _page(request, membership, form=form, status=400)

@@ -101,7 +101,7 @@ def _stop_exports(org: Organization, actor: User | None, request: HttpRequest | 
         audit.record("export.cancel", org=org, actor=actor, target=job, request=request)
 
 
-@transaction.atomic
+@transaction.atomic(durable=True)
 def do_request_closure(*, org: Organization, actor: User, request: HttpRequest | None) -> Closure:
     locked = Organization.objects.select_for_update().get(pk=org.pk)
     if locked.status != Organization.Status.ACTIVE:
@@ -139,7 +139,7 @@ def do_request_closure(*, org: Organization, actor: User, request: HttpRequest |
     return closure
 
 
-@transaction.atomic
+@transaction.atomic(durable=True)
 def do_cancel_closure(*, closure: Closure, actor: User, request: HttpRequest | None) -> bool:
     """Back to active, if the job has not started. The revoked keys stay revoked."""
     changed = Closure.objects.filter(pk=closure.pk, status=Closure.Status.PENDING).update(

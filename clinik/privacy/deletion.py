@@ -37,7 +37,7 @@ def _date(moment: datetime) -> str:
     return f"{moment:%Y-%m-%d}"
 
 
-@transaction.atomic
+@transaction.atomic(durable=True)
 def do_request_deletion(*, user: User, request: HttpRequest | None) -> AccountDeletion:
     blocking = last_owner_orgs(user)
     if blocking:
@@ -69,7 +69,7 @@ def do_request_deletion(*, user: User, request: HttpRequest | None) -> AccountDe
     return deletion
 
 
-@transaction.atomic
+@transaction.atomic(durable=True)
 def do_cancel_deletion(
     *, deletion: AccountDeletion, user: User, request: HttpRequest | None
 ) -> bool:

@@ -20,8 +20,9 @@ from django.views.decorators.http import require_POST, require_safe
 
 from clinik import audit
 from clinik.accounts.access import dashboard_context, get_managing_membership, get_membership
-from clinik.accounts.models import Membership, Organization
-from clinik.fhir.export import ExportBusy, ExportParams, cancel_export, start_export, status_url
+from clinik.accounts.models import Membership, Organization, OrganizationReadOnly
+from clinik.fhir.export import ExportBusy, ExportParams, status_url
+from clinik.fhir.export_actions import cancel_export, start_export
 from clinik.keys.models import ApiKey
 from clinik.lib.http import AuthedHttpRequest
 from clinik.notify import policy as notify_policy
@@ -142,11 +143,11 @@ def privacy_exports(request: AuthedHttpRequest, org_id: UUID) -> HttpResponse:
 @require_POST
 def privacy_export_start(request: AuthedHttpRequest, org_id: UUID) -> HttpResponse:
     membership = get_managing_membership(request, org_id)
-    if membership.org.status != Organization.Status.ACTIVE:
-        messages.error(request, "This organization is closing: no new exports can start.")
-        return redirect("data_privacy", org_id)
     try:
         start_export(org=membership.org, actor=request.user, params=ExportParams(), request=request)
+    except OrganizationReadOnly:
+        messages.error(request, "This organization is closing: no new exports can start.")
+        return redirect("data_privacy", org_id)
     except ExportBusy:
         messages.error(request, "An export is already running. Wait for it, or cancel it.")
         return redirect("data_privacy", org_id)

@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from django.utils.formats import number_format
+
 from clinik.usage.queries import Bucket, Range
 
 WIDTH, HEIGHT = 720, 220
@@ -21,6 +23,12 @@ def nice_ceiling(value: float) -> float:
         if value <= step * exponent:
             return step * exponent
     return 10 * exponent
+
+
+def grouped(value: float) -> str:
+    """A count with the active locale's thousands separators (83,372), like the
+    templates' `floatformat:"g"`; a fraction keeps its shortest form."""
+    return number_format(int(value) if value == int(value) else value, force_grouping=True)
 
 
 def _label(at: datetime, grain: str) -> str:
@@ -82,7 +90,7 @@ class Chart:
 def _frame(chart: Chart, top_value: float, unit: str, buckets: list[Bucket], rng: Range) -> None:
     for i in range(3):
         value = top_value * i / 2
-        shown = f"{value:g}{unit}" if value < 10_000 else f"{value / 1000:g}k{unit}"
+        shown = f"{grouped(value)}{unit}" if value < 10_000 else f"{value / 1000:g}k{unit}"
         chart.ticks.append(Tick(_n(TOP + PLOT_H - PLOT_H * i / 2), shown))
     n = max(len(buckets), 1)
     every = max(1, math.ceil(n / 8))
@@ -108,8 +116,9 @@ def requests_chart(buckets: list[Bucket], rng: Range) -> Chart:
         x = LEFT + i * slot + (slot - width) / 2
         y: float = TOP + PLOT_H
         title = (
-            f"{_when(b.start, rng.grain)}: {b.total} requests — {b.ok} ok,"
-            f" {b.client_errors} 4xx ({b.throttled} rate-limited), {b.server_errors} 5xx"
+            f"{_when(b.start, rng.grain)}: {grouped(b.total)} requests — {grouped(b.ok)} ok,"
+            f" {grouped(b.client_errors)} 4xx ({grouped(b.throttled)} rate-limited),"
+            f" {grouped(b.server_errors)} 5xx"
         )
         for count, css in ((b.ok, "ok"), (b.client_errors, "c4"), (b.server_errors, "c5")):
             if count:

@@ -7,7 +7,7 @@ from django.db import migrations, models
 # partition is the 90-day purge. Django does not manage these tables (managed =
 # False); this SQL is their definition. Partitions are created and dropped through
 # SECURITY DEFINER functions, because the application role owns no table
-# (DESIGN.md) and only an owner can create or drop a partition.
+# (docs/architecture.md, "Database roles") and only an owner can create or drop a partition.
 PARTITIONED_SQL = r"""
 CREATE SEQUENCE usage_requestlog_id_seq;
 CREATE TABLE usage_requestlog (
