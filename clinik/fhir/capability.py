@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from clinik.fhir.search import registry
+from clinik.fhir.search import compartments, registry
 from clinik.fhir.spec import FHIR_VERSION, RESOURCE_TYPES
 from clinik.fhir.store import get_store
 
@@ -97,6 +97,11 @@ def statement(base: str) -> dict[str, Any]:
                     "cors": True,
                     "description": "Authorization: Bearer <API key> from the dashboard",
                 },
+                **(
+                    {"compartment": sorted(d.url for d in compartments.definitions().values())}
+                    if "compartment" in features.search_features
+                    else {}
+                ),
                 "resource": resources,
                 "operation": [
                     {

@@ -28,8 +28,9 @@ from clinik.fhir.http import (
     version_headers,
 )
 from clinik.fhir.outcomes import FHIR_JSON, outcome_body
+from clinik.fhir.search import compartments
 from clinik.fhir.search.bundle import request_params, searchset, strict_handling
-from clinik.fhir.search.query import parse_search
+from clinik.fhir.search.query import Compartment, parse_search
 from clinik.fhir.spec import RESOURCE_TYPES
 from clinik.fhir.store import Version, VersionConflict, get_store
 from clinik.fhir.tenancy import format_instant, tenant_transaction
@@ -372,6 +373,53 @@ def _search(request: ApiHttpRequest, resource_type: str | None) -> HttpResponse:
         result = get_store().search(request.org.pk, query)
         _record(request, "fhir.search", target, ok=True)
     path = f"/fhir/R4/{resource_type}" if resource_type else "/fhir/R4/"
+    body = searchset(request, query, result, base=_base(request), path=path)
+    return HttpResponse(body, content_type=FHIR_JSON)
+
+
+# --- compartments ------------------------------------------------------------------
+
+
+@fhir_view(("GET", "HEAD"))
+def compartment_search(
+    request: ApiHttpRequest, compartment: str, resource_id: str, resource_type: str | None = None
+) -> HttpResponse:
+    """GET [compartment]/[id]/[type] (or `*`): a search inside one compartment. The
+    focal resource is looked up first, exactly as a read: another tenant's (or an
+    unknown) id is a 404, a deleted one a 410."""
+    target = (compartment, resource_id)
+    store = get_store()
+    definition = compartments.get(compartment)
+    try:
+        if definition is None or "compartment" not in store.features.search_features:
+            raise FhirError(404, "not-found", f"{compartment} is not a compartment")
+        if resource_type is not None and resource_type not in definition.types:
+            raise FhirError(
+                400, "not-supported", f"{resource_type} is not in the {compartment} compartment"
+            )
+        member = Compartment(
+            compartment,
+            resource_id,
+            tuple(definition.members.items()),
+            definition.focal_member,
+        )
+        query = parse_search(
+            request_params(request),
+            [resource_type] if resource_type else None,
+            strict=strict_handling(request),
+            compartment=member,
+        )
+    except FhirError:
+        _record(request, "fhir.search", target, ok=False)
+        raise
+    with tenant_transaction(request.org.pk):
+        focal = store.read(request.org.pk, compartment, resource_id)
+        if focal is None or focal.deleted:
+            _record(request, "fhir.search", target, ok=False)
+            raise _missing(*target) if focal is None else _gone(*target)
+        result = store.search(request.org.pk, query)
+        _record(request, "fhir.search", target, ok=True)
+    path = f"/fhir/R4/{compartment}/{resource_id}/{resource_type or '*'}"
     body = searchset(request, query, result, base=_base(request), path=path)
     return HttpResponse(body, content_type=FHIR_JSON)
 

@@ -147,7 +147,22 @@ class Has:
     criterion: Any  # on the source type
 
 
-Criterion = Clause | Chain | Has
+@dataclass(frozen=True)
+class Compartment:
+    """`Patient/123/Observation`: resources that one of the compartment's parameters
+    for their type (`members`, index codes per type) refers to the focal resource, and
+    the focal resource itself for the types in `focal_types` (`{def}`)."""
+
+    focal_type: str
+    focal_id: str
+    members: tuple[tuple[str, tuple[str, ...]], ...]  # (resource type, index codes)
+    focal_types: frozenset[str] = frozenset()
+
+    def codes(self, resource_type: str) -> tuple[str, ...]:
+        return next((codes for t, codes in self.members if t == resource_type), ())
+
+
+Criterion = Clause | Chain | Has | Compartment
 
 
 @dataclass(frozen=True)
@@ -496,10 +511,15 @@ def _include(types: list[str], name: str, raw: str, reverse: bool) -> Include:
 
 
 def parse_search(
-    params: list[tuple[str, str]], types: list[str] | None, *, strict: bool = False
+    params: list[tuple[str, str]],
+    types: list[str] | None,
+    *,
+    strict: bool = False,
+    compartment: Compartment | None = None,
 ) -> SearchQuery:
     """A SearchQuery from the request's (name, value) pairs, in order. `types` is the
-    searched type, or None for a system-level search (`_type`, else every type)."""
+    searched type, or None for a system-level search (`_type`, else every type) or,
+    with a compartment, for `[compartment]/[id]/*` (`_type` narrows its types)."""
     system = types is None
     if system:
         requested = [
@@ -512,9 +532,21 @@ def parse_search(
         unknown_types = [t for t in requested if t not in RESOURCE_TYPES]
         if unknown_types:
             raise FhirError(400, "value", "_type names an unknown resource type")
-        types = sorted(set(requested)) or sorted(RESOURCE_TYPES)
+        every = sorted(RESOURCE_TYPES)
+        if compartment is not None:
+            every = sorted({t for t, _ in compartment.members} | compartment.focal_types)
+            if any(t not in every for t in requested):
+                raise FhirError(
+                    400,
+                    "value",
+                    f"_type names a type outside the {compartment.focal_type} compartment",
+                )
+        types = sorted(set(requested)) or every
     assert types is not None
     query = SearchQuery(types=types, system=system, criteria={t: [] for t in types})
+    if compartment is not None:
+        for resource_type in types:
+            query.criteria[resource_type].append(compartment)
     issues: list[str] = []
 
     def ignore(unknown: Unknown) -> None:

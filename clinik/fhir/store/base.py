@@ -79,6 +79,7 @@ SEARCH_FEATURES = frozenset(
         "summary",
         "elements",
         "system",  # GET [base]?_type=...
+        "compartment",  # GET Patient/123/Observation, Patient/123/* (the R4 compartments)
     }
 )
 
