@@ -27,7 +27,7 @@ from clinik.fhir.http import (
     read_json_body,
     version_headers,
 )
-from clinik.fhir.outcomes import FHIR_JSON, outcome_body
+from clinik.fhir.outcomes import FHIR_JSON, NOTHING_TO_DELETE, outcome_body
 from clinik.fhir.search import compartments
 from clinik.fhir.search.bundle import request_params, searchset, strict_handling
 from clinik.fhir.search.query import Compartment, parse_search
@@ -522,11 +522,14 @@ def _patch(request: ApiHttpRequest, resource_type: str, resource_id: str) -> Htt
 
 
 def _delete(request: ApiHttpRequest, resource_type: str, resource_id: str) -> HttpResponse:
+    """Delete; an id that was never known (or is another tenant's) is a no-op that
+    succeeds, with an informational OperationOutcome, as HAPI answers."""
     with tenant_transaction(request.org.pk):
         version = get_store().delete(request.org.pk, resource_type, resource_id)
-        _record(request, "fhir.delete", (resource_type, resource_id), ok=version is not None)
+        _record(request, "fhir.delete", (resource_type, resource_id), ok=True)
     if version is None:
-        raise _missing(resource_type, resource_id)
+        body = outcome_body("information", "informational", NOTHING_TO_DELETE)
+        return HttpResponse(orjson.dumps(body), status=200, content_type=FHIR_JSON)
     if prefer_return(request) == "OperationOutcome":
         body = outcome_body("information", "informational", "The resource is deleted")
         response = HttpResponse(orjson.dumps(body), status=200, content_type=FHIR_JSON)

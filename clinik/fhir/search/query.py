@@ -249,6 +249,8 @@ class SearchResult:
 
 def _split(raw: str, separator: str) -> list[str]:
     """Split on separator unless escaped with a backslash; parts stay escaped."""
+    if "\\" not in raw:
+        return raw.split(separator)
     parts, current, escaped = [], [], False
     for char in raw:
         if escaped:
