@@ -116,6 +116,29 @@ def test_a_read_only_key_exports_with_get(owner, django_capture_on_commit_callba
     assert reader.get(_path(kickoff["Content-Location"])).status_code == 200
 
 
+def test_a_read_only_key_starts_polls_and_cancels_with_post_and_delete(
+    owner, django_capture_on_commit_callbacks
+):
+    """An export only reads: a read-only key may also kick off with POST and cancel
+    with DELETE (its own organization's export; writes elsewhere stay 403)."""
+    from tests.conftest import _api_for
+
+    reader = _api_for(owner, scopes="read")
+    body = {
+        "resourceType": "Parameters",
+        "parameter": [{"name": "_type", "valueString": "Patient"}],
+    }
+    with django_capture_on_commit_callbacks(execute=True):
+        kickoff = reader.post("$export", body, headers=ASYNC)
+    assert kickoff.status_code == 202
+    status = _path(kickoff["Content-Location"])
+    assert reader.get(status).status_code == 200
+    assert reader.delete(status).status_code == 202
+    assert reader.get(status).status_code == 404
+    assert reader.post("Patient", {"resourceType": "Patient"}).status_code == 403
+    assert reader.delete("Patient/any").status_code == 403
+
+
 def test_type_and_since_parameters(api, django_capture_on_commit_callbacks):
     _seed(api)
     kickoff = _kickoff(
