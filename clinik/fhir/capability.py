@@ -107,7 +107,14 @@ def statement(base: str) -> dict[str, Any]:
                     {
                         "name": "export",
                         "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
-                        "documentation": "Bulk Data export of the organization, Patient and Group",
+                        "documentation": (
+                            "Bulk Data export of the organization, Patient and Group."
+                            " Kick-off parameters: _type, _since, _outputFormat"
+                            " (application/fhir+ndjson) and _typeFilter (several per type"
+                            " are ORed); _elements, patient, includeAssociatedData,"
+                            " organizeOutputBy and allowPartialManifests are not supported"
+                            " (400, or ignored with Prefer: handling=lenient)"
+                        ),
                     }
                 ],
                 "interaction": [
