@@ -17,7 +17,7 @@ import jsonpatch
 import orjson
 from django.db import transaction
 
-from clinik import audit
+from clinik.audit.interactions import record_fhir_interaction
 from clinik.fhir import conditional
 from clinik.fhir.http import ETAG_PATTERN, FhirError, parse_fhir_datetime
 from clinik.fhir.outcomes import NOTHING_TO_DELETE, outcome_body
@@ -277,14 +277,8 @@ def _map_full_url(ctx: Context, entry: Entry, resource_id: str) -> None:
 
 
 def _record(ctx: Context, action: str, entry: Entry, ok: bool) -> None:
-    audit.note(
-        action,
-        org=ctx.request.org,
-        actor=ctx.request.api_key,
-        target=(entry.resource_type, entry.target_id or entry.resource_id or ""),
-        outcome="success" if ok else "failure",
-        request=ctx.request,
-    )
+    target = (entry.resource_type, entry.target_id or entry.resource_id or "")
+    record_fhir_interaction(ctx.request, action, target, outcome="success" if ok else "failure")
 
 
 def _resolve_target(ctx: Context, entry: Entry) -> None:
@@ -542,12 +536,10 @@ def _create_all(ctx: Context, entries: list[Entry]) -> None:
     )
     for entry, version in zip(entries, versions, strict=True):
         entry.result, entry.status = version, 201
-    audit.note_many(
+    record_fhir_interaction(
+        ctx.request,
         "fhir.create",
-        org=ctx.request.org,
-        actor=ctx.request.api_key,
-        targets=[(entry.resource_type, entry.target_id or "") for entry in entries],
-        request=ctx.request,
+        [(entry.resource_type, entry.target_id or "") for entry in entries],
     )
 
 
@@ -659,12 +651,8 @@ def _create_chunk(ctx: Context, chunk: list[Entry]) -> None:
         entry.result, entry.status, entry.target_id = earlier.result, 200, earlier.target_id
     done = [e for e in chunk if e.result is not None]
     if done:
-        audit.note_many(
-            "fhir.create",
-            org=ctx.request.org,
-            actor=ctx.request.api_key,
-            targets=[(e.resource_type, e.target_id or "") for e in done],
-            request=ctx.request,
+        record_fhir_interaction(
+            ctx.request, "fhir.create", [(e.resource_type, e.target_id or "") for e in done]
         )
 
 

@@ -11,7 +11,7 @@ import binascii
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
@@ -22,9 +22,6 @@ from clinik.fhir.search.paths import reference_type
 from clinik.fhir.search.registry import SearchParam
 from clinik.fhir.search.values import date_range, decimal_range, parse_decimal
 from clinik.fhir.spec import RESOURCE_TYPES
-
-if TYPE_CHECKING:
-    from clinik.fhir.store.base import Version
 
 DEFAULT_COUNT = 20
 MAX_COUNT = 1000
@@ -231,17 +228,6 @@ class SearchQuery:
     """Parameters ignored (lenient handling), as diagnostics that name no values."""
     params: list[tuple[str, str]] = field(default_factory=list)
     """The criteria and result parameters as received, for the Bundle links."""
-
-
-@dataclass
-class SearchResult:
-    matches: list["Version"]
-    included: list["Version"] = field(default_factory=list)
-    total: int | None = None
-    next: Cursor | None = None
-    previous: Cursor | None = None
-    notes: list[str] = field(default_factory=list)
-    """Things the client should know (included resources cut short), no values."""
 
 
 # --- parsing helpers ----------------------------------------------------------------------

@@ -34,7 +34,6 @@ from clinik.fhir.search.query import (
     QuantityValue,
     ReferenceValue,
     SearchQuery,
-    SearchResult,
     StringValue,
     TokenValue,
     UriValue,
@@ -42,7 +41,7 @@ from clinik.fhir.search.query import (
 from clinik.fhir.search.registry import SearchParam
 from clinik.fhir.search.registry import get as get_param
 from clinik.fhir.search.values import MAX_CHAR, clip, normalize, prefix_bounds
-from clinik.fhir.store.base import Version
+from clinik.fhir.store.base import SearchResult, Version
 from clinik.fhir.tenancy import TENANT_SYSTEM
 
 TABLE = {
