@@ -13,7 +13,6 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from clinik.fhir.search.query import parse_search
-
 from clinik.fhir.store import get_store
 from clinik.fhir.tenancy import tenant_transaction
 
