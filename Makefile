@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= $(shell command -v python3.12 || ls -d $$HOME/.pyenv/versions/3.12*/bin/python 2>/dev/null | tail -1)
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install services stop-embedded db lint typecheck pytest bench clean
+.PHONY: run test install services stop-embedded db lint typecheck pytest bench clean smart-fetch
 
 run: install services db
 	$(VENV)/bin/honcho start -f Procfile
@@ -46,7 +46,17 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy .
 
-pytest: $(STAMP) services
+# smart-fetch, the SMART bulk client one test runs, in a virtualenv of its own (its
+# dependencies pin a botocore our boto3 refuses); the version is pinned in pyproject.toml.
+SMART_FETCH := var/tools/smart-fetch/bin/smart-fetch
+$(SMART_FETCH): pyproject.toml
+	test -x var/tools/smart-fetch/bin/python || $(PYTHON) -m venv var/tools/smart-fetch
+	var/tools/smart-fetch/bin/pip install --quiet "$$(grep -o 'smart-fetch==[0-9.]*' pyproject.toml)"
+	touch $(SMART_FETCH)
+
+smart-fetch: $(SMART_FETCH)
+
+pytest: $(STAMP) services $(SMART_FETCH)
 	@$(PY) -m clinik.lib.services bootstrap
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 

@@ -104,3 +104,140 @@ def patient_bundle(entries: int = 300, seed: int | None = None) -> dict[str, Any
                 )
             )
     return {"resourceType": "Bundle", "type": "transaction", "entry": out}
+
+
+# --- the provider bundles -------------------------------------------------------------
+# Synthea also writes `hospitalInformation*.json` and `practitionerInformation*.json`:
+# batch bundles whose every entry is a conditional create (`ifNoneExist` on the
+# identifier), loaded before the patient bundles, which then point at those resources
+# with conditional references (`Practitioner?identifier=http://hl7.org/fhir/sid/us-npi|…`).
+# These build bundles of the same shape (2,382 entries each by default).
+
+SYNTHEA_ID = "https://github.com/synthetichealth/synthea"
+NPI = "http://hl7.org/fhir/sid/us-npi"
+
+
+def _organization_ids(count: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(count)]
+
+
+def _npi(n: int) -> str:
+    return f"{9999900000 + n}"
+
+
+def _conditional(resource: dict[str, Any], criteria: str) -> dict[str, Any]:
+    return {
+        "fullUrl": _urn(),
+        "resource": resource,
+        "request": {
+            "method": "POST",
+            "url": resource["resourceType"],
+            "ifNoneExist": criteria,
+        },
+    }
+
+
+def hospital_bundle(organizations: int = 1191, seed: int = 7) -> dict[str, Any]:
+    """An Organization and its Location per hospital, each a conditional create."""
+    entries = []
+    for n, org_id in enumerate(_organization_ids(organizations, seed)):
+        identifier = {"system": SYNTHEA_ID, "value": org_id}
+        entries.append(
+            _conditional(
+                {
+                    "resourceType": "Organization",
+                    "id": org_id,
+                    "identifier": [identifier],
+                    "active": True,
+                    "type": [
+                        {
+                            "coding": [
+                                {
+                                    "system": "http://terminology.hl7.org/CodeSystem/organization-type",
+                                    "code": "prov",
+                                    "display": "Healthcare Provider",
+                                }
+                            ]
+                        }
+                    ],
+                    "name": f"HOSPITAL {n}",
+                    "telecom": [{"system": "phone", "value": f"555-{n:04d}"}],
+                    "address": [{"city": "BOSTON", "state": "MA", "country": "US"}],
+                },
+                f"identifier={SYNTHEA_ID}|{org_id}",
+            )
+        )
+        location_id = org_id[::-1]
+        entries.append(
+            _conditional(
+                {
+                    "resourceType": "Location",
+                    "id": location_id,
+                    "identifier": [{"system": SYNTHEA_ID, "value": location_id}],
+                    "status": "active",
+                    "name": f"HOSPITAL {n}",
+                    "managingOrganization": {
+                        "reference": f"Organization?identifier={SYNTHEA_ID}|{org_id}",
+                        "display": f"HOSPITAL {n}",
+                    },
+                    "position": {"longitude": -71.0 - n / 1e4, "latitude": 42.3},
+                },
+                f"identifier={SYNTHEA_ID}|{location_id}",
+            )
+        )
+    return {"resourceType": "Bundle", "type": "batch", "entry": entries}
+
+
+def practitioner_bundle(practitioners: int = 1191, seed: int = 7) -> dict[str, Any]:
+    """A Practitioner and its PractitionerRole (at the hospital of the same number)."""
+    entries = []
+    for n, org_id in enumerate(_organization_ids(practitioners, seed)):
+        npi = _npi(n)
+        entries.append(
+            _conditional(
+                {
+                    "resourceType": "Practitioner",
+                    "id": str(uuid.UUID(int=int(npi), version=4)),
+                    "identifier": [{"system": NPI, "value": npi}],
+                    "active": True,
+                    "name": [{"family": f"Doe{n}", "given": ["Jo"], "prefix": ["Dr."]}],
+                    "gender": "female" if n % 2 else "male",
+                },
+                f"identifier={NPI}|{npi}",
+            )
+        )
+        entries.append(
+            _conditional(
+                {
+                    "resourceType": "PractitionerRole",
+                    "id": str(uuid.UUID(int=int(npi) + 1, version=4)),
+                    "identifier": [{"system": NPI, "value": npi}],
+                    "practitioner": {"reference": f"Practitioner?identifier={NPI}|{npi}"},
+                    "organization": {"reference": f"Organization?identifier={SYNTHEA_ID}|{org_id}"},
+                    "code": [{"text": "General Practice"}],
+                },
+                f"identifier={NPI}|{npi}",
+            )
+        )
+    return {"resourceType": "Bundle", "type": "batch", "entry": entries}
+
+
+def provider_patient_bundle(entries: int = 60, seed: int = 7, hospital: int = 3) -> dict[str, Any]:
+    """A patient transaction bundle whose encounters point at a hospital, its location
+    and a practitioner of the provider bundles by conditional references."""
+    bundle = patient_bundle(entries, seed=seed)
+    org_id = _organization_ids(hospital + 1, seed)[hospital]
+    for entry in bundle["entry"]:
+        resource = entry["resource"]
+        if resource["resourceType"] == "Encounter":
+            resource["serviceProvider"] = {
+                "reference": f"Organization?identifier={SYNTHEA_ID}|{org_id}"
+            }
+            resource["location"] = [
+                {"location": {"reference": f"Location?identifier={SYNTHEA_ID}|{org_id[::-1]}"}}
+            ]
+            resource["participant"] = [
+                {"individual": {"reference": f"Practitioner?identifier={NPI}|{_npi(hospital)}"}}
+            ]
+    return bundle

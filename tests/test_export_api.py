@@ -116,6 +116,29 @@ def test_a_read_only_key_exports_with_get(owner, django_capture_on_commit_callba
     assert reader.get(_path(kickoff["Content-Location"])).status_code == 200
 
 
+def test_a_read_only_key_starts_polls_and_cancels_with_post_and_delete(
+    owner, django_capture_on_commit_callbacks
+):
+    """An export only reads: a read-only key may also kick off with POST and cancel
+    with DELETE (its own organization's export; writes elsewhere stay 403)."""
+    from tests.conftest import _api_for
+
+    reader = _api_for(owner, scopes="read")
+    body = {
+        "resourceType": "Parameters",
+        "parameter": [{"name": "_type", "valueString": "Patient"}],
+    }
+    with django_capture_on_commit_callbacks(execute=True):
+        kickoff = reader.post("$export", body, headers=ASYNC)
+    assert kickoff.status_code == 202
+    status = _path(kickoff["Content-Location"])
+    assert reader.get(status).status_code == 200
+    assert reader.delete(status).status_code == 202
+    assert reader.get(status).status_code == 404
+    assert reader.post("Patient", {"resourceType": "Patient"}).status_code == 403
+    assert reader.delete("Patient/any").status_code == 403
+
+
 def test_type_and_since_parameters(api, django_capture_on_commit_callbacks):
     _seed(api)
     kickoff = _kickoff(
@@ -172,7 +195,12 @@ def test_patient_and_group_exports(api, django_capture_on_commit_callbacks):
     [
         ("", {"Accept": "application/fhir+json"}, 400, "respond-async"),
         ("?_outputFormat=text/csv", ASYNC, 400, "_outputFormat"),
-        ("?_typeFilter=Patient%3Fgender%3Dmale", ASYNC, 400, "_typeFilter is not supported"),
+        ("?_elements=id", ASYNC, 400, "_elements is not supported"),
+        ("?_typeFilter=Patient%3Fnonsense%3Dx", ASYNC, 400, "_typeFilter for Patient"),
+        ("?_typeFilter=Patient%3Fbirthdate%3Dnot-a-date", ASYNC, 400, "_typeFilter for Patient"),
+        ("?_typeFilter=Patient%3F_count%3D1", ASYNC, 400, "result parameters"),
+        ("?_typeFilter=gender%3Dmale", ASYNC, 400, "Type?search"),
+        ("?_type=Patient&_typeFilter=Observation%3Fstatus%3Dfinal", ASYNC, 400, "not in _type"),
         ("?_type=Patient,Nonsense", ASYNC, 400, "not a resource type"),
         ("?_since=yesterday", ASYNC, 400, "_since"),
         ("?_since=2026-01-01&_since=2026-02-01", ASYNC, 400, "once"),
@@ -185,6 +213,46 @@ def test_kickoff_refusals(api, query, headers, status, says) -> None:
     assert response.status_code == status
     assert says in response.json()["issue"][0]["diagnostics"]
     assert not ExportJob.objects.exists()
+
+
+def test_type_filters_are_ored_per_type_and_stay_in_the_tenant(
+    api, outsider_api, django_capture_on_commit_callbacks
+):
+    ids = _seed(api)
+    # The outsider's matching resources never show up in the owner's export.
+    outsider_api.post("Patient", {"resourceType": "Patient", "name": [{"family": "Ames"}]})
+    api.post(
+        "Observation",
+        {"resourceType": "Observation", "status": "preliminary", "code": {"text": "x"}},
+    )
+    # Two filters on Patient (ORed); Observation filtered by status; other types whole.
+    # Inner commas come URL-quoted once more, as smart-fetch sends them.
+    filters = (
+        "Patient%3Ffamily%3DAmes,Patient%3Ffamily%3DCruz%252CAmes,Observation%3Fstatus%3Dfinal"
+    )
+    kickoff = _kickoff(api, f"$export?_typeFilter={filters}", django_capture_on_commit_callbacks)
+    assert kickoff.status_code == 202
+    manifest = api.get(_path(kickoff["Content-Location"])).json()
+    exported = {o["type"]: _download(api, o["url"]) for o in manifest["output"]}
+    patients = sorted(r["name"][0]["family"] for r in exported["Patient"])
+    assert patients == ["Ames", "Cruz"]
+    assert {r["id"] for r in exported["Observation"]} == set(ids["Observation"])
+    assert set(exported) == {"Patient", "Observation"}
+    assert (
+        "_typeFilter=Observation%3Fstatus%3Dfinal%2CPatient%3Ffamily%3DAmes%2C"
+        in (manifest["request"])
+    )
+
+
+def test_lenient_handling_ignores_unsupported_kickoff_parameters(
+    api, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        kickoff = api.get(
+            "$export?_elements=id&_type=Patient",
+            headers={**ASYNC, "Prefer": "respond-async, handling=lenient"},
+        )
+    assert kickoff.status_code == 202
 
 
 def test_kickoff_needs_a_key(client) -> None:

@@ -9,6 +9,7 @@ import orjson
 import pytest
 from django.db import connection
 
+from clinik.fhir.bundles import MAX_ENTRIES
 from clinik.fhir.spec import package_path
 from clinik.fhir.tenancy import tenant_transaction
 from tests.synthea import patient_bundle
@@ -79,20 +80,26 @@ def test_entries_are_processed_delete_post_put_get(api) -> None:
             "request": {"method": "PUT", "url": f"Patient/{existing}"},
         },
         _post(PATIENT),
-        {"request": {"method": "DELETE", "url": "Patient/never-existed-here"}},
+        {"request": {"method": "GET", "url": "Patient/never-existed-here"}},
     )
-    # The DELETE of an unknown id fails the whole transaction (404), before anything else.
+    # The GET of an unknown id fails the whole transaction (404): nothing is written.
     failed = api.post("", bundle)
     assert failed.status_code == 404
     assert failed.json()["issue"][0]["expression"] == ["Bundle.entry[3]"]
     assert _count(api.org.pk) == 1
+    # The DELETE of an unknown id is a no-op that succeeds (as HAPI answers).
+    bundle["entry"][3] = {"request": {"method": "DELETE", "url": "Patient/never-existed-here"}}
+    done = api.post("", bundle).json()["entry"][3]["response"]
+    assert done["status"] == "200 OK"
+    assert done["outcome"]["issue"][0]["severity"] == "information"
+    assert _count(api.org.pk) == 2
     bundle["entry"][3] = {"request": {"method": "DELETE", "url": f"Patient/{existing}"}}
     bundle["entry"][0] = {"request": {"method": "GET", "url": f"Patient/{existing}/_history/1"}}
     body = api.post("", bundle).json()
     statuses = [e["response"]["status"] for e in body["entry"]]
-    # DELETE ran first, then POST, then PUT (reviving it as v3), then the GET of v1.
+    # DELETE ran first, then POST, then PUT (reviving it as v4), then the GET of v1.
     assert statuses == ["200 OK", "200 OK", "201 Created", "204 No Content"]
-    assert body["entry"][1]["response"]["etag"] == 'W/"3"'
+    assert body["entry"][1]["response"]["etag"] == 'W/"4"'
     assert body["entry"][0]["resource"]["id"] == existing
 
 
@@ -226,7 +233,8 @@ def test_patch_entries_carry_a_binary_json_patch(api) -> None:
 
 
 def test_caps_and_bad_bundles(api) -> None:
-    too_many = _tx(*[_post(PATIENT) for _ in range(1001)])
+    get = {"request": {"method": "GET", "url": "Patient/p"}}
+    too_many = _tx(*[get for _ in range(MAX_ENTRIES + 1)])
     response = api.post("", too_many)
     assert response.status_code == 413
     assert response.json()["issue"][0]["code"] == "too-costly"

@@ -178,7 +178,17 @@ def test_delete_is_410_at_once_then_history_shows_it(api) -> None:
     listing = api.get("Patient").json()
     assert "entry" not in listing
     assert api.delete(f"Patient/{pid}").status_code == 204  # idempotent
-    assert api.delete("Patient/never-was").status_code == 404
+    # An id never known: a no-op that succeeds, saying so (as HAPI answers).
+    never = api.delete("Patient/never-was")
+    assert never.status_code == 200
+    assert never.json()["issue"] == [
+        {
+            "severity": "information",
+            "code": "informational",
+            "diagnostics": "No resource has this id: nothing was deleted",
+        }
+    ]
+    assert api.get("Patient/never-was").status_code == 404
 
 
 def test_update_after_delete_revives_with_a_new_version(api) -> None:

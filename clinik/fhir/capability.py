@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from clinik.fhir.search import registry
+from clinik.fhir.search import compartments, registry
 from clinik.fhir.spec import FHIR_VERSION, RESOURCE_TYPES
 from clinik.fhir.store import get_store
 
@@ -97,12 +97,24 @@ def statement(base: str) -> dict[str, Any]:
                     "cors": True,
                     "description": "Authorization: Bearer <API key> from the dashboard",
                 },
+                **(
+                    {"compartment": sorted(d.url for d in compartments.definitions().values())}
+                    if "compartment" in features.search_features
+                    else {}
+                ),
                 "resource": resources,
                 "operation": [
                     {
                         "name": "export",
                         "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
-                        "documentation": "Bulk Data export of the organization, Patient and Group",
+                        "documentation": (
+                            "Bulk Data export of the organization, Patient and Group."
+                            " Kick-off parameters: _type, _since, _outputFormat"
+                            " (application/fhir+ndjson) and _typeFilter (several per type"
+                            " are ORed); _elements, patient, includeAssociatedData,"
+                            " organizeOutputBy and allowPartialManifests are not supported"
+                            " (400, or ignored with Prefer: handling=lenient)"
+                        ),
                     }
                 ],
                 "interaction": [

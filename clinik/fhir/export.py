@@ -32,6 +32,9 @@ from django.utils import timezone
 
 from clinik import audit
 from clinik.accounts.models import Organization
+from clinik.fhir import conditional
+from clinik.fhir.search.query import parse_search
+from clinik.fhir.spec import RESOURCE_TYPES
 from clinik.fhir.store import Version, get_store
 from clinik.fhir.tenancy import format_instant
 from clinik.privacy.models import ExportJob
@@ -59,6 +62,7 @@ class ExportParams:
     since: datetime | None = None
     output_format: str = "application/fhir+ndjson"
     group_id: str = ""
+    type_filters: dict[str, list[str]] = field(default_factory=dict)
 
 
 # --- the job -------------------------------------------------------------------------------
@@ -173,10 +177,53 @@ def _closing[T](iterator: Iterator[T]) -> Iterator[Iterator[T]]:
             close()
 
 
+FILTER_PAGE = 1000
+"""Matches of a _typeFilter search read per page."""
+
+
+def _filtered(job: ExportJob, resource_type: str, filters: list[str]) -> Iterator[Version]:
+    """The current resources of one type that match any of its _typeFilter searches
+    (and _since), through the search engine, page after page. With several filters a
+    resource matching two is written once (their ids are remembered)."""
+    seen: set[str] | None = set() if len(filters) > 1 else None
+    for criteria in filters:
+        params = conditional.parse_criteria(criteria)
+        if job.since:
+            params.append(("_lastUpdated", f"gt{format_instant(job.since)}"))
+        query = parse_search(params, [resource_type], strict=True)
+        query.count, query.total = FILTER_PAGE, "none"
+        while True:
+            result = get_store().search(job.org_id, query)
+            for version in result.matches:
+                if seen is not None:
+                    if version.id in seen:
+                        continue
+                    seen.add(version.id)
+                yield version
+            if result.next is None:
+                break
+            query.cursor = result.next
+
+
+def _tenant_versions(job: ExportJob) -> Iterator[Version]:
+    """The job's resources before the kind's scope: the unfiltered types streamed in one
+    snapshot, then each filtered type's matches."""
+    filters: dict[str, list[str]] = job.type_filters or {}
+    types = job.types or sorted(RESOURCE_TYPES)
+    plain = [t for t in types if t not in filters]
+    if plain:
+        with _closing(
+            get_store().iter_tenant(
+                job.org_id, types=plain if (job.types or filters) else None, since=job.since
+            )
+        ) as versions:
+            yield from versions
+    for resource_type in sorted(filters):
+        yield from _filtered(job, resource_type, filters[resource_type])
+
+
 def _selected(job: ExportJob) -> Generator[Version]:
-    with _closing(
-        get_store().iter_tenant(job.org_id, types=job.types or None, since=job.since)
-    ) as versions:
+    with _closing(_tenant_versions(job)) as versions:
         if job.kind == ExportJob.Kind.SYSTEM:
             yield from versions
             return
@@ -352,6 +399,12 @@ def kickoff_url(job: ExportJob, base: str) -> str:
         params["_since"] = format_instant(job.since)
     if job.output_format != "application/fhir+ndjson":
         params["_outputFormat"] = job.output_format
+    if job.type_filters:
+        params["_typeFilter"] = ",".join(
+            f"{t}?{criteria.replace(',', '%2C')}"
+            for t in sorted(job.type_filters)
+            for criteria in job.type_filters[t]
+        )
     query = f"?{urlencode(params)}" if params else ""
     return f"{base}{kickoff_path(job)}{query}"
 

@@ -37,6 +37,7 @@ def start_export(
                 kind=params.kind,
                 group_id=params.group_id,
                 types=sorted(params.types),
+                type_filters=params.type_filters,
                 since=params.since,
                 output_format=params.output_format,
             )

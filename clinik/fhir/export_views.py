@@ -26,9 +26,10 @@ from django.views.decorators.csrf import csrf_exempt
 
 from clinik import audit
 from clinik.accounts.models import OrganizationReadOnly
-from clinik.fhir import export, export_actions
+from clinik.fhir import conditional, export, export_actions
 from clinik.fhir.http import FhirError, parse_fhir_datetime, read_json_body
 from clinik.fhir.outcomes import outcome_response
+from clinik.fhir.search.query import parse_search
 from clinik.fhir.spec import RESOURCE_TYPES
 from clinik.fhir.store import get_store
 from clinik.fhir.views import fhir_view
@@ -37,8 +38,12 @@ from clinik.privacy.models import ExportJob
 from clinik.privacy.storage import get_storage
 
 NDJSON = "application/fhir+ndjson"
-SUPPORTED = frozenset({"_type", "_since", "_outputFormat"})
-NOT_SUPPORTED = frozenset({"_typeFilter", "_elements", "patient", "includeAssociatedData"})
+SUPPORTED = frozenset({"_type", "_since", "_outputFormat", "_typeFilter"})
+NOT_SUPPORTED = frozenset(
+    {"_elements", "patient", "includeAssociatedData", "organizeOutputBy", "allowPartialManifests"}
+)
+"""The other kick-off parameters of the Bulk Data OperationDefinition: a 400, or
+ignored with `Prefer: handling=lenient`, as Bulk Data 2.0 says."""
 BUSY_RETRY_SECONDS = 60
 
 
@@ -87,10 +92,44 @@ def _single(raw: dict[str, list[str]], name: str) -> str | None:
     return values[0]
 
 
+def _lenient(request: HttpRequest) -> bool:
+    for part in request.headers.get("Prefer", "").split(","):
+        name, _, value = part.strip().partition("=")
+        if name.strip().lower() == "handling":
+            return value.strip().strip('"').lower() == "lenient"
+    return False
+
+
+def _type_filters(values: list[str], types: list[str]) -> dict[str, list[str]]:
+    """`_typeFilter=Observation%3Fcode%3D…,Condition%3F…` (or repeated): per type, the
+    search queries whose matches are exported (ORed), each checked here as a search
+    of that type (unknown parameters, result parameters and bad values are a 400)."""
+    filters: dict[str, list[str]] = {}
+    for value in values:
+        for item in value.split(","):
+            resource_type, mark, criteria = item.strip().partition("?")
+            if not mark or resource_type not in RESOURCE_TYPES:
+                raise FhirError(400, "invalid", "_typeFilter: each filter is Type?search")
+            if types and resource_type not in types:
+                raise FhirError(400, "invalid", f"_typeFilter: {resource_type} is not in _type")
+            try:
+                parse_search(conditional.parse_criteria(criteria), [resource_type], strict=True)
+            except FhirError as error:
+                raise FhirError(
+                    400, error.code, f"_typeFilter for {resource_type}: {error.diagnostics}"
+                ) from None
+            if criteria not in filters.setdefault(resource_type, []):
+                filters[resource_type].append(criteria)
+    return filters
+
+
 def _params(request: HttpRequest, kind: str, group_id: str) -> export.ExportParams:
     raw = _raw_parameters(request)
-    for name in raw:
+    for name in list(raw):
         if name in NOT_SUPPORTED:
+            if _lenient(request):
+                del raw[name]
+                continue
             raise FhirError(400, "not-supported", f"{name} is not supported by this server")
         if name not in SUPPORTED:
             raise FhirError(400, "not-supported", f"Unknown parameter {name[:40]}")
@@ -111,6 +150,7 @@ def _params(request: HttpRequest, kind: str, group_id: str) -> export.ExportPara
     return export.ExportParams(
         kind=kind,
         types=types,
+        type_filters=_type_filters(raw.get("_typeFilter", []), types),
         since=parse_fhir_datetime(since_raw, name="_since") if since_raw else None,
         output_format=output_format,
         group_id=group_id,

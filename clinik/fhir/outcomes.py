@@ -6,6 +6,8 @@ from typing import Any
 from django.http import HttpResponse
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"
+NOTHING_TO_DELETE = "No resource has this id: nothing was deleted"
+"""A DELETE of an unknown id succeeds as a no-op (200) with this information."""
 
 
 def outcome_body(

@@ -50,6 +50,16 @@ urlpatterns = [
         name="fhir_vread",
     ),
     path("<rtype:resource_type>/<fid:resource_id>/$expunge", views.expunge, name="fhir_expunge"),
+    path(
+        "<rtype:compartment>/<fid:resource_id>/<rtype:resource_type>",
+        views.compartment_search,
+        name="fhir_compartment",
+    ),
+    path(
+        "<rtype:compartment>/<fid:resource_id>/*",
+        views.compartment_search,
+        name="fhir_compartment_all",
+    ),
     # Anything else under the base: an OperationOutcome, never an HTML page.
     re_path(r"^.*$", views.unknown_route, name="fhir_unknown"),
 ]

@@ -13,7 +13,8 @@ import orjson
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from clinik import audit
+from clinik.audit import interactions
+from clinik.audit.interactions import WHEN_LIVE, record_fhir_interaction
 from clinik.fhir import bundles, capability, conditional, idempotency
 from clinik.fhir.http import (
     FhirError,
@@ -27,9 +28,10 @@ from clinik.fhir.http import (
     read_json_body,
     version_headers,
 )
-from clinik.fhir.outcomes import FHIR_JSON, outcome_body
+from clinik.fhir.outcomes import FHIR_JSON, NOTHING_TO_DELETE, outcome_body
+from clinik.fhir.search import compartments
 from clinik.fhir.search.bundle import request_params, searchset, strict_handling
-from clinik.fhir.search.query import parse_search
+from clinik.fhir.search.query import Compartment, parse_search
 from clinik.fhir.spec import RESOURCE_TYPES
 from clinik.fhir.store import Version, VersionConflict, get_store
 from clinik.fhir.tenancy import format_instant, tenant_transaction
@@ -44,7 +46,8 @@ View = Callable[..., HttpResponse]
 
 
 def fhir_view(methods: tuple[str, ...]) -> Callable[[View], View]:
-    """Method check, JSON negotiation and FhirError → OperationOutcome, for every view."""
+    """Method check, JSON negotiation, FhirError → OperationOutcome and VersionConflict
+    → 412, for every view."""
 
     def decorate(view: View) -> View:
         @csrf_exempt
@@ -56,10 +59,15 @@ def fhir_view(methods: tuple[str, ...]) -> Callable[[View], View]:
                 ).response()
                 response["Allow"] = ", ".join(methods)
                 return response
+            interactions.begin_view(request)
             try:
                 try:
                     negotiate(request)
                     response = view(request, *args, **kwargs)
+                except VersionConflict:
+                    response = FhirError(
+                        412, "conflict", "If-Match does not name the current version"
+                    ).response()
                 except FhirError as error:
                     response = error.response()
                 if not recheck.settle(response.status_code):  # clinik.keys.recheck
@@ -69,11 +77,11 @@ def fhir_view(methods: tuple[str, ...]) -> Callable[[View], View]:
                 # The key was revoked, expired or closed since (the gateway answers):
                 # nothing was done or read, and, as for a refused lookup, no interaction
                 # of the key's is audited.
-                request.__dict__.pop("clinik_failed_interactions", None)
+                interactions.forget_pending(request)
                 raise
             except Exception as error:
                 if recheck.refused(error):
-                    request.__dict__.pop("clinik_failed_interactions", None)
+                    interactions.forget_pending(request)
                     raise unauthorized() from None
                 # Logged with the traceback but without the message (it may quote
                 # values); the client gets an OperationOutcome, never an HTML page.
@@ -84,7 +92,7 @@ def fhir_view(methods: tuple[str, ...]) -> Callable[[View], View]:
                     f"Internal error; quote request id {_request_id(request)} to support",
                 ).response()
             finally:
-                _record_failures(request)
+                interactions.write_pending(request)
 
         return wrapper
 
@@ -119,25 +127,7 @@ def _resource_response(
 
 
 def _record(request: ApiHttpRequest, action: str, target: tuple[str, str], ok: bool) -> None:
-    """Audit the interaction in its transaction; a failure after it (fhir_view), since
-    the transaction of a refused interaction usually rolls back."""
-    if not ok:
-        failures = request.__dict__.setdefault("clinik_failed_interactions", [])
-        failures.append((action, target))
-        return
-    audit.note(action, org=request.org, actor=request.api_key, target=target, request=request)
-
-
-def _record_failures(request: HttpRequest) -> None:
-    for action, target in request.__dict__.pop("clinik_failed_interactions", []):
-        audit.note(
-            action,
-            org=getattr(request, "org", None),
-            actor=getattr(request, "api_key", None),
-            target=target,
-            outcome="failure",
-            request=request,
-        )
+    record_fhir_interaction(request, action, target, outcome="success" if ok else "failure")
 
 
 def _gone(resource_type: str, resource_id: str) -> FhirError:
@@ -317,12 +307,7 @@ def _conditional_update(request: ApiHttpRequest, resource_type: str) -> HttpResp
             version, created = store.update(
                 request.org.pk, resource, resource_id, if_match=parse_if_match(request)
             )
-        except VersionConflict as conflict:
-            _record(request, "fhir.update", (resource_type, ""), ok=False)
-            raise FhirError(412, "conflict", "If-Match does not name the current version") from (
-                conflict
-            )
-        except FhirError:
+        except (FhirError, VersionConflict):
             _record(request, "fhir.update", (resource_type, ""), ok=False)
             raise
         _record(request, "fhir.update", (resource_type, resource_id), ok=True)
@@ -376,6 +361,53 @@ def _search(request: ApiHttpRequest, resource_type: str | None) -> HttpResponse:
     return HttpResponse(body, content_type=FHIR_JSON)
 
 
+# --- compartments ------------------------------------------------------------------
+
+
+@fhir_view(("GET", "HEAD"))
+def compartment_search(
+    request: ApiHttpRequest, compartment: str, resource_id: str, resource_type: str | None = None
+) -> HttpResponse:
+    """GET [compartment]/[id]/[type] (or `*`): a search inside one compartment. The
+    focal resource is looked up first, exactly as a read: another tenant's (or an
+    unknown) id is a 404, a deleted one a 410."""
+    target = (compartment, resource_id)
+    store = get_store()
+    definition = compartments.get(compartment)
+    try:
+        if definition is None or "compartment" not in store.features.search_features:
+            raise FhirError(404, "not-found", f"{compartment} is not a compartment")
+        if resource_type is not None and resource_type not in definition.types:
+            raise FhirError(
+                400, "not-supported", f"{resource_type} is not in the {compartment} compartment"
+            )
+        member = Compartment(
+            compartment,
+            resource_id,
+            tuple(definition.members.items()),
+            definition.focal_member,
+        )
+        query = parse_search(
+            request_params(request),
+            [resource_type] if resource_type else None,
+            strict=strict_handling(request),
+            compartment=member,
+        )
+    except FhirError:
+        _record(request, "fhir.search", target, ok=False)
+        raise
+    with tenant_transaction(request.org.pk):
+        focal = store.read(request.org.pk, compartment, resource_id)
+        if focal is None or focal.deleted:
+            _record(request, "fhir.search", target, ok=False)
+            raise _missing(*target) if focal is None else _gone(*target)
+        result = store.search(request.org.pk, query)
+        _record(request, "fhir.search", target, ok=True)
+    path = f"/fhir/R4/{compartment}/{resource_id}/{resource_type or '*'}"
+    body = searchset(request, query, result, base=_base(request), path=path)
+    return HttpResponse(body, content_type=FHIR_JSON)
+
+
 # --- instance level -----------------------------------------------------------------
 
 
@@ -395,13 +427,8 @@ def _read(request: ApiHttpRequest, resource_type: str, resource_id: str) -> Http
         request.org.pk,
         resource_type,
         resource_id,
-        audit=lambda when: audit.insert_from(
-            "fhir.read",
-            org=request.org,
-            actor=request.api_key,
-            target=(resource_type, resource_id),
-            request=request,
-            succeeded=when,
+        alongside=record_fhir_interaction(
+            request, "fhir.read", (resource_type, resource_id), outcome=WHEN_LIVE
         ),
     )
     if version is None:
@@ -425,12 +452,7 @@ def _update(request: ApiHttpRequest, resource_type: str, resource_id: str) -> Ht
             version, created = store.update(
                 request.org.pk, resource, resource_id, if_match=if_match
             )
-        except VersionConflict as conflict:
-            _record(request, "fhir.update", target, ok=False)
-            raise FhirError(
-                412, "conflict", "If-Match does not name the current version"
-            ) from conflict
-        except FhirError:
+        except (FhirError, VersionConflict):
             _record(request, "fhir.update", target, ok=False)
             raise
         _record(request, "fhir.update", target, ok=True)
@@ -461,12 +483,7 @@ def _patch(request: ApiHttpRequest, resource_type: str, resource_id: str) -> Htt
             version, _created = store.update(
                 request.org.pk, resource, resource_id, if_match=current.version_id
             )
-        except VersionConflict as conflict:
-            _record(request, "fhir.patch", target, ok=False)
-            raise FhirError(
-                412, "conflict", "If-Match does not name the current version"
-            ) from conflict
-        except FhirError:
+        except (FhirError, VersionConflict):
             _record(request, "fhir.patch", target, ok=False)
             raise
         _record(request, "fhir.patch", target, ok=True)
@@ -474,11 +491,14 @@ def _patch(request: ApiHttpRequest, resource_type: str, resource_id: str) -> Htt
 
 
 def _delete(request: ApiHttpRequest, resource_type: str, resource_id: str) -> HttpResponse:
+    """Delete; an id that was never known (or is another tenant's) is a no-op that
+    succeeds, with an informational OperationOutcome, as HAPI answers."""
     with tenant_transaction(request.org.pk):
         version = get_store().delete(request.org.pk, resource_type, resource_id)
-        _record(request, "fhir.delete", (resource_type, resource_id), ok=version is not None)
+        _record(request, "fhir.delete", (resource_type, resource_id), ok=True)
     if version is None:
-        raise _missing(resource_type, resource_id)
+        body = outcome_body("information", "informational", NOTHING_TO_DELETE)
+        return HttpResponse(orjson.dumps(body), status=200, content_type=FHIR_JSON)
     if prefer_return(request) == "OperationOutcome":
         body = outcome_body("information", "informational", "The resource is deleted")
         response = HttpResponse(orjson.dumps(body), status=200, content_type=FHIR_JSON)

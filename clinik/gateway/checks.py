@@ -101,7 +101,7 @@ def check_body(method: str, path: str, meta: dict[str, Any]) -> int:
 
 # --- 3. path guard -----------------------------------------------------------------
 
-_PATH_CHARS = re.compile(r"[A-Za-z0-9/$._-]*")
+_PATH_CHARS = re.compile(r"[A-Za-z0-9/$._*-]*")
 _ENCODED_DOLLAR = re.compile(r"%24", re.IGNORECASE)
 _ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 _OPERATION = re.compile(r"\$[A-Za-z][A-Za-z0-9-]{0,63}")
@@ -114,7 +114,7 @@ class Route:
     """`/fhir/R4/Patient/{id}`: the shape with the real type, never an id."""
     resource_type: str
     kind: str
-    """base, metadata, history, operation, type, search, instance, vread."""
+    """base, metadata, history, operation, type, search, instance, vread, compartment."""
 
     @property
     def is_public(self) -> bool:
@@ -198,6 +198,9 @@ def guard_path(path: str) -> Route:
         return Route(f"{base}/{{id}}/_history", first, "history")
     if len(rest) == 2 and third.startswith("$"):
         return Route(f"{base}/{{id}}/{_operation(third)}", first, "operation")
+    if len(rest) == 2 and (third in RESOURCE_TYPES or third == "*"):
+        # Compartment search; the type is the compartment's, as the id is its focal one.
+        return Route(f"{base}/{{id}}/{third}", first, "compartment")
     if len(rest) == 3 and third == "_history":
         _check_id(rest[2])
         return Route(f"{base}/{{id}}/_history/{{vid}}", first, "vread")
@@ -275,9 +278,15 @@ def authenticate(meta: dict[str, Any]) -> ApiKey:
     return key
 
 
+_EXPORT_OPERATIONS = frozenset({"$export", "$export-poll-status"})
+
+
 def authorize(key: ApiKey, method: str, route: Route) -> None:
-    """Writes need a read-write key of an active organization. POST _search reads."""
+    """Writes need a read-write key of an active organization. POST _search reads, and
+    so does a bulk export: any key may start (POST), poll and cancel (DELETE) one."""
     if method in SAFE_METHODS or (method == "POST" and route.kind == "search"):
+        return
+    if route.kind == "operation" and route.template.rsplit("/", 1)[-1] in _EXPORT_OPERATIONS:
         return
     if not key.can_write:
         raise Refused(403, "forbidden", "This API key is read-only.")

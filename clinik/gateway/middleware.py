@@ -169,7 +169,9 @@ def _dispatch(request: ApiHttpRequest) -> HttpResponseBase:
 # the key in the first statement (clinik.keys.recheck), so a key known to this process need not be
 # looked up first. Not operations: an export kick-off starts a job outside any tenant
 # transaction.
-_RECHECKED_ROUTES = frozenset({"base", "history", "type", "search", "instance", "vread"})
+_RECHECKED_ROUTES = frozenset(
+    {"base", "history", "type", "search", "instance", "vread", "compartment"}
+)
 
 
 def _ip_bucket(request: HttpRequest) -> Bucket:

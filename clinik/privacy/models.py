@@ -75,6 +75,8 @@ class ExportJob(models.Model):
     kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.SYSTEM)
     group_id = models.CharField(max_length=64, blank=True)
     types = models.JSONField(default=list, blank=True)  # empty: every type
+    # _typeFilter: {type: [search query, ...]}. Search values: never shown or logged.
+    type_filters = models.JSONField(default=dict, blank=True)
     since = models.DateTimeField(null=True, blank=True)
     output_format = models.CharField(max_length=40, default="application/fhir+ndjson")
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)

@@ -33,7 +33,7 @@ from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 from django.http import HttpRequest, HttpResponseBase
 
-from clinik import audit
+from clinik.audit.interactions import record_fhir_interaction
 
 logger = logging.getLogger("clinik.usage")
 
@@ -264,13 +264,11 @@ def _audit_outcome(request: Any, status: int) -> None:
     throttled requests cannot turn into a flood of database writes."""
     if getattr(request, "org", None) is None or not getattr(request, "fhir_route", ""):
         return
-    audit.record(
+    record_fhir_interaction(
+        request,
         fhir_action(str(request.method), request.fhir_route),
-        org=request.org,
-        actor=request.api_key,
-        target=_target(request),
+        _target(request),
         outcome="denied" if status == 403 else "failure",
-        request=request,
     )
 
 

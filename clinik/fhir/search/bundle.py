@@ -10,9 +10,9 @@ import orjson
 from django.http import HttpRequest
 
 from clinik.fhir.http import FhirError
-from clinik.fhir.search.query import SearchQuery, SearchResult
+from clinik.fhir.search.query import SearchQuery
 from clinik.fhir.spec import STRUCTURES, package_path
-from clinik.fhir.store.base import Version
+from clinik.fhir.store.base import SearchResult, Version
 
 SUBSETTED = {
     "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",

@@ -318,6 +318,16 @@ def _add_composite(rows: IndexRows, param: SearchParam, resource: dict[str, Any]
             rows.composite.add((param.code, *(merged.get(c) for c in COMPOSITE_COLUMNS)))
 
 
+def extract_params(resource: dict[str, Any], codes: tuple[str, ...]) -> IndexRows:
+    """The index rows of some of a resource's parameters only (by code)."""
+    rows = IndexRows()
+    for code in codes:
+        param = registry.get(resource.get("resourceType", ""), code)
+        if param is not None and param.extract is not None and param.type != "composite":
+            _add(rows, param, param.extract(resource))
+    return rows
+
+
 def extract(resource: dict[str, Any]) -> IndexRows:
     """Every index row of a resource (of a known type; others get none)."""
     rows = IndexRows()

@@ -11,7 +11,7 @@ import binascii
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
@@ -22,9 +22,6 @@ from clinik.fhir.search.paths import reference_type
 from clinik.fhir.search.registry import SearchParam
 from clinik.fhir.search.values import date_range, decimal_range, parse_decimal
 from clinik.fhir.spec import RESOURCE_TYPES
-
-if TYPE_CHECKING:
-    from clinik.fhir.store.base import Version
 
 DEFAULT_COUNT = 20
 MAX_COUNT = 1000
@@ -147,7 +144,22 @@ class Has:
     criterion: Any  # on the source type
 
 
-Criterion = Clause | Chain | Has
+@dataclass(frozen=True)
+class Compartment:
+    """`Patient/123/Observation`: resources that one of the compartment's parameters
+    for their type (`members`, index codes per type) refers to the focal resource, and
+    the focal resource itself for the types in `focal_types` (`{def}`)."""
+
+    focal_type: str
+    focal_id: str
+    members: tuple[tuple[str, tuple[str, ...]], ...]  # (resource type, index codes)
+    focal_types: frozenset[str] = frozenset()
+
+    def codes(self, resource_type: str) -> tuple[str, ...]:
+        return next((codes for t, codes in self.members if t == resource_type), ())
+
+
+Criterion = Clause | Chain | Has | Compartment
 
 
 @dataclass(frozen=True)
@@ -218,22 +230,13 @@ class SearchQuery:
     """The criteria and result parameters as received, for the Bundle links."""
 
 
-@dataclass
-class SearchResult:
-    matches: list["Version"]
-    included: list["Version"] = field(default_factory=list)
-    total: int | None = None
-    next: Cursor | None = None
-    previous: Cursor | None = None
-    notes: list[str] = field(default_factory=list)
-    """Things the client should know (included resources cut short), no values."""
-
-
 # --- parsing helpers ----------------------------------------------------------------------
 
 
 def _split(raw: str, separator: str) -> list[str]:
     """Split on separator unless escaped with a backslash; parts stay escaped."""
+    if "\\" not in raw:
+        return raw.split(separator)
     parts, current, escaped = [], [], False
     for char in raw:
         if escaped:
@@ -496,10 +499,15 @@ def _include(types: list[str], name: str, raw: str, reverse: bool) -> Include:
 
 
 def parse_search(
-    params: list[tuple[str, str]], types: list[str] | None, *, strict: bool = False
+    params: list[tuple[str, str]],
+    types: list[str] | None,
+    *,
+    strict: bool = False,
+    compartment: Compartment | None = None,
 ) -> SearchQuery:
     """A SearchQuery from the request's (name, value) pairs, in order. `types` is the
-    searched type, or None for a system-level search (`_type`, else every type)."""
+    searched type, or None for a system-level search (`_type`, else every type) or,
+    with a compartment, for `[compartment]/[id]/*` (`_type` narrows its types)."""
     system = types is None
     if system:
         requested = [
@@ -512,9 +520,21 @@ def parse_search(
         unknown_types = [t for t in requested if t not in RESOURCE_TYPES]
         if unknown_types:
             raise FhirError(400, "value", "_type names an unknown resource type")
-        types = sorted(set(requested)) or sorted(RESOURCE_TYPES)
+        every = sorted(RESOURCE_TYPES)
+        if compartment is not None:
+            every = sorted({t for t, _ in compartment.members} | compartment.focal_types)
+            if any(t not in every for t in requested):
+                raise FhirError(
+                    400,
+                    "value",
+                    f"_type names a type outside the {compartment.focal_type} compartment",
+                )
+        types = sorted(set(requested)) or every
     assert types is not None
     query = SearchQuery(types=types, system=system, criteria={t: [] for t in types})
+    if compartment is not None:
+        for resource_type in types:
+            query.criteria[resource_type].append(compartment)
     issues: list[str] = []
 
     def ignore(unknown: Unknown) -> None:

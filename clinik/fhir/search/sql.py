@@ -24,6 +24,7 @@ from clinik.fhir.search.extract import TEXT_SUFFIX
 from clinik.fhir.search.query import (
     Chain,
     Clause,
+    Compartment,
     CompositeValue,
     Cursor,
     DateValue,
@@ -33,7 +34,6 @@ from clinik.fhir.search.query import (
     QuantityValue,
     ReferenceValue,
     SearchQuery,
-    SearchResult,
     StringValue,
     TokenValue,
     UriValue,
@@ -41,7 +41,7 @@ from clinik.fhir.search.query import (
 from clinik.fhir.search.registry import SearchParam
 from clinik.fhir.search.registry import get as get_param
 from clinik.fhir.search.values import MAX_CHAR, clip, normalize, prefix_bounds
-from clinik.fhir.store.base import Version
+from clinik.fhir.store.base import SearchResult, Version
 from clinik.fhir.tenancy import TENANT_SYSTEM
 
 TABLE = {
@@ -358,9 +358,52 @@ class Compiler:
             sql, args = self.rows(clause, self.alias("x"), types, pairs=pairs)
             target = f"({row}.resource_type, {row}.id)" if pairs else f"{row}.id"
             return f"{target} IN ({sql})", args
+        if isinstance(criterion, Compartment):
+            pairs = len(types) > 1
+            sql, args = self.members(criterion, types, pairs=pairs)
+            target = f"({row}.resource_type, {row}.id)" if pairs else f"{row}.id"
+            return f"{target} IN ({sql})", args
         assert len(types) == 1
         sql, args = self.ids(criterion, types[0])
         return f"{row}.id IN ({sql})", args
+
+    def members(self, compartment: Compartment, types: Sequence[str], *, pairs: bool) -> Sql:
+        """SELECT of the (type and) ids of the compartment's resources of `types`: those
+        whose member parameters refer to the focal resource (one index probe per type
+        and parameter), and the focal resource itself where the definition says `{def}`."""
+        alias = self.alias("m")
+        org, org_args = self.org(alias)
+        members = [(t, code) for t in types for code in compartment.codes(t)]
+        columns = f"{alias}.resource_type, {alias}.id" if pairs else f"{alias}.id"
+        parts: list[Sql] = []
+        if members:
+            parts.append(
+                (
+                    f"SELECT {columns} FROM unnest(%s::text[], %s::text[]) AS k (rtype, param)"
+                    f" JOIN fhir_idx_reference {alias}"
+                    f' ON {alias}.resource_type = k.rtype COLLATE "C"'
+                    f' AND {alias}.param = k.param COLLATE "C"'
+                    f" WHERE {org}{alias}.target_id = %s AND {alias}.target_type = %s",
+                    [
+                        [t for t, _ in members],
+                        [code for _, code in members],
+                        *org_args,
+                        compartment.focal_id,
+                        compartment.focal_type,
+                    ],
+                )
+            )
+        if compartment.focal_type in types and compartment.focal_type in compartment.focal_types:
+            focal = (
+                '%s::text COLLATE "C", %s::text COLLATE "C"' if pairs else '%s::text COLLATE "C"'
+            )
+            focal_args = [compartment.focal_type] if pairs else []
+            parts.append((f"SELECT {focal}", [*focal_args, compartment.focal_id]))
+        if not parts:
+            return ("SELECT NULL::text, NULL::text" if pairs else "SELECT NULL::text") + (
+                " WHERE FALSE"
+            ), []
+        return _join(parts, " UNION ALL ")
 
     def absent(self, clause: Clause, row: str) -> Sql:
         """:not and :missing=true: no index row of the resource matches."""
@@ -415,6 +458,8 @@ class Compiler:
                     )
                 )
             return _join(branches, " UNION ALL ")
+        if isinstance(criterion, Compartment):
+            return self.members(criterion, [resource_type], pairs=False)
         assert isinstance(criterion, Has)
         alias = self.alias("h")
         org, org_args = self.org(alias)
@@ -471,6 +516,8 @@ def _needs_row(criterion: Any) -> bool:
 
 
 def _driver_rank(criterion: Any) -> int:
+    if isinstance(criterion, Compartment):
+        return 0
     return 0 if isinstance(criterion, Clause) and criterion.param.type == "reference" else 1
 
 
@@ -483,6 +530,8 @@ def _shared_shape(query: SearchQuery) -> bool:
         if len(other) != len(first):
             return False
         for a, b in zip(first, other, strict=True):
+            if isinstance(a, Compartment) and a is b:
+                continue  # one criterion over every type (members() pairs them)
             if not (isinstance(a, Clause) and isinstance(b, Clause)):
                 return False
             if a.param.type != b.param.type or a.modifier != b.modifier:
@@ -495,7 +544,7 @@ def _shared_shape(query: SearchQuery) -> bool:
         }
         if len(kinds) > 1:
             return False
-    return all(isinstance(c, Clause) for c in first)
+    return all(isinstance(c, Clause | Compartment) for c in first)
 
 
 class _Statement:
@@ -542,8 +591,8 @@ class _Statement:
         for live resources only (a delete removes them in its transaction): then they
         can drive the search without reading fhir_resource. Not `_has`, whose ids are
         other resources' references (to deleted resources too)."""
-        if isinstance(criterion, Chain):
-            return True
+        if isinstance(criterion, Chain | Compartment):
+            return True  # (a compartment's focal resource is live: the view checked)
         if not isinstance(criterion, Clause) or criterion.param.column:
             return False
         clause, everything = self.compiler.tenant_tag(criterion)

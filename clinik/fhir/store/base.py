@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
 
 if TYPE_CHECKING:
-    from clinik.fhir.search.query import SearchQuery, SearchResult
+    # The query a store answers is data the search parser builds; the parser itself
+    # never imports the store (one way: store interface -> query model).
+    from clinik.fhir.search.query import Cursor, SearchQuery
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +32,19 @@ class Version:
     @property
     def etag(self) -> str:
         return f'W/"{self.version_id}"'
+
+
+@dataclass
+class SearchResult:
+    """What a store's search answers: one page of matches and what they include."""
+
+    matches: list[Version]
+    included: list[Version] = field(default_factory=list)
+    total: int | None = None
+    next: "Cursor | None" = None
+    previous: "Cursor | None" = None
+    notes: list[str] = field(default_factory=list)
+    """Things the client should know (included resources cut short), no values."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,13 +94,15 @@ SEARCH_FEATURES = frozenset(
         "summary",
         "elements",
         "system",  # GET [base]?_type=...
+        "compartment",  # GET Patient/123/Observation, Patient/123/* (the R4 compartments)
     }
 )
 
 
-AuditInsert = Callable[[str], tuple[str, list[Any]]]
-"""Given an SQL condition for success, the audit row's INSERT and its parameters
-(clinik.audit.insert_from with everything but the condition bound)."""
+Alongside = Callable[[str], tuple[str, list[Any]]]
+"""A write a read carries in its own statement (a data-modifying CTE): given the SQL
+condition "a live version was found", its INSERT and parameters. The store does not
+know what it writes (the interaction's audit row: clinik.audit.interactions)."""
 
 
 class StoreError(Exception):
@@ -109,11 +126,11 @@ class FhirStore(Protocol):
         resource_type: str,
         resource_id: str,
         *,
-        audit: AuditInsert | None = None,
+        alongside: Alongside | None = None,
     ) -> Version | None:
-        """The current version (a delete is a version without content). `audit`
-        builds the interaction's audit row, written in the read's own transaction,
-        its outcome success when a live version was found."""
+        """The current version (a delete is a version without content). `alongside`
+        is written in the read's own statement (or, for a store that cannot, its own
+        transaction), told whether a live version was found."""
         ...
 
     def vread(
@@ -159,7 +176,7 @@ class FhirStore(Protocol):
         self, tenant: UUID, resource_type: str, count: int, offset: int
     ) -> tuple[list[Version], bool]: ...
 
-    def search(self, tenant: UUID, query: "SearchQuery") -> "SearchResult": ...
+    def search(self, tenant: UUID, query: "SearchQuery") -> SearchResult: ...
 
     def iter_tenant(
         self, tenant: UUID, *, types: list[str] | None = None, since: datetime | None = None

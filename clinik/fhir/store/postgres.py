@@ -18,8 +18,9 @@ from django.utils import timezone
 from clinik.fhir.search.index import purge_index, remove_index, write_index, write_index_many
 from clinik.fhir.store.base import (
     SEARCH_FEATURES,
-    AuditInsert,
+    Alongside,
     HistoryPage,
+    SearchResult,
     StoreFeatures,
     Version,
     VersionConflict,
@@ -28,7 +29,7 @@ from clinik.fhir.tenancy import stamp, tenant_query, tenant_transaction
 from clinik.lib.db import defer, send_ahead
 
 if TYPE_CHECKING:
-    from clinik.fhir.search.query import SearchQuery, SearchResult
+    from clinik.fhir.search.query import SearchQuery
 
 _PURGE_BATCH = 5000
 
@@ -80,16 +81,16 @@ class PostgresStore:
         resource_type: str,
         resource_id: str,
         *,
-        audit: AuditInsert | None = None,
+        alongside: Alongside | None = None,
     ) -> Version | None:
         select = (
             "SELECT version_id, last_updated, content FROM fhir_resource"
             f" WHERE {self._org}resource_type = %s AND id = %s"
         )
         args = self._args(tenant, resource_type, resource_id)
-        if audit is not None:
-            # One statement, one round trip: the read and its audit row.
-            insert, insert_args = audit("EXISTS (SELECT 1 FROM r WHERE content IS NOT NULL)")
+        if alongside is not None:
+            # One statement, one round trip: the read and what it carries (its audit row).
+            insert, insert_args = alongside("EXISTS (SELECT 1 FROM r WHERE content IS NOT NULL)")
             select = f"WITH r AS ({select}), a AS ({insert}) SELECT * FROM r"
             args += insert_args
         rows = tenant_query(tenant, select, args)
@@ -335,7 +336,7 @@ class PostgresStore:
 
     # --- search --------------------------------------------------------------------
 
-    def search(self, tenant: UUID, query: "SearchQuery") -> "SearchResult":
+    def search(self, tenant: UUID, query: "SearchQuery") -> SearchResult:
         from clinik.fhir.search.sql import run_search
 
         with tenant_transaction(tenant):
