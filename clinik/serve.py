@@ -39,17 +39,23 @@ HEAD_BUFFER_BYTES = 256 * 1024
 KEEPALIVE_SECONDS = 120
 
 
+BLOCKING_THREADS_IDLE_SECONDS = 600
+
+
 def log_config(level: str) -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"redact": {"()": "clinik.lib.logsafe.RedactExceptionMessages"}},
+        "filters": {
+            "redact": {"()": "clinik.lib.logsafe.RedactExceptionMessages"},
+            "redact_text": {"()": "clinik.lib.logsafe.RedactTracebackText"},
+        },
         "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
         "handlers": {
             "console": {
                 "class": "logging.StreamHandler",
                 "formatter": "plain",
-                "filters": ["redact"],
+                "filters": ["redact", "redact_text"],
                 "stream": "ext://sys.stdout",
             }
         },
@@ -84,6 +90,10 @@ def server(app: str, bind: str, workers: int, threads: int, keepalive: int) -> A
         interface=Interfaces.WSGI,
         workers=workers,
         blocking_threads=threads,
+        # granian ends a thread idle this long; its Django database connection (one
+        # per thread) goes with it and the next request pays a new connection. Keep
+        # them as long as granian allows.
+        blocking_threads_idle_timeout=BLOCKING_THREADS_IDLE_SECONDS,
         http=HTTPModes.http1,
         websockets=False,
         http1_settings=HTTP1Settings(

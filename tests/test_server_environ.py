@@ -3,6 +3,7 @@ environ; clinik.wsgi's wrapper (clinik/lib/serverenv.py) keeps secrets out of
 request.META. Both apps are served for real; the unwrapped one shows the leak."""
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,8 +17,11 @@ REQUEST = (
 )
 
 
+Served = Callable[[str], dict[str, str]]
+
+
 @pytest.fixture
-def environ_of(tmp_path: Path, django_db_setup: None):  # type: ignore[no-untyped-def]
+def environ_of(tmp_path: Path, django_db_setup: None) -> Served:
     def served(app: str) -> dict[str, str]:
         env = {"CLINIK_TEST_SECRET": MARKER, "HTTP_PROXY": "http://proxy.invalid:3128"}
         with serve(tmp_path, app=app, env=env) as server:
@@ -28,7 +32,9 @@ def environ_of(tmp_path: Path, django_db_setup: None):  # type: ignore[no-untype
     return served
 
 
-def test_the_wrapped_app_sees_the_request_and_not_the_process_environment(environ_of) -> None:  # type: ignore[no-untyped-def]
+def test_the_wrapped_app_sees_the_request_and_not_the_process_environment(
+    environ_of: Served,
+) -> None:
     environ = environ_of("tests.environ_app:application")
     assert MARKER not in json.dumps(environ)
     assert "DATABASE_URL" not in environ and "PATH" not in environ
@@ -38,7 +44,7 @@ def test_the_wrapped_app_sees_the_request_and_not_the_process_environment(enviro
     assert environ["REQUEST_METHOD"] == "GET"
 
 
-def test_unwrapped_the_server_would_hand_the_environment_to_the_app(environ_of) -> None:  # type: ignore[no-untyped-def]
+def test_unwrapped_the_server_would_hand_the_environment_to_the_app(environ_of: Served) -> None:
     environ = environ_of("tests.environ_app:unwrapped")
     assert environ["CLINIK_TEST_SECRET"] == MARKER
     assert "DATABASE_URL" in environ
