@@ -98,7 +98,10 @@ _TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
 
 def cpu_by_process(app_pid: int) -> dict[str, float]:
     """CPU milliseconds used so far by the server under test (every process under
-    the one started), PostgreSQL's processes and Redis, read from /proc."""
+    the one started), the PostgreSQL backends connected to our database (their
+    process title names it; PostgreSQL's shared background processes and other
+    databases' backends are left out, as other work on this machine uses them), and
+    Redis (shared: other work on the machine shows in it), read from /proc."""
     parents: dict[int, int] = {}
     stats: dict[int, tuple[str, float]] = {}
     for entry in Path("/proc").iterdir():
@@ -121,11 +124,21 @@ def cpu_by_process(app_pid: int) -> dict[str, float]:
             ancestor = parents[ancestor]
         if ancestor == app_pid:
             totals["app"] += ms
-        elif name == "postgres":
+        elif name == "postgres" and _our_backend(pid):
             totals["postgres"] += ms
         elif name.startswith("redis-server"):
             totals["redis"] += ms
     return totals
+
+
+_DB_NAME = f" {DB.rsplit('/', 1)[-1].split('?')[0]} ".encode()
+
+
+def _our_backend(pid: int) -> bool:
+    try:
+        return _DB_NAME in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def machine_busy_ms() -> float:

@@ -4,9 +4,9 @@ start it the same way:
 
     python -m clinik.serve
 
-Chosen on the numbers of bench/fhir_bench.py (bench/README.md, "Server"): against
-gunicorn gthread with the same 2 x 4 workers and threads it serves more requests per
-second at less machine CPU per request on every API workload.
+Chosen on the numbers of bench/fhir_bench.py (bench/README.md, "Server and floor"):
+with the same 2 x 4 processes and threads it spends 20-30 % less CPU per request than
+gunicorn gthread on every API workload (README, "The web server").
 
 Settings come from the environment (README, configuration): BIND, WEB_CONCURRENCY,
 WEB_THREADS, WEB_KEEPALIVE_SECONDS. There is no access log: API requests are in the
@@ -102,7 +102,9 @@ def server(app: str, bind: str, workers: int, threads: int, keepalive: int) -> A
             max_buffer_size=HEAD_BUFFER_BYTES,
         ),
         log_enabled=True,
-        log_level=LogLevels(level.lower()) if level.lower() in LogLevels.__members__ else "info",
+        log_level=LogLevels(level.lower())
+        if level.lower() in LogLevels.__members__
+        else LogLevels.info,
         log_dictconfig=log_config(level),
         log_access=False,
         respawn_failed_workers=True,

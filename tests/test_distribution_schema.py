@@ -112,7 +112,7 @@ def _foreign_keys() -> list[tuple[str, str, list[str], list[str]]]:
             " JOIN pg_namespace n ON n.oid = t.relnamespace"
             " WHERE n.nspname = 'public' AND c.contype = 'f' AND NOT t.relispartition"
         )
-        return [tuple(row) for row in cursor.fetchall()]  # type: ignore[misc]
+        return [tuple(row) for row in cursor.fetchall()]
 
 
 def test_every_table_is_a_platform_or_a_tenant_table() -> None:

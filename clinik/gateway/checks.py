@@ -172,7 +172,9 @@ def api_path(meta: dict[str, Any], path: str) -> str:
     operations); anything else encoded makes the raw and routed paths differ and is
     refused. Without a raw target (the test client, runserver) the routed path is
     checked as it is, and any `%` left in it (double encoding) is refused by the
-    character check."""
+    character check. granian (clinik/serve.py, production) passes no raw target, so
+    there the routed path is what is checked (tests/test_gateway_live.py sends the
+    traversal payloads to it)."""
     raw = meta.get("RAW_URI") or meta.get("REQUEST_URI")
     if not raw:
         return path
