@@ -96,7 +96,7 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 _TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_by_process(app_pid: int) -> dict[str, float]:
+def cpu_by_process(app_pid: int) -> dict[str, dict[int, float]]:
     """CPU milliseconds used so far by the server under test (every process under
     the one started), the PostgreSQL backends connected to our database (their
     process title names it; PostgreSQL's shared background processes and other
@@ -117,18 +117,24 @@ def cpu_by_process(app_pid: int) -> dict[str, float]:
         # Own time plus that of reaped children (PostgreSQL backends that exited).
         ticks = sum(int(field) for field in fields[11:15])
         stats[int(entry.name)] = (name, ticks * _TICK_MS)
-    totals = {"app": 0.0, "postgres": 0.0, "redis": 0.0}
+    totals: dict[str, dict[int, float]] = {"app": {}, "postgres": {}, "redis": {}}
     for pid, (name, ms) in stats.items():
         ancestor = pid
         while ancestor not in (0, 1, app_pid) and ancestor in parents:
             ancestor = parents[ancestor]
         if ancestor == app_pid:
-            totals["app"] += ms
+            totals["app"][pid] = ms
         elif name == "postgres" and _our_backend(pid):
-            totals["postgres"] += ms
+            totals["postgres"][pid] = ms
         elif name.startswith("redis-server"):
-            totals["redis"] += ms
+            totals["redis"][pid] = ms
     return totals
+
+
+def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU used between two readings by the processes alive at the second (a process
+    that ended in between, e.g. a database connection closed, is left out)."""
+    return sum(ms - before.get(pid, 0.0) for pid, ms in after.items())
 
 
 _DB_NAME = f" {DB.rsplit('/', 1)[-1].split('?')[0]} ".encode()
@@ -182,7 +188,7 @@ def measure(
     machine, wrk_cpu = machine_busy_ms() - machine, children_cpu_ms() - wrk_cpu
     after = cpu_by_process(server_pid)
     requests = max(1, result["requests"])
-    cpu = {what: (after[what] - before[what]) / requests for what in before}
+    cpu = {what: cpu_delta(before[what], after[what]) / requests for what in before}
     cpu["wrk"] = wrk_cpu / requests
     cpu["sum"] = sum(cpu.values())
     cpu["machine"] = machine / requests
