@@ -1,22 +1,33 @@
-"""The floor to compare with: bare Django serving the same two requests with only the
-essential SQL on the same tables — key lookup, then the row read, or the insert of
-the resource with its history and audit rows. No gateway, validation or tenancy
-helpers; one transaction per request. Served by gunicorn exactly like the app:
+"""The floor to compare with: bare Django sending exactly the SQL the application
+sends for the benchmark's requests, and nothing else.
 
-    gunicorn bench.bare:application --config clinik/gunicorn_conf.py --bind 127.0.0.1:8002
+bench/bare_capture.py records the application's statements for one POST Patient,
+one GET Patient/{id} and one GET Patient?family=X (key re-check, resource and
+history rows, every index row, the audit row; the read with its audit row; the
+search with its total and its audit row), with the request's own values marked.
+This app replays them, with the values of each request put back, in one round trip
+per request (the fewest possible: one simple-query string, in a transaction when it
+writes). No gateway, no validation, no index extraction, no rate limit (Redis), no
+request log, no JSON parsing of results: what is left is Django's request handling,
+the URL resolver and the database round trip, served by the same server as the app:
+
+    BARE_STATEMENTS=statements.json python -m clinik.serve --app bench.bare:application
+
+It serves the benchmark's key only (any other Authorization is 401).
 """
 
 import hashlib
 import json
 import os
 import uuid
-from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import dj_database_url
 import django
 from django.conf import settings
 from django.core.wsgi import get_wsgi_application
-from django.db import connection, transaction
+from django.db import connection
 from django.http import HttpRequest, HttpResponse
 from django.urls import path
 
@@ -39,80 +50,81 @@ settings.configure(
 )
 django.setup()
 
+CONTROL = ("BEGIN", "COMMIT")
 
-def _org_for(request: HttpRequest) -> str | None:
+
+def _one_round_trip(statements: list[str], writes: bool) -> str:
+    """The statements as the application's database backend logged them, which lists
+    a deferred statement alone and again inside the batch that carried it: keep the
+    batches, drop the copies, and join everything into one string."""
+    kept = [s for n, s in enumerate(statements) if not any(s in t for t in statements[n + 1 :])]
+    parts = [p for s in kept for p in s.split(";\n") if p.strip().rstrip(";") not in CONTROL]
+    if writes:
+        parts = ["BEGIN", *parts, "COMMIT"]
+    return ";\n".join(parts)
+
+
+_CAPTURED = json.loads(Path(os.environ["BARE_STATEMENTS"]).read_text())
+CREATE = _one_round_trip(_CAPTURED["create"], writes=True)
+READ = _one_round_trip(_CAPTURED["read"], writes=False)
+SEARCH = _one_round_trip(_CAPTURED["search"], writes=True)
+DIGEST = _CAPTURED["digest"][0]
+
+
+def _authorized(request: HttpRequest) -> bool:
     key = request.headers.get("Authorization", "")[7:]
-    digest = hashlib.sha256(key.encode()).hexdigest()
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT id, org_id FROM keys_apikey WHERE key_hash = %s AND revoked_at IS NULL",
-            [digest],
-        )
-        row = cursor.fetchone()
-    return str(row[1]) if row else None
+    return hashlib.sha256(key.encode()).hexdigest() == DIGEST
+
+
+def _run(text: str, **values: str) -> list[tuple[Any, ...]]:
+    """Send the text with its markers replaced; the rows of its last row set."""
+    for name, value in values.items():
+        text = text.replace(f"@@{name}@@", value)
+    connection.ensure_connection()
+    rows: list[tuple[Any, ...]] = []
+    with connection.connection.cursor() as cursor:
+        cursor.execute(text.encode())
+        while True:
+            if cursor.description is not None:
+                rows = cursor.fetchall()
+            if not cursor.nextset():
+                break
+    return rows
 
 
 def read(request: HttpRequest, rid: str) -> HttpResponse:
-    org = _org_for(request)
-    if org is None:
+    if not _authorized(request):
         return HttpResponse(status=401)
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("SELECT set_config('clinik.org_id', %s, true)", [org])
-        cursor.execute(
-            "SELECT version_id, content FROM fhir_resource"
-            " WHERE org_id = %s AND resource_type = 'Patient' AND id = %s",
-            [org, rid],
-        )
-        row = cursor.fetchone()
-        cursor.execute(
-            "INSERT INTO audit_auditevent (time, org_id, actor_type, actor_id, action,"
-            " target_type, target_id, outcome, request_id, user_agent)"
-            " VALUES (now(), %s, 'key', '1', 'fhir.read', 'Patient', %s, 'success', '', '')",
-            [org, rid],
-        )
-    if row is None:
+    rows = _run(READ, DIGEST=DIGEST, ID=rid, REQUEST=uuid.uuid4().hex)
+    if not rows or rows[0][2] is None:
         return HttpResponse(status=404)
-    response = HttpResponse(row[1], content_type="application/fhir+json")
-    response["ETag"] = f'W/"{row[0]}"'
+    response = HttpResponse(rows[0][2], content_type="application/fhir+json")
+    response["ETag"] = f'W/"{rows[0][0]}"'
     return response
 
 
-def create(request: HttpRequest) -> HttpResponse:
-    org = _org_for(request)
-    if org is None:
+def create_or_search(request: HttpRequest) -> HttpResponse:
+    if not _authorized(request):
         return HttpResponse(status=401)
-    resource = json.loads(request.body)
+    if request.method == "GET":
+        family = request.GET.get("family", "").lower()
+        rows = _run(SEARCH, DIGEST=DIGEST, FAMILY=family, REQUEST=uuid.uuid4().hex)
+        total = rows[0][5] if rows else 0
+        entries = ",".join('{"resource":' + row[4] + "}" for row in rows if row[4] is not None)
+        body = f'{{"resourceType":"Bundle","type":"searchset","total":{total},"entry":[{entries}]}}'
+        return HttpResponse(body, content_type="application/fhir+json")
     rid = str(uuid.uuid4())
-    now = datetime.now(UTC)
+    _run(CREATE, DIGEST=DIGEST, ID=rid, REQUEST=uuid.uuid4().hex)
+    resource = json.loads(request.body)
     resource["id"] = rid
-    resource["meta"] = {"versionId": "1", "lastUpdated": now.isoformat()}
-    content = json.dumps(resource)
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("SELECT set_config('clinik.org_id', %s, true)", [org])
-        cursor.execute(
-            "INSERT INTO fhir_resource (org_id, resource_type, id, version_id, last_updated,"
-            " content) VALUES (%s, 'Patient', %s, 1, %s, %s)",
-            [org, rid, now, content],
-        )
-        cursor.execute(
-            "INSERT INTO fhir_history (org_id, resource_type, id, version_id, last_updated,"
-            " method, content) VALUES (%s, 'Patient', %s, 1, %s, 'create', %s)",
-            [org, rid, now, content],
-        )
-        cursor.execute(
-            "INSERT INTO audit_auditevent (time, org_id, actor_type, actor_id, action,"
-            " target_type, target_id, outcome, request_id, user_agent)"
-            " VALUES (now(), %s, 'key', '1', 'fhir.create', 'Patient', %s, 'success', '', '')",
-            [org, rid],
-        )
-    response = HttpResponse(content, status=201, content_type="application/fhir+json")
+    response = HttpResponse(json.dumps(resource), status=201, content_type="application/fhir+json")
     response["Location"] = f"/fhir/R4/Patient/{rid}/_history/1"
     return response
 
 
 urlpatterns = [
     path("fhir/R4/Patient/<str:rid>", read),
-    path("fhir/R4/Patient", create),
+    path("fhir/R4/Patient", create_or_search),
 ]
 
 application = get_wsgi_application()

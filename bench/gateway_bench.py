@@ -10,7 +10,7 @@ API_KEY_PREPARED_LOOKUP: the key lookup as a prepared statement). For each:
    prepared requests, against the same view called directly: microseconds per
    authenticated GET and per `metadata`, the parts (Redis round trip, key lookup,
    path guard), and database queries per authenticated request.
-2. Over HTTP: gunicorn (clinik/gunicorn_conf.py, one worker) serving the trivial
+2. Over HTTP: gunicorn (bench/gunicorn_conf.py, one worker) serving the trivial
    endpoint GET /fhir/R4/Patient/{id} of tests/gateway_probe_urls.py with the gateway
    (bench/gateway_settings.py) and without it (bench/gateway_off_settings.py), driven
    by wrk, alternating rounds.
@@ -69,7 +69,7 @@ CONFIGS = {
     "no-debug": (False, False),
     "no-debug+prepared": (False, True),
 }
-GUNICORN = [sys.executable, "-m", "gunicorn", "clinik.wsgi", "--config", "clinik/gunicorn_conf.py"]
+GUNICORN = [sys.executable, "-m", "gunicorn", "clinik.wsgi", "--config", "bench/gunicorn_conf.py"]
 
 
 def per_call_us(function: Callable[[], object], number: int) -> float:

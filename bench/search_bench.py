@@ -15,7 +15,7 @@
    exactly the index rows the application would. Then ANALYZE (as the owner role).
 3. Prints EXPLAIN (ANALYZE, BUFFERS) of each search kind, run as the application
    role inside a tenant transaction, i.e. under row-level security.
-4. Serves the application with gunicorn (clinik/gunicorn_conf.py) and drives it
+4. Serves the application with gunicorn (bench/gunicorn_conf.py) and drives it
    with wrk (bench/search_wrk.lua) for each workload:
      family  GET Patient?family=X                      (10 hits, with Bundle.total)
      obs     GET Observation?subject=Patient/x&code=system|code   (10 hits)
@@ -356,7 +356,7 @@ def start(port: int, workers: int, threads: int) -> subprocess.Popen[bytes]:
     }
     server = subprocess.Popen(
         [
-            *(PY, "-m", "gunicorn", "clinik.wsgi", "--config", "clinik/gunicorn_conf.py"),
+            *(PY, "-m", "gunicorn", "clinik.wsgi", "--config", "bench/gunicorn_conf.py"),
             *("--bind", f"127.0.0.1:{port}", "--access-logfile", "/dev/null"),
         ],
         cwd=ROOT,

@@ -2,7 +2,7 @@
 
     make db && .venv/bin/python bench/usage_bench.py [--duration 10] [--rounds 3]
 
-1. Throughput, in one run: gunicorn (clinik/gunicorn_conf.py) serving GET
+1. Throughput, in one run: gunicorn (bench/gunicorn_conf.py) serving GET
    Patient/{id} three ways, driven by wrk in alternating rounds (medians):
    `full` (request log + audit, as shipped), `no-log` (audit only) and `bare`
    (neither; bench/usage_off_settings.py). Ratios: full/no-log is what request
@@ -61,7 +61,7 @@ def start(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
             "gunicorn",
             "clinik.wsgi",
             "--config",
-            "clinik/gunicorn_conf.py",
+            "bench/gunicorn_conf.py",
             "--bind",
             f"127.0.0.1:{port}",
             "--access-logfile",

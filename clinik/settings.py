@@ -405,3 +405,11 @@ LOGGING = {
         "django.security": {"handlers": ["console"], "level": "WARNING", "propagate": False},
     },
 }
+
+# --- Web server and request head limits (issue 15, issue 13 items 4-5) -------------
+# The server itself is configured in clinik/serve.py (BIND, WEB_CONCURRENCY,
+# WEB_THREADS, WEB_KEEPALIVE_SECONDS). Under /fhir/ the gateway refuses a longer URL
+# (414, pointing to POST [type]/_search) or larger headers (431, Authorization
+# excluded: an oversized key is the 401 of any bad key) with an OperationOutcome.
+FHIR_MAX_URL_BYTES = env_int("FHIR_MAX_URL_BYTES", 16384, minimum=8192)
+FHIR_MAX_HEADER_BYTES = env_int("FHIR_MAX_HEADER_BYTES", 16384, minimum=4096)

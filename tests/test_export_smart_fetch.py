@@ -1,6 +1,6 @@
 """The SMART reference bulk client, smart-fetch, runs a bulk export with its defaults
 (every type the CapabilityStatement lists, `_typeFilter` on Observation's US Core
-categories) against a real gunicorn and a real Celery worker, and gets exactly the
+categories) against the real server and a real Celery worker, and gets exactly the
 organization's resources those defaults select.
 
 smart-fetch lives in a virtualenv of its own (`make smart-fetch`, pinned in
@@ -10,10 +10,8 @@ refuses."""
 import gzip
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,23 +22,11 @@ from django.conf import settings
 
 from clinik.accounts.models import Organization
 from clinik.keys.models import ApiKey
-from tests.test_gateway_live import _database_url, _free_port
+from tests.liveserver import database_url, serve
 
 ROOT = Path(__file__).resolve().parent.parent
 SMART_FETCH = ROOT / "var" / "tools" / "smart-fetch" / "bin" / "smart-fetch"
 CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
-
-
-def _wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"gunicorn did not start:\n{log.read_text()}") from None
-            time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
@@ -57,50 +43,29 @@ def live(django_db_setup: None, django_db_blocker: Any, tmp_path_factory: Any) -
             for o in orgs
         ]
     work = tmp_path_factory.mktemp("smart-fetch")
-    port = _free_port()
     env = {
-        **os.environ,
-        "DATABASE_URL": _database_url(),
+        "DATABASE_URL": database_url(),
         "REDIS_URL": settings.REDIS_URL,
         "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
         "CELERY_TASK_ALWAYS_EAGER": "false",
         "EXPORT_DIR": str(work / "exports"),
         "EXPORT_S3_BUCKET": "",
         "EXPORT_POLL_MIN_SECONDS": "0",
-        "BIND": f"127.0.0.1:{port}",
-        "WEB_CONCURRENCY": "1",
-        "WEB_THREADS": "4",
     }
-    logs = work / "server.log", work / "worker.log"
-    with logs[0].open("wb") as web_out, logs[1].open("wb") as worker_out:
-        web = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "clinik.wsgi",
-                "--config",
-                "clinik/gunicorn_conf.py",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=web_out,
-            stderr=subprocess.STDOUT,
-        )
+    with (work / "worker.log").open("wb") as worker_out:
         worker = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "clinik", "worker", "--pool=solo"],
             cwd=ROOT,
-            env=env,
+            env={**os.environ, **env},
             stdout=worker_out,
             stderr=subprocess.STDOUT,
         )
     try:
-        _wait_for_port(port, web, logs[0])
-        yield {"base": f"http://127.0.0.1:{port}/fhir/R4", "keys": keys, "writers": writers}
+        with serve(work, env=env) as server:
+            yield {"base": f"{server.base}/fhir/R4", "keys": keys, "writers": writers}
     finally:
-        for process in (web, worker):
-            process.terminate()
-            process.wait(timeout=20)
+        worker.terminate()
+        worker.wait(timeout=20)
         with django_db_blocker.unblock():
             for org in orgs:
                 org.delete()

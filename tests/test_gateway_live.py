@@ -1,114 +1,32 @@
-"""The gateway under a real gunicorn (clinik/gunicorn_conf.py) serving the real FHIR
-views, spoken to over raw sockets: raw request targets (RAW_URI) instead of the test
-client's decoded paths, declared lengths that lie, chunked bodies. The key used is
-committed for the module so the server's own database connection can see it."""
+"""The gateway under the production server (clinik/serve.py, tests/liveserver.py)
+serving the real FHIR views, spoken to over raw sockets: request targets as the
+client sent them instead of the test client's, declared lengths that lie, chunked
+bodies, oversized URLs and headers, a pooled client polling on one keep-alive
+connection. The key used is committed for the module so the server's own database
+connection can see it."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import pytest
-from django.conf import settings
-from django.db import connections
+import urllib3
 
 from clinik.accounts.models import Organization
 from clinik.keys import tokens
 from clinik.keys.models import ApiKey
+from tests.liveserver import LiveServer, serve
 from tests.test_gateway_paths import TRAVERSALS
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _database_url() -> str:
-    parts = urlsplit(settings.DATABASE_URL)
-    name = connections["default"].settings_dict["NAME"]
-    return urlunsplit(parts._replace(path=f"/{name}"))
-
-
-class Server:
-    def __init__(self, port: int, log: Path) -> None:
-        self.port, self.log = port, log
-
-    def exchange(self, request: bytes, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
-        """Send bytes as they are; read one response (status, headers, body)."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
-            sock.sendall(request)
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-            head, _, body = data.partition(b"\r\n\r\n")
-            lines = head.decode("latin-1").split("\r\n")
-            status = int(lines[0].split()[1])
-            headers = {}
-            for line in lines[1:]:
-                name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
-            length = int(headers.get("content-length", "0"))
-            while len(body) < length:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                body += chunk
-        return status, headers, body[:length]
 
 
 @pytest.fixture(scope="module")
-def server(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    port = _free_port()
-    log = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
-    env = {
-        **os.environ,
-        "DATABASE_URL": _database_url(),
-        "REDIS_URL": settings.REDIS_URL,
-        "BIND": f"127.0.0.1:{port}",
-        "WEB_CONCURRENCY": "1",
-        "WEB_THREADS": "4",
-    }
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "clinik.wsgi",
-                "--config",
-                "clinik/gunicorn_conf.py",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"gunicorn did not start:\n{log.read_text()}") from None
-                time.sleep(0.1)
-        yield Server(port, log)
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+def server(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    exports = tmp_path_factory.mktemp("exports")
+    env = {"EXPORT_DIR": str(exports), "EXPORT_S3_BUCKET": "", "EXPORT_POLL_MIN_SECONDS": "2"}
+    with serve(tmp_path_factory.mktemp("server"), env=env) as live:
+        yield live
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +59,7 @@ def _post(target: str, key: str, body: bytes, length: int | None = None) -> byte
     return head.encode("latin-1") + body
 
 
-def _expunge(server: Server, key: str, resource_id: str) -> tuple[int, dict[str, Any]]:
+def _expunge(server: LiveServer, key: str, resource_id: str) -> tuple[int, dict[str, Any]]:
     """`$expunge` sent as `%24expunge`: the one escape the path guard lets through."""
     status, _headers, body = server.exchange(
         _post(f"/fhir/R4/Patient/{resource_id}/%24expunge", key, b"")
@@ -149,14 +67,14 @@ def _expunge(server: Server, key: str, resource_id: str) -> tuple[int, dict[str,
     return status, json.loads(body)
 
 
-def test_metadata_is_served_without_a_key(server: Server) -> None:
+def test_metadata_is_served_without_a_key(server: LiveServer) -> None:
     status, headers, body = server.exchange(_get("/fhir/R4/metadata"))
     assert status == 200, body
     assert json.loads(body)["resourceType"] == "CapabilityStatement"
     assert headers["x-request-id"]
 
 
-def test_an_authenticated_request_is_served(server: Server, live_key: str) -> None:
+def test_an_authenticated_request_is_served(server: LiveServer, live_key: str) -> None:
     auth = f"Authorization: Bearer {live_key}\r\n"
     patient = b'{"resourceType": "Patient", "name": [{"family": "Live"}]}'
     status, headers, body = server.exchange(_post("/fhir/R4/Patient", live_key, patient))
@@ -178,7 +96,7 @@ def test_an_authenticated_request_is_served(server: Server, live_key: str) -> No
     assert json.loads(body)["issue"][0]["code"] == "not-found"
 
 
-def test_an_unknown_id_is_a_404_outcome(server: Server, live_key: str) -> None:
+def test_an_unknown_id_is_a_404_outcome(server: LiveServer, live_key: str) -> None:
     auth = f"Authorization: Bearer {live_key}\r\n"
     status, headers, body = server.exchange(_get("/fhir/R4/Patient/no-such-patient", auth))
     assert status == 404
@@ -187,13 +105,13 @@ def test_an_unknown_id_is_a_404_outcome(server: Server, live_key: str) -> None:
 
 
 @pytest.mark.parametrize(("target", "status"), TRAVERSALS)
-def test_traversal_payloads_on_the_wire(server: Server, target: str, status: int) -> None:
+def test_traversal_payloads_on_the_wire(server: LiveServer, target: str, status: int) -> None:
     got, _headers, body = server.exchange(_get(target))
     assert got == status, (target, body)
     assert json.loads(body)["resourceType"] == "OperationOutcome"
 
 
-def test_a_large_declared_length_is_refused_before_the_body_is_sent(server: Server) -> None:
+def test_a_large_declared_length_is_refused_before_the_body_is_sent(server: LiveServer) -> None:
     request = (
         b"POST /fhir/R4/Patient HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         b"Content-Type: application/fhir+json\r\n"
@@ -206,7 +124,9 @@ def test_a_large_declared_length_is_refused_before_the_body_is_sent(server: Serv
     assert time.monotonic() - started < 3
 
 
-def test_a_body_longer_than_its_length_is_not_read_past_it(server: Server, live_key: str) -> None:
+def test_a_body_longer_than_its_length_is_not_read_past_it(
+    server: LiveServer, live_key: str
+) -> None:
     """The first Content-Length bytes are a valid Patient; what follows is not JSON,
     so a server that read past the declared length would answer 400, not 201."""
     patient = b'{"resourceType": "Patient"}'
@@ -218,7 +138,7 @@ def test_a_body_longer_than_its_length_is_not_read_past_it(server: Server, live_
     assert _expunge(server, live_key, created["id"])[0] == 200
 
 
-def test_a_chunked_body_is_411(server: Server, live_key: str) -> None:
+def test_a_chunked_body_is_411(server: LiveServer, live_key: str) -> None:
     request = (
         b"POST /fhir/R4/Patient HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         + f"Authorization: Bearer {live_key}\r\n".encode()
@@ -231,18 +151,116 @@ def test_a_chunked_body_is_411(server: Server, live_key: str) -> None:
     assert json.loads(body)["resourceType"] == "OperationOutcome"
 
 
-def test_a_key_in_the_url_is_refused_and_not_in_the_access_log(
-    server: Server, live_key: str
+def test_a_key_in_the_url_is_refused_and_not_in_the_server_log(
+    server: LiveServer, live_key: str
 ) -> None:
     status, _headers, _body = server.exchange(_get(f"/fhir/R4/Patient?api_key={live_key}"))
     assert status == 400
-    time.sleep(0.2)  # the access log line is written after the response
-    log = server.log.read_text()
-    assert "/fhir/R4/Patient" in log
+    time.sleep(0.2)  # anything the server would log about it is written by now
+    log = server.output()
+    assert "Started worker" in log  # the server's log is there, without request lines
     assert live_key not in log and tokens.random_part(live_key) not in log
+    assert "api_key" not in log
 
 
-def test_a_malformed_request_id_is_not_echoed(server: Server) -> None:
+def test_a_malformed_request_id_is_not_echoed(server: LiveServer) -> None:
     status, headers, _body = server.exchange(_get("/fhir/R4/metadata", "X-Request-ID: a<b>c\r\n"))
     assert status == 200
     assert headers["x-request-id"] != "a<b>c" and len(headers["x-request-id"]) == 32
+
+
+def _outcome(status: int, headers: dict[str, str], body: bytes) -> dict[str, Any]:
+    assert headers["content-type"].startswith("application/fhir+json"), (status, body[:200])
+    outcome = json.loads(body)
+    assert outcome["resourceType"] == "OperationOutcome"
+    return dict(outcome)
+
+
+def test_a_long_search_url_is_served(server: LiveServer, live_key: str) -> None:
+    """Long search URLs are normal in FHIR: 8 KB of query string is served."""
+    auth = f"Authorization: Bearer {live_key}\r\n"
+    ids = ",".join(f"{n:064d}" for n in range(100))  # 6,499 bytes
+    identifiers = ",".join(f"urn:oid:1.2.3|{n:060d}" for n in range(50))  # 3,699 bytes
+    target = f"/fhir/R4/Patient?_id={ids}&identifier={identifiers}"
+    assert len(target) > 8192
+    status, _headers, body = server.exchange(_get(target, auth))
+    assert status == 200, body[:300]
+    assert json.loads(body)["resourceType"] == "Bundle"
+
+
+@pytest.mark.parametrize("path", ["/fhir/R4/Patient", "/fhir/R4/metadata"])
+def test_an_oversized_url_is_a_414_outcome_pointing_to_post_search(
+    server: LiveServer, live_key: str, path: str
+) -> None:
+    auth = f"Authorization: Bearer {live_key}\r\n"
+    target = f"{path}?family=" + "x" * 40_000
+    status, headers, body = server.exchange(_get(target, auth))
+    assert status == 414
+    outcome = _outcome(status, headers, body)
+    assert outcome["issue"][0]["code"] == "too-costly"
+    assert "POST [type]/_search" in outcome["issue"][0]["diagnostics"]
+    assert headers["x-request-id"]
+
+
+def test_oversized_headers_are_a_431_outcome(server: LiveServer, live_key: str) -> None:
+    auth = f"Authorization: Bearer {live_key}\r\n"
+    many = "".join(f"X-Filler-{n}: {'y' * 1000}\r\n" for n in range(40))  # 40 KB
+    status, headers, body = server.exchange(_get("/fhir/R4/Patient", auth + many))
+    assert status == 431
+    assert _outcome(status, headers, body)["issue"][0]["code"] == "too-costly"
+    one = f"X-Filler: {'y' * 40_000}\r\n"
+    status, headers, body = server.exchange(_get("/fhir/R4/Patient", auth + one))
+    assert status == 431
+    _outcome(status, headers, body)
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        "Bearer " + "k" * 8192,
+        "Bearer " + "k" * 60_000,
+        "Basic " + "a" * 10_000,
+        "Bearer",
+        "bearer ck_live_" + "z" * 100,
+        "Bearer \xff\xfe",
+    ],
+    ids=["8KB", "60KB", "basic", "no-token", "bad-checksum", "latin-1"],
+)
+def test_an_oversized_or_malformed_authorization_is_the_401_of_any_bad_key(
+    server: LiveServer, authorization: str
+) -> None:
+    status, headers, body = server.exchange(
+        _get("/fhir/R4/Patient", f"Authorization: {authorization}\r\n")
+    )
+    assert status == 401, body[:300]
+    assert _outcome(status, headers, body)["issue"][0]["code"] == "login"
+    assert headers["www-authenticate"].startswith('Bearer realm="ClinikAPI"')
+
+
+def test_a_pooled_client_polling_at_retry_after_always_gets_an_answer(
+    server: LiveServer, live_key: str
+) -> None:
+    """Issue 13, item 5: a bulk-export client on one pooled keep-alive connection
+    kicks off, polls the status URL waiting what Retry-After says (2 s, the poll
+    interval) and deletes it. Every request gets an answer (no retries allowed, so a
+    connection the server closes under the client raises), on one connection: the
+    server keeps an idle connection open longer than any Retry-After."""
+    pool = urllib3.HTTPConnectionPool(
+        "127.0.0.1", server.port, maxsize=1, block=True, retries=False
+    )
+    headers = {"Authorization": f"Bearer {live_key}", "Accept": "application/fhir+json"}
+    kickoff = pool.request(
+        "GET", "/fhir/R4/Patient/$export", headers={**headers, "Prefer": "respond-async"}
+    )
+    assert kickoff.status == 202, kickoff.data[:300]
+    status_url = urlsplit(kickoff.headers["Content-Location"])
+    target = f"{status_url.path}?{status_url.query}"
+    answers = []
+    for _ in range(4):
+        response = pool.request("GET", target, headers=headers)
+        answers.append(response.status)
+        time.sleep(int(response.headers.get("Retry-After", "2")))
+    deleted = pool.request("DELETE", target, headers=headers)
+    assert deleted.status == 202, deleted.data[:300]
+    assert set(answers) <= {200, 202, 429}, answers
+    assert pool.num_connections == 1

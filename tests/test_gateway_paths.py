@@ -3,7 +3,7 @@ status and an OperationOutcome, never a 500 and never a page outside the API.
 
 Every payload is sent three ways: through the test client as a WSGI server decodes it
 (PATH_INFO only, as under runserver), with the raw request target gunicorn passes
-along (RAW_URI), and to a real gunicorn over a socket (tests/test_gateway_live.py).
+along (RAW_URI), and to the production server over a socket (tests/test_gateway_live.py).
 Accepted shapes reach the trivial endpoints of tests/gateway_probe_urls.py."""
 
 import json

@@ -57,6 +57,40 @@ def request_id(meta: dict[str, Any]) -> str:
     return uuid.uuid4().hex
 
 
+# --- 1b. request head size ------------------------------------------------------------
+
+# Header names (WSGI keys) not counted against FHIR_MAX_HEADER_BYTES: an oversized
+# Authorization header is an invalid key, answered 401 like any other.
+_UNCOUNTED_HEADERS = frozenset({"HTTP_AUTHORIZATION"})
+
+
+def check_request_head(meta: dict[str, Any], path: str) -> None:
+    """A URL longer than FHIR_MAX_URL_BYTES is 414, headers larger than
+    FHIR_MAX_HEADER_BYTES are 431, each as an OperationOutcome. The HTTP server in
+    front (clinik/serve.py) accepts larger heads, so these limits are the ones a
+    client meets, and their answer is ours, not the server's."""
+    target = meta.get("RAW_URI") or meta.get("REQUEST_URI") or path
+    query = meta.get("QUERY_STRING") or ""
+    limit = int(settings.FHIR_MAX_URL_BYTES)
+    if len(target) + len(query) > limit:
+        raise Refused(
+            414,
+            "too-costly",
+            f"The URL is longer than {limit} bytes. Send long searches as "
+            "POST [type]/_search with the parameters in an "
+            "application/x-www-form-urlencoded body.",
+        )
+    size = 0
+    for name, value in meta.items():
+        if name.startswith("HTTP_") and name not in _UNCOUNTED_HEADERS:
+            size += len(name) + len(value)
+    limit = int(settings.FHIR_MAX_HEADER_BYTES)
+    if size > limit:
+        raise Refused(
+            431, "too-costly", f"The request headers are larger than {limit} bytes in all."
+        )
+
+
 # --- 2. body size ------------------------------------------------------------------
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -138,7 +172,9 @@ def api_path(meta: dict[str, Any], path: str) -> str:
     operations); anything else encoded makes the raw and routed paths differ and is
     refused. Without a raw target (the test client, runserver) the routed path is
     checked as it is, and any `%` left in it (double encoding) is refused by the
-    character check."""
+    character check. granian (clinik/serve.py, production) passes no raw target, so
+    there the routed path is what is checked (tests/test_gateway_live.py sends the
+    traversal payloads to it)."""
     raw = meta.get("RAW_URI") or meta.get("REQUEST_URI")
     if not raw:
         return path

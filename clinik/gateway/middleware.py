@@ -1,7 +1,8 @@
 """The gateway: what guards every request under /fhir/, before any view runs.
 
-In order: request id, body size, path guard, rate limit per client IP, CORS
-preflight, authentication (and scope), rate limit per key and per organization.
+In order: request id, URL and header size, body size, path guard, rate limit per
+client IP, CORS preflight, authentication (and scope), rate limit per key and per
+organization.
 Each refusal is an OperationOutcome; every response gets X-Request-ID, the
 RateLimit headers of the buckets checked, and CORS headers when allowed.
 
@@ -82,6 +83,7 @@ class GatewayMiddleware:
     def admit(self, request: ApiHttpRequest, passage: Passage) -> HttpResponseBase:
         """The checks in order; then the preflight's answer or the view's."""
         meta, method = request.META, request.method or "GET"
+        checks.check_request_head(meta, request.path)
         checks.check_body(method, request.path_info, meta)
         route = checks.guard_path(checks.api_path(meta, request.path))
         request.fhir_route, request.fhir_resource_type = route.template, route.resource_type

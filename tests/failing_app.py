@@ -1,8 +1,7 @@
-"""clinik.wsgi for tests/test_gunicorn_error_log.py, plus the one kind of failure
-only gunicorn can log: a response body that raises before its first byte, as a
-streamed body (an export file, say) can. Django has returned by then, so the error
-reaches gunicorn's worker, which logs "Error handling request <method> <uri>" with
-the traceback. Requests with the header X-Fail-While-Streaming fail that way."""
+"""clinik.wsgi for tests/test_server_logs.py, plus the one kind of failure only the
+web server can log: a response body that raises before its first byte, as a streamed
+body (an export file, say) can. Django has returned by then, so the error reaches
+the server. Requests with the header X-Fail-While-Streaming fail that way."""
 
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -22,7 +21,7 @@ def _failing(body: Iterable[bytes], query: str) -> Iterator[bytes]:
         # The message carries the query string, as an exception's message may carry
         # the value that caused it.
         raise RuntimeError(f"the stream failed for {query}")
-        yield b""  # a generator: the error comes when gunicorn starts iterating
+        yield b""  # a generator: the error comes when the server starts iterating
     finally:
         close = getattr(body, "close", None)
         if close is not None:
