@@ -371,16 +371,3 @@ def invitation(request: HttpRequest, token: str) -> HttpResponse:
         messages.success(request, f"Welcome to {invitation.org.name}.")
         return redirect("org_overview", invitation.org_id)
     return render(request, "accounts/invitation.html", ctx)
-
-
-@login_required
-@require_safe
-def coming_soon(request: AuthedHttpRequest, org_id: UUID, section: str) -> HttpResponse:
-    membership = get_membership(request, org_id)
-    titles = {
-        "billing": "Billing",
-    }
-    if section not in titles:
-        raise Http404
-    ctx = dashboard_context(request, membership, section, title=titles[section])
-    return render(request, "dashboard/coming_soon.html", ctx)

@@ -12,6 +12,7 @@ from django.db import models
 from django.utils import timezone
 
 from clinik.accounts.models import Organization
+from clinik.lib.money import money
 
 if TYPE_CHECKING:
     from clinik.gateway.limits import Limits
@@ -63,6 +64,18 @@ class Plan(models.Model):
         return self.included_requests is not None and self.overage_per_1000_cents == 0
 
     @property
+    def price_display(self) -> str:
+        if not self.is_public and not self.monthly_price_cents:
+            return "Custom"
+        return money(self.monthly_price_cents, self.currency)
+
+    @property
+    def overage_display(self) -> str:
+        if self.hard_quota or self.included_requests is None:
+            return ""
+        return money(self.overage_per_1000_cents, self.currency) + " per 1,000 extra requests"
+
+    @property
     def is_paid(self) -> bool:
         return bool(self.stripe_price_id)
 
@@ -104,6 +117,8 @@ class Account(models.Model):
     current_period_start = models.DateTimeField(null=True, blank=True)
     current_period_end = models.DateTimeField(null=True, blank=True)
     past_due_since = models.DateTimeField(null=True, blank=True)
+    fallback_noted_at = models.DateTimeField(null=True, blank=True)
+    """When the end of the grace period was audited (once per past-due episode)."""
     billing_email = models.EmailField(blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -173,6 +188,10 @@ class Invoice(models.Model):
 
     def __str__(self) -> str:
         return self.number or self.stripe_invoice_id
+
+    @property
+    def total_display(self) -> str:
+        return money(self.total, self.currency)
 
 
 class MeterReport(models.Model):

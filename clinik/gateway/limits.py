@@ -100,16 +100,18 @@ def limits_for(org: Any) -> Limits:
     if limiter.is_down(settings.GATEWAY_REDIS_URL):  # the limiter warns about it
         return load(org_id)[0]
     try:
-        cached = _redis().hgetall(key)
+        cached: dict[str, str] | None = _redis().hgetall(key)  # type: ignore[assignment]
     except redis.RedisError:
         cached = None
     if cached:
         types = {f.name: f.type for f in fields(Limits)}
-        return Limits(**{k: v if types[k] is str else int(v) for k, v in cached.items()})
+        values: dict[str, Any] = {k: v if types[k] is str else int(v) for k, v in cached.items()}
+        return Limits(**values)
     limits, ttl = load(org_id)
     try:
         pipe = _redis().pipeline()
-        pipe.hset(key, mapping=asdict(limits))
+        mapping: Any = asdict(limits)
+        pipe.hset(key, mapping=mapping)
         pipe.expire(key, ttl)
         pipe.execute()
     except redis.RedisError as error:

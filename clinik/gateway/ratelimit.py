@@ -106,6 +106,10 @@ return out
 """
 
 
+# The field of the limits hash (clinik.gateway.limits.Limits) each policy reads.
+LIMIT_FIELDS = {"key": "key_requests", "org": "org_requests", "quota": "quota"}
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     name: str
@@ -238,7 +242,8 @@ class Limiter:
         return self.memory.hit(buckets)
 
     def _redis_hit(self, url: str, buckets: list[Bucket]) -> Verdict:
-        keys, args = [], [len(buckets)]
+        keys: list[str] = []
+        args: list[int | str] = [len(buckets)]
         source = ""
         month, until_month_end = _month()
         for policy, ident in buckets:
@@ -248,7 +253,7 @@ class Limiter:
             else:
                 keys.append(f"{KEY_PREFIX}{policy.name}:{ident}")
                 args += ["g", policy.limit, policy.window * 1000]
-            args.append(policy.name if policy.source else "")
+            args.append(LIMIT_FIELDS.get(policy.name, policy.name) if policy.source else "")
             source = source or policy.source
         if source:
             keys.append(source)

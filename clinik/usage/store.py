@@ -135,7 +135,12 @@ def _write(cursor: Any, records: list[Record]) -> int:
         " ON CONFLICT (time, request_id) DO NOTHING RETURNING time, request_id"
     )
     fresh = set(cursor.fetchall())
-    rows = [r for r in rows if (r[0], r[9]) in fresh and not fresh.discard((r[0], r[9]))]
+    kept = []
+    for r in rows:
+        if (r[0], r[9]) in fresh:
+            fresh.discard((r[0], r[9]))  # a record twice in one batch counts once
+            kept.append(r)
+    rows = kept
     errors = [r for r in rows if r[10] is not None]
     if errors:
         with cursor.copy(f"COPY usage_errorlog ({_ERROR_COLUMNS}) FROM STDIN") as copy:

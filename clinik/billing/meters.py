@@ -1,0 +1,131 @@
+"""Overage to Stripe Billing Meters, from the hourly usage rollups.
+
+For each organization on a plan billed by overage, the requests of each finished hour
+of the calendar month (UTC) beyond the plan's included amount are one meter event,
+identified by organization and hour. A report row is claimed (INSERT ... ON CONFLICT
+DO NOTHING) before its event is sent and marked sent after, so a rerun after a crash
+sends exactly the unsent hours again, with the same identifier, which Stripe
+accepts once: a retry, a killed worker or two workers never bill a request twice
+or miss one. Throttled requests (429) are not billed."""
+
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import connection
+from django.utils import timezone
+
+from clinik.billing import stripe_api
+from clinik.billing.models import Account, MeterReport
+
+logger = logging.getLogger("clinik.billing")
+
+# A finished hour is reported once its request records have been drained (every 5 s).
+SETTLE = timedelta(minutes=5)
+
+_CLAIM = """
+INSERT INTO billing_meterreport (org_id, hour, quantity, identifier)
+SELECT org_id, bucket, overage, org_id::text || ':' || to_char(bucket, 'YYYYMMDDHH24')
+FROM (
+  SELECT org_id, bucket,
+         GREATEST(0, cum - included) - GREATEST(0, cum - n - included) AS overage
+  FROM (
+    SELECT u.org_id, u.bucket, u.requests - u.throttled AS n, p.included_requests AS included,
+           sum(u.requests - u.throttled) OVER (PARTITION BY u.org_id ORDER BY u.bucket) AS cum
+    FROM usage_hourlyusage u
+    JOIN billing_account a ON a.org_id = u.org_id
+    JOIN billing_plan p ON p.id = a.plan_id
+    WHERE u.dim = 'all' AND u.bucket >= %(month)s AND u.bucket < %(until)s
+      AND p.included_requests IS NOT NULL AND p.overage_per_1000_cents > 0
+      AND a.stripe_customer_id <> ''
+  ) hours
+) overage
+WHERE overage > 0
+ON CONFLICT DO NOTHING
+"""
+
+
+def month_start(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def claim(now: datetime | None = None) -> int:
+    """Write the report rows of every finished hour of this month not yet claimed."""
+    now = now or timezone.now()
+    until = (now - SETTLE).replace(minute=0, second=0, microsecond=0)
+    with connection.cursor() as cursor:
+        cursor.execute(_CLAIM, {"month": month_start(until - timedelta(seconds=1)), "until": until})
+        return int(cursor.rowcount)
+
+
+def send(batch: int = 500, max_events: int | None = None) -> int:
+    """Send the claimed, unsent reports; returns how many were sent."""
+    api = stripe_api.client().v1
+    sent = 0
+    customers: dict[Any, str] = {}
+    while max_events is None or sent < max_events:
+        reports = list(MeterReport.objects.filter(sent_at__isnull=True).order_by("id")[:batch])
+        if not reports:
+            break
+        missing = {r.org_id for r in reports} - customers.keys()
+        customers.update(
+            Account.objects.filter(org_id__in=missing).values_list("org_id", "stripe_customer_id")
+        )
+        for report in reports:
+            api.billing.meter_events.create(
+                params={
+                    "event_name": settings.STRIPE_METER_EVENT_NAME,
+                    "identifier": report.identifier,
+                    "timestamp": int(report.hour.timestamp()),
+                    "payload": {
+                        "stripe_customer_id": customers[report.org_id],
+                        "value": str(report.quantity),
+                    },
+                }
+            )
+            MeterReport.objects.filter(pk=report.pk).update(sent_at=timezone.now())
+            sent += 1
+            if max_events is not None and sent >= max_events:
+                break
+    return sent
+
+
+def report(now: datetime | None = None) -> dict[str, int]:
+    return {"claimed": claim(now), "sent": send()}
+
+
+def reconcile(start: datetime, end: datetime) -> list[dict[str, Any]]:
+    """Per organization, for [start, end): the overage our rollups give against what
+    we claimed and sent. Rows that differ are returned."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT a.org_id, p.included_requests,
+                   COALESCE((SELECT sum(u.requests - u.throttled) FROM usage_hourlyusage u
+                     WHERE u.org_id = a.org_id AND u.dim = 'all'
+                       AND u.bucket >= %(start)s AND u.bucket < %(end)s), 0),
+                   COALESCE((SELECT sum(m.quantity) FROM billing_meterreport m
+                     WHERE m.org_id = a.org_id AND m.hour >= %(start)s AND m.hour < %(end)s), 0),
+                   COALESCE((SELECT sum(m.quantity) FROM billing_meterreport m
+                     WHERE m.org_id = a.org_id AND m.hour >= %(start)s AND m.hour < %(end)s
+                       AND m.sent_at IS NOT NULL), 0)
+            FROM billing_account a JOIN billing_plan p ON p.id = a.plan_id
+            WHERE p.included_requests IS NOT NULL AND p.overage_per_1000_cents > 0
+            """,
+            {"start": start, "end": end},
+        )
+        rows = cursor.fetchall()
+    differences = []
+    for org_id, included, used, claimed, sent in rows:
+        expected = max(0, int(used) - int(included))
+        if expected != int(claimed) or expected != int(sent):
+            differences.append(
+                {
+                    "org_id": str(org_id),
+                    "expected": expected,
+                    "claimed": int(claimed),
+                    "sent": int(sent),
+                }
+            )
+    return differences
