@@ -50,10 +50,14 @@ def month_start(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
+def finished_until(now: datetime | None = None) -> datetime:
+    """The end of the last hour considered finished (its records drained)."""
+    return ((now or timezone.now()) - SETTLE).replace(minute=0, second=0, microsecond=0)
+
+
 def claim(now: datetime | None = None) -> int:
     """Write the report rows of every finished hour of this month not yet claimed."""
-    now = now or timezone.now()
-    until = (now - SETTLE).replace(minute=0, second=0, microsecond=0)
+    until = finished_until(now)
     with connection.cursor() as cursor:
         cursor.execute(_CLAIM, {"month": month_start(until - timedelta(seconds=1)), "until": until})
         return int(cursor.rowcount)
