@@ -7,6 +7,7 @@ from django.utils import timezone
 
 from clinik import audit
 from clinik.accounts.models import Invitation, Membership, Organization, User
+from clinik.gateway import limits
 from clinik.lib.emails import send_email_on_commit
 
 
@@ -36,6 +37,9 @@ def do_create_org(*, user: User, name: str, request: HttpRequest | None) -> Orga
 def do_invite(
     *, org: Organization, email: str, role: str, actor: User, request: HttpRequest
 ) -> Invitation:
+    Organization.objects.select_for_update().filter(pk=org.pk).first()  # one at a time
+    seats = org.memberships.count() + org.invitations.pending().count()
+    limits.check_room(org, "members", seats)
     invitation, token = Invitation.issue(org, email, role, actor)
     audit.record("member.invite", org=org, actor=actor, target=invitation, request=request)
     link = request.build_absolute_uri(reverse("accounts:invitation", args=[token]))

@@ -41,6 +41,7 @@ from clinik.accounts.forms import (
     SignUpForm,
 )
 from clinik.accounts.models import Invitation, Membership, hash_token
+from clinik.gateway.limits import PlanLimitReached
 from clinik.lib.http import AuthedHttpRequest, client_ip
 
 
@@ -262,13 +263,18 @@ def team_invite(request: AuthedHttpRequest, org_id: UUID) -> HttpResponse:
     if not form.is_valid():
         ctx = _team_context(request, membership, invite_form=form)
         return render(request, "dashboard/team.html", ctx, status=400)
-    do_invite(
-        org=membership.org,
-        email=form.cleaned_data["email"],
-        role=form.cleaned_data["role"],
-        actor=request.user,
-        request=request,
-    )
+    try:
+        do_invite(
+            org=membership.org,
+            email=form.cleaned_data["email"],
+            role=form.cleaned_data["role"],
+            actor=request.user,
+            request=request,
+        )
+    except PlanLimitReached as full:
+        form.add_error(None, str(full))
+        ctx = _team_context(request, membership, invite_form=form)
+        return render(request, "dashboard/team.html", ctx, status=400)
     messages.success(request, f"Invitation sent to {form.cleaned_data['email']}.")
     return redirect("team", org_id)
 

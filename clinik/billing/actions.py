@@ -11,17 +11,12 @@ from django.urls import reverse
 from clinik import audit
 from clinik.accounts.models import Organization, User
 from clinik.billing import stripe_api
-from clinik.billing.models import Account, Plan
+from clinik.billing.models import Account, Plan, announce_limits_changed
 from clinik.billing.plans import default_plan
-from clinik.gateway import limits
 
 
 class PlanLimitReached(Exception):
     """Creating one more key, member or export would exceed the plan."""
-
-
-def _forget_limits(org_id: Any) -> None:
-    transaction.on_commit(lambda: limits.forget(org_id))
 
 
 def locked_account(org: Organization) -> Account:
@@ -50,7 +45,7 @@ def do_assign_plan(
             target=("plan", f"{old.slug}->{plan.slug}"),
             request=request,
         )
-        _forget_limits(org.pk)
+        announce_limits_changed(org.pk)
     return account
 
 

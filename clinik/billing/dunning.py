@@ -4,14 +4,12 @@ Then Free's limits apply (clinik.billing.plans.effective_plan) until Stripe repo
 the subscription paid again. Clinical data is never blocked or deleted by billing."""
 
 from datetime import datetime
-from functools import partial
 
 from django.db import transaction
 from django.utils import timezone
 
 from clinik import audit
-from clinik.billing.models import Account
-from clinik.gateway import limits
+from clinik.billing.models import Account, announce_limits_changed
 
 
 def note_ended_grace(now: datetime | None = None) -> int:
@@ -32,6 +30,6 @@ def note_ended_grace(now: datetime | None = None) -> int:
                 audit.record(
                     "billing.grace_end", org=account.org, actor=None, target=("plan", "free")
                 )
-                transaction.on_commit(partial(limits.forget, account.org_id))
+                announce_limits_changed(account.org_id)
                 noted += 1
     return noted

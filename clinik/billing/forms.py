@@ -1,13 +1,20 @@
+from typing import Any
+
 from django import forms
 
 from clinik.billing.models import Plan
 
 
 class PlanChoiceForm(forms.Form):
-    plan = forms.SlugField()
+    """The plan of an Upgrade/Downgrade button (a hidden field: its errors are the
+    form's own, shown above the page)."""
 
-    def clean_plan(self) -> Plan:
-        plan = Plan.objects.filter(slug=self.cleaned_data["plan"], is_public=True).first()
+    plan = forms.SlugField(error_messages={"required": "Choose a plan."})
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        slug = data.get("plan")
+        plan = Plan.objects.filter(slug=slug, is_public=True).first() if slug else None
         if plan is None:
             raise forms.ValidationError("No such plan.")
         if not plan.is_paid:
@@ -15,4 +22,5 @@ class PlanChoiceForm(forms.Form):
                 f"The {plan.name} plan cannot be bought: to move to it, cancel the "
                 "subscription in the billing portal."
             )
-        return plan
+        data["plan"] = plan
+        return data

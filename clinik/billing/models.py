@@ -5,17 +5,25 @@ No card data anywhere: cards are entered on Stripe's pages only. No PHI: an invo
 keeps amounts, dates, Stripe ids and the organization's name and billing email."""
 
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import Any
 
 from django.conf import settings
-from django.db import models
+from django.db import models, transaction
+from django.dispatch import Signal
 from django.utils import timezone
 
 from clinik.accounts.models import Organization
 from clinik.lib.money import money
 
-if TYPE_CHECKING:
-    from clinik.gateway.limits import Limits
+limits_changed = Signal()
+"""Sent after commit with `org_id` when what an organization may do changed (plan,
+subscription status, end of a grace period); the gateway drops its cached limits."""
+
+
+def announce_limits_changed(org_id: Any) -> None:
+    transaction.on_commit(partial(limits_changed.send, sender=Account, org_id=org_id))
+
 
 _UNLIMITED = "Empty means unlimited."
 
@@ -78,24 +86,6 @@ class Plan(models.Model):
     @property
     def is_paid(self) -> bool:
         return bool(self.stripe_price_id)
-
-    def limits(self) -> "Limits":
-        from clinik.gateway.limits import Limits
-
-        def unlimited(value: int | None) -> int:
-            return -1 if value is None else value
-
-        return Limits(
-            org_requests=self.org_requests_per_minute,
-            key_requests=self.key_requests_per_minute,
-            window=60,
-            quota=self.included_requests or 0 if self.hard_quota else -1,
-            included=unlimited(self.included_requests),
-            max_keys=unlimited(self.max_keys),
-            max_members=unlimited(self.max_members),
-            max_exports=unlimited(self.max_exports),
-            plan=self.slug,
-        )
 
     def overage_cents(self, requests: int) -> int:
         if self.included_requests is None or self.hard_quota:

@@ -28,6 +28,8 @@ from clinik.lib.http import AuthedHttpRequest
 from clinik.lib.money import money
 from clinik.usage import charts, queries
 
+BILLING_OFF = "Billing is off on this installation: there is nothing to buy or manage."
+
 
 def get_billing_membership(request: AuthedHttpRequest, org_id: UUID) -> Membership:
     """Owners and billing members only (404 outside the organization, 403 inside)."""
@@ -95,9 +97,9 @@ def billing(request: AuthedHttpRequest, org_id: UUID) -> HttpResponse:
 def billing_checkout(request: AuthedHttpRequest, org_id: UUID) -> HttpResponse:
     membership = get_billing_membership(request, org_id)
     require_active(membership)
-    form = PlanChoiceForm(request.POST)
     if not settings.BILLING_ENABLED:
-        form.add_error(None, "Billing is off on this installation: there is nothing to buy.")
+        return _page(request, membership, error=BILLING_OFF, status=400)
+    form = PlanChoiceForm(request.POST)
     if not form.is_valid():
         return _page(request, membership, form=form, status=400)
     account = Account.objects.filter(org=membership.org).first()
@@ -118,9 +120,7 @@ def billing_checkout(request: AuthedHttpRequest, org_id: UUID) -> HttpResponse:
 def billing_portal(request: AuthedHttpRequest, org_id: UUID) -> HttpResponse:
     membership = get_billing_membership(request, org_id)
     if not settings.BILLING_ENABLED:
-        form = PlanChoiceForm()
-        form.add_error(None, "Billing is off on this installation.")
-        return _page(request, membership, form=form, status=400)
+        return _page(request, membership, error=BILLING_OFF, status=400)
     return _redirect(request, do_open_portal(org=membership.org, actor=request.user))
 
 

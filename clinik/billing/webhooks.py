@@ -14,7 +14,7 @@ from clinik import audit
 from clinik.accounts.models import Organization
 from clinik.billing import receipts, stripe_api
 from clinik.billing.actions import do_assign_plan
-from clinik.billing.models import Account, Invoice, Plan, StripeEvent
+from clinik.billing.models import Account, Invoice, Plan, StripeEvent, announce_limits_changed
 from clinik.billing.plans import FREE
 
 logger = logging.getLogger("clinik.billing")
@@ -165,9 +165,7 @@ def sync_customer(customer_id: str, org_hint: str | None = None) -> Account | No
     account.save()
     if previous != status:
         audit.record("billing.status_change", org=org, actor=None, target=("subscription", status))
-        from clinik.gateway import limits
-
-        transaction.on_commit(lambda: limits.forget(org.pk))
+        announce_limits_changed(org.pk)
     if became_due:
         receipts.send_payment_failed(account)
     return account

@@ -50,6 +50,26 @@ class Limits:
     """The plan's slug ("" for the environment's defaults)."""
 
 
+class PlanLimitReached(Exception):
+    """One more key or member would exceed the organization's plan."""
+
+    def __init__(self, what: str, limit: int, plan: str) -> None:
+        name = plan.capitalize() if plan else "This installation's"
+        super().__init__(
+            f"The {name} plan allows {limit} {what}: remove one, or upgrade the plan on the"
+            " Billing page."
+        )
+
+
+def check_room(org: Any, what: str, used: int) -> None:
+    """Raise PlanLimitReached if the plan has no room for one more `what`
+    ("API keys" or "members")."""
+    limits = limits_for(org)
+    limit = limits.max_keys if what == "API keys" else limits.max_members
+    if 0 <= limit <= used:
+        raise PlanLimitReached(what, limit, limits.plan)
+
+
 def environment_defaults() -> Limits:
     return Limits(
         org_requests=settings.RATE_LIMIT_ORG_REQUESTS,
@@ -121,12 +141,29 @@ def limits_for(org: Any) -> Limits:
 
 def load(org_id: Any) -> tuple[Limits, int]:
     """The limits from the database, and how long they hold (seconds)."""
-    from clinik.billing.plans import effective_plan
+    from clinik.billing.plans import effective_plan  # (billing imports no gateway module)
 
     plan, holds_for = effective_plan(org_id)
     if plan is None:
         return environment_defaults(), TTL_SECONDS
-    return plan.limits(), max(1, min(TTL_SECONDS, holds_for))
+    return _of_plan(plan), max(1, min(TTL_SECONDS, holds_for))
+
+
+def _of_plan(plan: Any) -> Limits:
+    def unlimited(value: int | None) -> int:
+        return -1 if value is None else value
+
+    return Limits(
+        org_requests=plan.org_requests_per_minute,
+        key_requests=plan.key_requests_per_minute,
+        window=60,
+        quota=plan.included_requests if plan.hard_quota else -1,
+        included=unlimited(plan.included_requests),
+        max_keys=unlimited(plan.max_keys),
+        max_members=unlimited(plan.max_members),
+        max_exports=unlimited(plan.max_exports),
+        plan=plan.slug,
+    )
 
 
 def forget(org_id: Any) -> None:

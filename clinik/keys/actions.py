@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from clinik import audit
 from clinik.accounts.models import Organization, User
+from clinik.gateway import limits
 from clinik.keys.models import ApiKey
 from clinik.lib.emails import send_email_on_commit
 
@@ -45,6 +46,8 @@ def do_create_key(
     """Issue a live key. Returns the key and its plaintext, which exists nowhere else."""
     if org.status != Organization.Status.ACTIVE:
         raise PermissionError("a closing organization cannot get new keys")
+    Organization.objects.select_for_update().filter(pk=org.pk).first()  # one at a time
+    limits.check_room(org, "API keys", ApiKey.objects.filter(org=org).active().count())
     key, plaintext = ApiKey.issue(
         org=org, name=name, scopes=scopes, expires_at=expires_at, created_by=actor
     )
