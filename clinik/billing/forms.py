@@ -12,7 +12,7 @@ class PlanChoiceForm(forms.Form):
     plan = forms.SlugField(error_messages={"required": "Choose a plan."})
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        data = super().clean() or {}
         slug = data.get("plan")
         plan = Plan.objects.filter(slug=slug, is_public=True).first() if slug else None
         if plan is None:
