@@ -86,7 +86,7 @@ def test_a_killed_reporter_rerun_bills_exactly_the_rollups(owner, outsider, stri
         stderr=subprocess.PIPE,
     )
     try:
-        assert stripe_fake.stalled.wait(60), worker.stderr.read() if worker.poll() else "hung"
+        assert stripe_fake.stalled.wait(60), worker.communicate()[1] if worker.poll() else "hung"
     finally:
         worker.kill()  # SIGKILL: no cleanup runs
         worker.wait()
