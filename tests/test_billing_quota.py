@@ -108,3 +108,15 @@ def test_create_org_takes_a_plan(paid_plans, capsys) -> None:
     assert Membership.objects.get(org_id=org_id).org.billing.plan.slug == "scale"
     with pytest.raises(CommandError, match="no plan 'gold'"):
         call_command("create_org", "--name", "X", "--email", "x@x.test", "--plan", "gold")
+
+
+def test_staff_editing_a_plan_applies_on_the_next_request(owner, tiny_free) -> None:
+    do_assign_plan(org=owner.org, plan=tiny_free, actor=None)
+    api = _api_for(owner)
+    assert '"key";q=600' in api.get("Patient")["RateLimit-Policy"]
+    from django.test import TestCase
+
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        tiny_free.key_requests_per_minute = 900
+        tiny_free.save()  # as the admin's change form does
+    assert '"key";q=900' in api.get("Patient")["RateLimit-Policy"]

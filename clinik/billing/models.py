@@ -18,7 +18,8 @@ from clinik.lib.money import money
 
 limits_changed = Signal()
 """Sent after commit with `org_id` when what an organization may do changed (plan,
-subscription status, end of a grace period); the gateway drops its cached limits."""
+subscription status, end of a grace period), or None when a plan itself changed;
+the gateway drops its cached limits."""
 
 
 def announce_limits_changed(org_id: Any) -> None:
@@ -66,6 +67,10 @@ class Plan(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        super().save(*args, **kwargs)
+        announce_limits_changed(None)  # staff edited a plan: every organization's
 
     @property
     def hard_quota(self) -> bool:

@@ -167,8 +167,13 @@ def _of_plan(plan: Any) -> Limits:
 
 
 def forget(org_id: Any) -> None:
-    """Drop the cached limits: the next request reads the plan again."""
+    """Drop the cached limits (of every organization when org_id is None, after staff
+    edited a plan): the next request reads the plan again."""
     try:
+        if org_id is None:
+            for key in _redis().scan_iter(match=f"{KEY_PREFIX}*", count=1000):
+                _redis().delete(key)
+            return
         _redis().delete(cache_key(org_id))
     except redis.RedisError as error:
         logger.warning("Organization limits not forgotten: Redis failed (%s)", type(error).__name__)
