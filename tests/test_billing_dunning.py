@@ -57,6 +57,8 @@ def test_payment_failure_grace_then_free_limits_and_clinical_data_untouched(
     assert [m.to for m in failed] == [[owner.user.email]]
     page = owner.client().get(f"/o/{owner.org.pk}/billing/")
     assert b"The last payment failed" in page.content
+    overview = owner.client().get(f"/o/{owner.org.pk}/")  # on every page of the org
+    assert b"The last payment for Acme Health failed" in overview.content
     during = api.get(f"Patient/{patient}")
     assert during.status_code == 200 and '"key";q=1500' in during["RateLimit-Policy"]
 
