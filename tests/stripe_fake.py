@@ -52,6 +52,8 @@ class FakeStripe:
         self.idempotent: dict[str, tuple[int, dict[str, Any]]] = {}
         self.requests: list[tuple[str, str, str]] = []  # method, path, raw body
         self.stall_after: int | None = None  # meter events accepted before hanging
+        self.fail_next = 0  # answer this many of the next reads with a 500
+        self.failed = 0
         self.stalled = threading.Event()
         self.server: ThreadingHTTPServer | None = None
         self.url = ""
@@ -148,6 +150,11 @@ class FakeStripe:
         if headers.get("Authorization") != f"Bearer {SECRET_KEY}":
             return 401, {"error": {"type": "invalid_request_error", "message": "bad key"}}
         self.requests.append((method, path, body))
+        if method == "GET" and self.fail_next > 0:
+            with self.lock:
+                self.fail_next -= 1
+                self.failed += 1
+            return 500, {"error": {"type": "api_error", "message": "Something went wrong"}}
         params = _nest(parse_qsl(body or query, keep_blank_values=True))
         idem = headers.get("Idempotency-Key")
         if method == "POST" and idem and idem in self.idempotent:

@@ -112,6 +112,26 @@ def test_a_killed_reporter_rerun_bills_exactly_the_rollups(owner, outsider, stri
     call_command("reconcile_meters", "--now", as_of)  # exits 1 on any difference
     call_command("report_meters", "--now", as_of)  # nothing new: nothing sent
     assert stripe_fake.meter_total(account.stripe_customer_id) == expected
+    # a late record for an hour already reported: the reconciliation says so
+    late = (month + timedelta(hours=5, minutes=59)).timestamp()
+    row = (
+        late,
+        str(owner.org.pk),
+        None,
+        "GET",
+        "/fhir/R4/Patient",
+        "Patient",
+        200,
+        900,
+        100,
+        "req-late",
+        None,
+        None,
+    )
+    store.write_records([row])
+    with pytest.raises(SystemExit) as exit_:
+        call_command("reconcile_meters", "--now", as_of)
+    assert exit_.value.code == 1
 
 
 def test_overage_is_the_part_beyond_the_included_amount_hour_by_hour(owner, stripe_fake) -> None:

@@ -174,3 +174,24 @@ def test_a_processing_failure_is_retried_and_the_event_stays_unprocessed(
         process(stored.pk)
     stored.refresh_from_db()
     assert stored.processed_at is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_real_worker_processes_the_event_and_retries_while_stripe_fails(
+    owner, stripe_fake, real_worker
+) -> None:
+    from tests.conftest import wait_for
+
+    session_id = _checkout(owner, stripe_fake)
+    stripe_fake.complete_checkout(session_id)
+    event = stripe_fake.event("checkout.session.completed", stripe_fake.sessions[session_id])
+    stripe_fake.fail_next = 4  # more than the SDK's own retries: the task must retry
+    assert deliver(Client(), event).status_code == 200  # answered before any processing
+    assert wait_for(
+        lambda: StripeEvent.objects.filter(
+            event_id=event["id"], processed_at__isnull=False
+        ).exists(),
+        timeout=90,
+    )
+    assert stripe_fake.failed == 4
+    assert Account.objects.get(org=owner.org).plan.slug == "developer"
