@@ -109,6 +109,8 @@ def test_billing_records_survive_closure_and_are_deleted_after_7_years(
         assert run_closure(closure.pk) == "completed"
     kept = Invoice.objects.get(stripe_invoice_id=invoice_id)
     assert kept.org_name == "Acme Health"  # as it was on the invoice
+    assert kept.billing_email == "billing@acme.test"
+    assert Account.objects.get(org=owner.org).billing_email == ""  # account data: erased
 
     issued = kept.invoice_date
     with time_machine.travel(issued + timedelta(days=7 * 365)):

@@ -266,6 +266,9 @@ def _account(closure: Closure, check: Checkpoint) -> dict[str, int]:
             check("account:user")
     counts["users_erased"] = erased
     with transaction.atomic():
+        # The account's current billing contact is account data; each invoice keeps
+        # the one it was issued to, as a billing record (7 years).
+        BillingAccount.objects.filter(org_id=org.pk).update(billing_email="")
         Organization.objects.filter(pk=org.pk).update(name="", status=Organization.Status.CLOSED)
     return counts
 
