@@ -46,7 +46,7 @@ def main() -> None:
             "gunicorn",
             "clinik.wsgi",
             "--config",
-            "clinik/gunicorn_conf.py",
+            "bench/gunicorn_conf.py",
             "--bind",
             f"127.0.0.1:{args.port}",
             "--access-logfile",

@@ -47,6 +47,7 @@ INSTALLED_APPS = [
     "clinik.gateway",
     "clinik.usage",
     "clinik.notify",
+    "clinik.billing",
 ]
 
 MIDDLEWARE = [
@@ -292,6 +293,34 @@ if USAGE_RETENTION_DAYS > 90:
 AUDIT_RETENTION_DAYS = env_int("AUDIT_RETENTION_DAYS", 6 * 365 + 2, minimum=6 * 365 + 2)
 # Exports of more records than this run as a background job (with progress).
 AUDIT_EXPORT_INLINE_MAX = env_int("AUDIT_EXPORT_INLINE_MAX", 5000, minimum=0)
+
+# --- Billing: plans, Stripe, billing records (clinik.billing) -----------------------
+# Billing is on only with both Stripe secrets; without them nothing reaches Stripe and
+# organizations without an assigned plan keep the RATE_LIMIT_* defaults.
+STRIPE_SECRET_KEY = env_str("STRIPE_SECRET_KEY", "")
+STRIPE_WEBHOOK_SECRET = env_str("STRIPE_WEBHOOK_SECRET", "")
+STRIPE_API_BASE = env_str("STRIPE_API_BASE", "")  # empty: the SDK's own
+STRIPE_METER_EVENT_NAME = env_str("STRIPE_METER_EVENT_NAME", "api_requests")
+BILLING_ENABLED = bool(STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET)
+BILLING_DEFAULT_PLAN = env_str("BILLING_DEFAULT_PLAN", "free")
+BILLING_GRACE_DAYS = env_int("BILLING_GRACE_DAYS", 7, minimum=0)
+BILLING_RECORD_RETENTION_DAYS = env_int(
+    "BILLING_RECORD_RETENTION_DAYS", 7 * 365 + 2, minimum=7 * 365 + 2
+)
+CELERY_BEAT_SCHEDULE |= {
+    "report-overage-meters": {
+        "task": "clinik.billing.tasks.report_meters",
+        "schedule": 3600.0,
+    },
+    "purge-expired-billing-records": {
+        "task": "clinik.billing.tasks.purge_expired_records",
+        "schedule": 86400.0,
+    },
+    "end-billing-grace-periods": {
+        "task": "clinik.billing.tasks.end_grace_periods",
+        "schedule": 3600.0,
+    },
+}
 
 # --- Security headers ----------------------------------------------------------
 SECURE_CONTENT_TYPE_NOSNIFF = True

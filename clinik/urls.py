@@ -3,6 +3,7 @@ from django.urls import URLPattern, URLResolver, include, path
 
 from clinik import views
 from clinik.accounts import views as account_views
+from clinik.billing import urls as billing_urls
 from clinik.fhir import views as fhir_views
 from clinik.notify import views as notify_views
 from clinik.privacy import urls as privacy_urls
@@ -24,7 +25,7 @@ org_patterns: list[URLPattern | URLResolver] = [
     path("privacy/", include(privacy_urls.org_patterns)),
     path("usage/", include("clinik.usage.urls")),
     path("audit/", include("clinik.audit.urls")),
-    path("<str:section>/", account_views.coming_soon, name="coming_soon"),
+    path("billing/", include(billing_urls.org_patterns)),
 ]
 
 urlpatterns = [
@@ -46,5 +47,6 @@ urlpatterns = [
     path("o/<uuid:org_id>/", include(org_patterns)),
     path("fhir/R4", fhir_views.base),
     path("fhir/R4/", include("clinik.fhir.urls")),
+    path("billing/", include(billing_urls.urlpatterns)),
     path("staff/", admin.site.urls),
 ]

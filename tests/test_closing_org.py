@@ -39,8 +39,10 @@ REFUSED: dict[str, dict[str, str]] = {
     "privacy_export_start": {},
     "privacy_export_cancel": {},
     "privacy_close": {"confirm_name": "Acme Health"},
+    "billing_checkout": {"plan": "developer"},
 }
-ALLOWED = {"privacy_close_cancel"}  # the one way back
+# the one way back, and Stripe's portal (invoices, cards, cancelling stay reachable)
+ALLOWED = {"privacy_close_cancel", "billing_portal"}
 
 
 @pytest.fixture(autouse=True)

@@ -41,7 +41,7 @@ from tests.factories import MembershipFactory, UserFactory
 ROOT = Path(__file__).resolve().parent.parent
 # The audit trail and its copies, the closure record, and request/error logs (their
 # daily partitions too), which age out after 90 days. Nothing else may keep a row.
-KEPT_TABLES = ("audit_", "privacy_closure", "usage_requestlog", "usage_errorlog")
+KEPT_TABLES = ("audit_", "privacy_closure", "usage_requestlog", "usage_errorlog", "billing_")
 
 
 @pytest.fixture(autouse=True)

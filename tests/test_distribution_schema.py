@@ -44,6 +44,8 @@ PLATFORM = {
     "notify_policyacknowledgement": "a user's acknowledgement of a policy version",
     "notify_policynotice": "the policy announcement sent to a user",
     "privacy_analyticsid": "a user's random analytics id",
+    "billing_plan": "the plans (limits and prices) every organization chooses from",
+    "billing_stripeevent": "Stripe's webhook events, stored once by Stripe's id",
 }
 
 # Tenant tables whose key does not include org_id yet: a surrogate id from a
@@ -63,6 +65,9 @@ SURROGATE_KEYS = {
     "usage_hourlyusage": "id (serial); the rollup key includes org_id",
     "usage_errorlog": "(time, id): partitioned by time; org_id is nullable (refused requests)",
     "usage_requestlog": "(time, id): partitioned by time; org_id is nullable (refused requests)",
+    "billing_account": "id (serial); also UNIQUE (org_id), one account per organization",
+    "billing_invoice": "id (serial); UNIQUE stripe_invoice_id, an id Stripe makes unique",
+    "billing_meterreport": "id (serial); UNIQUE identifier, Stripe's idempotency identifier",
 }
 
 # The API key table is read by key hash before any tenant is known (the gateway's

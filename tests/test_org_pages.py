@@ -79,15 +79,6 @@ def test_user_without_org_is_asked_to_create_one(owner) -> None:
     assert owner.client().get("/dashboard/")["Location"] == "/orgs/new/"
 
 
-@pytest.mark.parametrize("section", ["billing"])
-def test_unbuilt_sections_say_so_and_are_private(owner, outsider, section: str) -> None:
-    path = f"/o/{owner.org.pk}/{section}/"
-    response = owner.client().get(path)
-    assert response.status_code == 200
-    assert outsider.client().get(path).status_code == 404
-    assert owner.client().post(path).status_code == 405
-
-
 def test_unknown_section_is_404(owner) -> None:
     assert owner.client().get(f"/o/{owner.org.pk}/nothing-here/").status_code == 404
 

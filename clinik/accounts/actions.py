@@ -7,6 +7,7 @@ from django.utils import timezone
 
 from clinik import audit
 from clinik.accounts.models import Invitation, Membership, Organization, User, normalize_email
+from clinik.gateway import limits
 from clinik.notify import security
 from clinik.notify.emails import send
 
@@ -61,6 +62,8 @@ def do_invite(
     *, org: Organization, email: str, role: str, actor: User, request: HttpRequest
 ) -> Invitation:
     org.lock_writable()
+    seats = org.memberships.count() + org.invitations.pending().count()
+    limits.check_room(org, "members", seats)
     invitation, token = Invitation.issue(org, email, role, actor)
     audit.record("member.invite", org=org, actor=actor, target=invitation, request=request)
     link = request.build_absolute_uri(reverse("accounts:invitation", args=[token]))

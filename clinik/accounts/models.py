@@ -125,6 +125,7 @@ class Membership(models.Model):
         OWNER = "owner", "Owner"
         ADMIN = "admin", "Admin"
         DEVELOPER = "developer", "Developer"
+        BILLING = "billing", "Billing"
 
     user = models.ForeignKey(User, models.CASCADE, related_name="memberships")
     org = models.ForeignKey(Organization, models.CASCADE, related_name="memberships")
@@ -144,6 +145,11 @@ class Membership(models.Model):
     def can_manage(self) -> bool:
         """Owners and admins manage keys, members and settings."""
         return self.role in (self.Role.OWNER, self.Role.ADMIN)
+
+    @property
+    def can_bill(self) -> bool:
+        """Owners and billing members see and change the plan and invoices."""
+        return self.role in (self.Role.OWNER, self.Role.BILLING)
 
     def assignable_roles(self) -> list[str]:
         if self.role == self.Role.OWNER:

@@ -44,6 +44,7 @@ from clinik.accounts.forms import (
     SignUpForm,
 )
 from clinik.accounts.models import Invitation, Membership, hash_token
+from clinik.gateway.limits import PlanLimitReached
 from clinik.lib.http import AuthedHttpRequest, client_ip
 from clinik.notify import security
 from clinik.privacy import analytics
@@ -281,13 +282,18 @@ def team_invite(request: AuthedHttpRequest, org_id: UUID) -> HttpResponse:
     if not form.is_valid():
         ctx = _team_context(request, membership, invite_form=form)
         return render(request, "dashboard/team.html", ctx, status=400)
-    do_invite(
-        org=membership.org,
-        email=form.cleaned_data["email"],
-        role=form.cleaned_data["role"],
-        actor=request.user,
-        request=request,
-    )
+    try:
+        do_invite(
+            org=membership.org,
+            email=form.cleaned_data["email"],
+            role=form.cleaned_data["role"],
+            actor=request.user,
+            request=request,
+        )
+    except PlanLimitReached as full:
+        form.add_error(None, str(full))
+        ctx = _team_context(request, membership, invite_form=form)
+        return render(request, "dashboard/team.html", ctx, status=400)
     analytics.capture(request.user, "member_invited", role=form.cleaned_data["role"])
     messages.success(request, f"Invitation sent to {form.cleaned_data['email']}.")
     return redirect("team", org_id)
@@ -383,18 +389,3 @@ def invitation(request: HttpRequest, token: str) -> HttpResponse:
         messages.success(request, f"Welcome to {invitation.org.name}.")
         return redirect("org_overview", invitation.org_id)
     return render(request, "accounts/invitation.html", ctx)
-
-
-@login_required
-@require_safe
-def coming_soon(request: AuthedHttpRequest, org_id: UUID, section: str) -> HttpResponse:
-    membership = get_membership(request, org_id)
-    titles = {
-        "billing": "Billing",
-    }
-    if section not in titles:
-        raise Http404
-    if section == "billing":
-        analytics.capture(request.user, "plan_viewed")
-    ctx = dashboard_context(request, membership, section, title=titles[section])
-    return render(request, "dashboard/coming_soon.html", ctx)

@@ -8,6 +8,7 @@ import ipaddress
 import re
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -330,6 +331,27 @@ def authorize(key: ApiKey, method: str, route: Route) -> None:
         raise Refused(
             403, "forbidden", "This organization is closing: its data can be read, not changed."
         )
+
+
+def check_quota(verdict: Verdict, buckets: list[Any]) -> None:
+    """A plan's monthly quota used up: 429 saying so, when it resets, and where to
+    upgrade. Checked before the request reaches any view, so a write is never cut."""
+    if verdict.allowed:
+        return
+    for state in verdict.states:
+        if state.policy.kind == "q" and state.retry_after > 0:
+            org_id = next(ident for policy, ident in buckets if policy.name == "quota")
+            month = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+            resets = (month + timedelta(days=32)).replace(day=1)
+            upgrade = f"{settings.SITE_URL}/o/{org_id}/billing/"
+            raise Refused(
+                429,
+                "throttled",
+                f"The monthly quota of {state.policy.limit} API requests of this"
+                f" organization's plan is used up. It resets at {resets:%Y-%m-%dT%H:%MZ}."
+                f" Upgrade the plan to continue now: {upgrade}",
+                {"Retry-After": str(max(1, state.retry_after))},
+            )
 
 
 def check_rate(verdict: Verdict) -> None:

@@ -1,11 +1,32 @@
-"""How much an organization may call the API. The gateway asks only `limits_for(org)`:
-until billing provides real plans, every organization gets the plan defaults, which
-come from the environment (settings.RATE_LIMIT_*)."""
+"""How much an organization may call the API. The gateway asks only `limits_for(org)`.
 
-from dataclasses import dataclass
+An organization's limits are its plan's (clinik.billing): the plan it subscribed to,
+Free after a payment failure's grace period, or the default plan. With billing off
+(no Stripe settings) an organization without an assigned plan gets the environment's
+defaults (settings.RATE_LIMIT_*, no monthly quota).
+
+The answer is cached in Redis as a hash, which is also what the gateway's rate-limit
+script reads at every request (clinik.gateway.ratelimit): a plan change deletes it
+(`forget`, after commit), and the next request sees the new plan without a restart
+and still makes one Redis call. The key carries a fingerprint of the settings the
+answer depends on, so a configuration change cannot serve stale limits either.
+"""
+
+import logging
+import zlib
+from dataclasses import asdict, dataclass, fields
 from typing import Any
+from uuid import UUID
 
+import redis
 from django.conf import settings
+
+from clinik.gateway.ratelimit import limiter
+
+logger = logging.getLogger("clinik.gateway")
+
+KEY_PREFIX = "clinik:limits:"
+TTL_SECONDS = 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,11 +37,143 @@ class Limits:
     """Requests per window for any one key of the organization."""
     window: int
     """The window, in seconds."""
+    quota: int = -1
+    """Requests per calendar month refused beyond (429); -1: none (a paid plan bills
+    requests beyond its included amount as overage instead)."""
+    included: int = -1
+    """Requests per month included in the plan; -1: unlimited."""
+    max_keys: int = -1
+    max_members: int = -1
+    max_exports: int = -1
+    """Usable API keys, members and concurrent bulk exports; -1: unlimited."""
+    plan: str = ""
+    """The plan's slug ("" for the environment's defaults)."""
 
 
-def limits_for(org: Any) -> Limits:
+class PlanLimitReached(Exception):
+    """One more key or member would exceed the organization's plan."""
+
+    def __init__(self, what: str, limit: int, plan: str) -> None:
+        name = plan.capitalize() if plan else "This installation's"
+        super().__init__(
+            f"The {name} plan allows {limit} {what}: remove one, or upgrade the plan on the"
+            " Billing page."
+        )
+
+
+def check_room(org: Any, what: str, used: int) -> None:
+    """Raise PlanLimitReached if the plan has no room for one more `what`
+    ("API keys" or "members")."""
+    limits = limits_for(org)
+    limit = limits.max_keys if what == "API keys" else limits.max_members
+    if 0 <= limit <= used:
+        raise PlanLimitReached(what, limit, limits.plan)
+
+
+def environment_defaults() -> Limits:
     return Limits(
         org_requests=settings.RATE_LIMIT_ORG_REQUESTS,
         key_requests=settings.RATE_LIMIT_KEY_REQUESTS,
         window=settings.RATE_LIMIT_WINDOW_SECONDS,
     )
+
+
+def _fingerprint() -> str:
+    parts = (
+        settings.RATE_LIMIT_ORG_REQUESTS,
+        settings.RATE_LIMIT_KEY_REQUESTS,
+        settings.RATE_LIMIT_WINDOW_SECONDS,
+        settings.BILLING_ENABLED,
+        settings.BILLING_DEFAULT_PLAN,
+        settings.BILLING_GRACE_DAYS,
+    )
+    return format(zlib.crc32(repr(parts).encode()), "08x")
+
+
+def cache_key(org_id: Any) -> str:
+    return f"{KEY_PREFIX}{_fingerprint()}:{org_id}"
+
+
+_clients: dict[str, redis.Redis] = {}
+
+
+def _redis() -> redis.Redis:
+    url = settings.GATEWAY_REDIS_URL
+    client = _clients.get(url)
+    if client is None:
+        timeout = settings.GATEWAY_REDIS_TIMEOUT_MS / 1000
+        client = redis.Redis.from_url(
+            url, socket_connect_timeout=timeout, socket_timeout=timeout, decode_responses=True
+        )
+        _clients[url] = client
+    return client
+
+
+def _org_id(org: Any) -> UUID | str:
+    return getattr(org, "pk", org)
+
+
+def limits_for(org: Any) -> Limits:
+    """The organization's current limits (an Organization or its id)."""
+    org_id = _org_id(org)
+    key = cache_key(org_id)
+    if limiter.is_down(settings.GATEWAY_REDIS_URL):  # the limiter warns about it
+        return load(org_id)[0]
+    try:
+        cached: dict[str, str] | None = _redis().hgetall(key)  # type: ignore[assignment]
+    except redis.RedisError:
+        cached = None
+    if cached:
+        types = {f.name: f.type for f in fields(Limits)}
+        values: dict[str, Any] = {k: v if types[k] is str else int(v) for k, v in cached.items()}
+        return Limits(**values)
+    limits, ttl = load(org_id)
+    try:
+        pipe = _redis().pipeline()
+        mapping: Any = asdict(limits)
+        pipe.hset(key, mapping=mapping)
+        pipe.expire(key, ttl)
+        pipe.execute()
+    except redis.RedisError as error:
+        logger.debug("Organization limits not cached: Redis failed (%s)", type(error).__name__)
+    return limits
+
+
+def load(org_id: Any) -> tuple[Limits, int]:
+    """The limits from the database, and how long they hold (seconds)."""
+    from clinik.billing.plans import effective_plan  # (billing imports no gateway module)
+
+    plan, holds_for = effective_plan(org_id)
+    if plan is None:
+        return environment_defaults(), TTL_SECONDS
+    return _of_plan(plan), max(1, min(TTL_SECONDS, holds_for))
+
+
+def _of_plan(plan: Any) -> Limits:
+    def unlimited(value: int | None) -> int:
+        return -1 if value is None else value
+
+    return Limits(
+        org_requests=plan.org_requests_per_minute,
+        key_requests=plan.key_requests_per_minute,
+        window=60,
+        quota=plan.included_requests if plan.hard_quota else -1,
+        included=unlimited(plan.included_requests),
+        max_keys=unlimited(plan.max_keys),
+        max_members=unlimited(plan.max_members),
+        max_exports=unlimited(plan.max_exports),
+        plan=plan.slug,
+    )
+
+
+def forget(org_id: Any) -> None:
+    """Drop the cached limits (of every organization when org_id is None, after staff
+    edited a plan): the next request reads the plan again."""
+    try:
+        if org_id is None:
+            for key in _redis().scan_iter(match=f"{KEY_PREFIX}*", count=1000):
+                _redis().delete(key)
+            return
+        _redis().delete(cache_key(org_id))
+    except redis.RedisError as error:
+        logger.warning("Organization limits not forgotten: Redis failed (%s)", type(error).__name__)

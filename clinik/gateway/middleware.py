@@ -14,7 +14,7 @@ the key is in a header a browser never adds by itself).
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import cast
 
 from django.conf import settings
@@ -25,7 +25,7 @@ from django.urls import Resolver404, get_resolver
 
 from clinik.accounts.models import Organization
 from clinik.gateway import checks, cors, ratelimit
-from clinik.gateway.limits import limits_for
+from clinik.gateway.limits import cache_key, limits_for
 from clinik.gateway.ratelimit import Bucket, BucketState, Policy, known_keys, limiter
 from clinik.keys import recheck
 from clinik.keys.models import ApiKey
@@ -126,7 +126,14 @@ class GatewayMiddleware:
     @staticmethod
     def limit(passage: Passage, buckets: list[Bucket]) -> list[Bucket]:
         verdict = limiter.hit(buckets)
+        if verdict.stale:  # the plan changed (or its cache expired): read it, ask again
+            org_id = next(ident for policy, ident in buckets if policy.name == "org")
+            limits_for(org_id)
+            verdict = limiter.hit(buckets)
+            if verdict.stale:  # Redis lost it again: the limits known at authentication
+                verdict = limiter.hit([(replace(p, source=""), i) for p, i in buckets])
         passage.limits += verdict.states
+        checks.check_quota(verdict, buckets)
         checks.check_rate(verdict)
         return buckets
 
@@ -182,8 +189,12 @@ def _ip_bucket(request: HttpRequest) -> Bucket:
 
 
 def _key_buckets(key: ApiKey) -> list[Bucket]:
+    """The key's, the organization's and the monthly quota's buckets, whose limits the
+    rate-limit script reads from the organization's cached limits at every request."""
     limits = limits_for(key.org)
+    source = cache_key(key.org_id)
     return [
-        (Policy("key", limits.key_requests, limits.window), str(key.pk)),
-        (Policy("org", limits.org_requests, limits.window), str(key.org_id)),
+        (Policy("key", limits.key_requests, limits.window, source=source), str(key.pk)),
+        (Policy("org", limits.org_requests, limits.window, source=source), str(key.org_id)),
+        (Policy("quota", limits.quota, 0, "q", source), str(key.org_id)),
     ]

@@ -19,6 +19,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
@@ -30,40 +31,83 @@ logger = logging.getLogger("clinik.gateway")
 
 KEY_PREFIX = "clinik:rl:"
 
-# KEYS: one bucket each. ARGV: limit and window (ms) per bucket, in KEYS order.
-# Returns {allowed, then remaining, ms until full, ms until retry for each bucket}.
+# KEYS: one per bucket, then (when a bucket reads its limit from it) the
+# organization's limits hash (clinik.gateway.limits). ARGV[1]: the number of buckets;
+# then per bucket: kind, limit, window (ms), field.
+#   kind 'g': a token bucket (GCRA); 'q': a counter until the window ends (the
+#   monthly quota; the key names the month). field: when not '', the limit (and a
+#   token bucket's window) comes from the limits hash; a limit below 0 means none.
+# Returns {-1} when the limits hash is missing (the caller fills it and asks again),
+# else {allowed, then limit, remaining, ms until full, ms until retry per bucket}.
 GCRA_LUA = """
+local n = tonumber(ARGV[1])
+local conf = {}
+if #KEYS > n then
+  local flat = redis.call('HGETALL', KEYS[n + 1])
+  if #flat == 0 then return {-1} end
+  for i = 1, #flat, 2 do conf[flat[i]] = tonumber(flat[i + 1]) end
+end
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local tats = {}
+local specs = {}
 local allowed = 1
-for i = 1, #KEYS do
-  local limit = tonumber(ARGV[2 * i - 1])
-  local window = tonumber(ARGV[2 * i])
-  local tat = tonumber(redis.call('GET', KEYS[i])) or now
-  if tat < now then tat = now end
-  tats[i] = tat
-  if tat + window / limit - now > window then allowed = 0 end
+for i = 1, n do
+  local base = 4 * (i - 1) + 1
+  local kind = ARGV[base + 1]
+  local limit = tonumber(ARGV[base + 2])
+  local window = tonumber(ARGV[base + 3])
+  local field = ARGV[base + 4]
+  if field ~= '' then
+    limit = conf[field] or limit
+    if kind == 'g' and conf['window'] then window = conf['window'] * 1000 end
+  end
+  local state
+  if kind == 'q' then
+    state = tonumber(redis.call('GET', KEYS[i])) or 0
+    if limit >= 0 and state >= limit then allowed = 0 end
+  else
+    local tat = tonumber(redis.call('GET', KEYS[i])) or now
+    if tat < now then tat = now end
+    state = tat
+    if tat + window / limit - now > window then allowed = 0 end
+  end
+  specs[i] = {kind, limit, window, state}
 end
 local out = {allowed}
-for i = 1, #KEYS do
-  local limit = tonumber(ARGV[2 * i - 1])
-  local window = tonumber(ARGV[2 * i])
-  local interval = window / limit
-  local tat = tats[i]
+for i = 1, n do
+  local kind, limit, window, state = specs[i][1], specs[i][2], specs[i][3], specs[i][4]
   local retry = 0
-  if allowed == 1 then
-    tat = tat + interval
-    redis.call('SET', KEYS[i], tostring(tat), 'PX', math.max(1, math.ceil(tat - now)))
-  elseif tat + interval - now > window then
-    retry = math.ceil(tat + interval - window - now)
+  out[#out + 1] = limit
+  if kind == 'q' then
+    local count = state
+    if allowed == 1 then
+      count = redis.call('INCR', KEYS[i])
+      if count == 1 then redis.call('PEXPIRE', KEYS[i], window + 86400000) end
+    elseif limit >= 0 and count >= limit then
+      retry = window
+    end
+    out[#out + 1] = math.max(0, limit - count)
+    out[#out + 1] = window
+  else
+    local interval = window / limit
+    local tat = state
+    if allowed == 1 then
+      tat = tat + interval
+      redis.call('SET', KEYS[i], tostring(tat), 'PX', math.max(1, math.ceil(tat - now)))
+    elseif tat + interval - now > window then
+      retry = math.ceil(tat + interval - window - now)
+    end
+    out[#out + 1] = math.max(0, math.floor((window - (tat - now)) / interval + 1e-6))
+    out[#out + 1] = math.ceil(tat - now)
   end
-  out[#out + 1] = math.max(0, math.floor((window - (tat - now)) / interval + 1e-6))
-  out[#out + 1] = math.ceil(tat - now)
   out[#out + 1] = retry
 end
 return out
 """
+
+
+# The field of the limits hash (clinik.gateway.limits.Limits) each policy reads.
+LIMIT_FIELDS = {"key": "key_requests", "org": "org_requests", "quota": "quota"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +116,13 @@ class Policy:
     limit: int
     window: int
     """Seconds."""
+    kind: str = "g"
+    """"g": a token bucket over `window`; "q": a monthly quota (a counter per
+    calendar month, UTC), identified by the organization."""
+    source: str = ""
+    """The Redis hash (clinik.gateway.limits) the limit is read from at every check,
+    so a plan change applies on the next request; `limit` and `window` are then the
+    values when the key authenticated, used only when Redis is away."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +139,8 @@ class BucketState:
 class Verdict:
     allowed: bool
     states: tuple[BucketState, ...]
+    stale: bool = False
+    """The limits hash of a bucket's source is missing: fill it and check again."""
 
     @property
     def retry_after(self) -> int:
@@ -116,6 +169,9 @@ class MemoryBuckets:
         self._lock = threading.Lock()
 
     def hit(self, buckets: list[Bucket]) -> Verdict:
+        """The monthly quota is not counted per process: without Redis it is not
+        enforced (billing counts from the request log anyway)."""
+        buckets = [bucket for bucket in buckets if bucket[0].kind == "g"]
         now = time.monotonic() * 1000
         with self._lock:
             if len(self._tats) > self.MAX_BUCKETS:
@@ -170,6 +226,10 @@ class Limiter:
                 self._scripts[url] = script
         return script
 
+    def is_down(self, url: str) -> bool:
+        """Redis at url failed recently: not tried again before the retry time."""
+        return time.monotonic() < self._down_until.get(url, 0.0)
+
     def hit(self, buckets: list[Bucket]) -> Verdict:
         """Check and consume one request from every bucket, or from none."""
         url = settings.GATEWAY_REDIS_URL  # read per call: settings may be overridden
@@ -182,15 +242,36 @@ class Limiter:
         return self.memory.hit(buckets)
 
     def _redis_hit(self, url: str, buckets: list[Bucket]) -> Verdict:
-        keys = [f"{KEY_PREFIX}{policy.name}:{ident}" for policy, ident in buckets]
-        args: list[int] = []
-        for policy, _ in buckets:
-            args += [policy.limit, policy.window * 1000]
+        keys: list[str] = []
+        args: list[int | str] = [len(buckets)]
+        source = ""
+        month, until_month_end = _month()
+        for policy, ident in buckets:
+            if policy.kind == "q":
+                keys.append(f"{KEY_PREFIX}{policy.name}:{ident}:{month}")
+                args += ["q", policy.limit, until_month_end]
+            else:
+                keys.append(f"{KEY_PREFIX}{policy.name}:{ident}")
+                args += ["g", policy.limit, policy.window * 1000]
+            args.append(LIMIT_FIELDS.get(policy.name, policy.name) if policy.source else "")
+            source = source or policy.source
+        if source:
+            keys.append(source)
         out = self._script(url)(keys=keys, args=args)
-        states = tuple(
-            _state(policy, *out[1 + 3 * i : 4 + 3 * i]) for i, (policy, _) in enumerate(buckets)
-        )
-        return Verdict(bool(out[0]), states)
+        if out[0] == -1:
+            return Verdict(True, (), stale=True)
+        states = []
+        for i, (policy, _) in enumerate(buckets):
+            limit, remaining, until_full, retry = out[1 + 4 * i : 5 + 4 * i]
+            if policy.kind == "q":
+                window = math.ceil(until_month_end / 1000)
+                effective = Policy(policy.name, int(limit), window, "q")
+            elif policy.source:
+                effective = Policy(policy.name, int(limit), policy.window)
+            else:
+                effective = policy
+            states.append(_state(effective, remaining, until_full, retry))
+        return Verdict(bool(out[0]), tuple(states))
 
     def _warn(self, error: str) -> None:
         now = time.monotonic()
@@ -258,7 +339,17 @@ limiter = Limiter()
 known_keys = KnownKeys()
 
 
+def _month(now: float | None = None) -> tuple[str, int]:
+    """The current calendar month (UTC) as YYYYMM, and milliseconds until it ends."""
+    moment = datetime.fromtimestamp(time.time() if now is None else now, UTC)
+    start = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    end = (start + timedelta(days=32)).replace(day=1)
+    return f"{start:%Y%m}", max(1, math.ceil((end - moment).total_seconds() * 1000))
+
+
 def headers(states: tuple[BucketState, ...]) -> dict[str, str]:
+    # a quota without a limit (a plan billed by overage) is counted, not announced
+    states = tuple(s for s in states if s.policy.limit >= 0)
     if not states:
         return {}
     return {

@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from clinik import audit
 from clinik.accounts.models import Organization, User
+from clinik.gateway import limits
 from clinik.keys.models import ApiKey
 from clinik.notify.emails import send
 
@@ -44,6 +45,7 @@ def do_create_key(
 ) -> tuple[ApiKey, str]:
     """Issue a live key. Returns the key and its plaintext, which exists nowhere else."""
     org.lock_writable()
+    limits.check_room(org, "API keys", ApiKey.objects.filter(org=org).active().count())
     key, plaintext = ApiKey.issue(
         org=org, name=name, scopes=scopes, expires_at=expires_at, created_by=actor
     )

@@ -19,6 +19,7 @@ from clinik.accounts.access import (
 from clinik.accounts.models import Membership
 from clinik.gateway.actions import do_allow_origin, do_remove_origin
 from clinik.gateway.forms import OriginForm
+from clinik.gateway.limits import PlanLimitReached
 from clinik.keys.actions import do_create_key, do_revoke_key
 from clinik.keys.forms import KeyForm
 from clinik.lib.http import AuthedHttpRequest
@@ -57,14 +58,18 @@ def keys_create(request: AuthedHttpRequest, org_id: UUID) -> HttpResponse:
     form = KeyForm(request.POST)
     if not form.is_valid():
         return _page(request, membership, form=form, status=400)
-    key, plaintext = do_create_key(
-        org=membership.org,
-        actor=request.user,
-        name=form.cleaned_data["name"],
-        scopes=form.cleaned_data["scopes"],
-        expires_at=form.expires_at(),
-        request=request,
-    )
+    try:
+        key, plaintext = do_create_key(
+            org=membership.org,
+            actor=request.user,
+            name=form.cleaned_data["name"],
+            scopes=form.cleaned_data["scopes"],
+            expires_at=form.expires_at(),
+            request=request,
+        )
+    except PlanLimitReached as full:
+        form.add_error(None, str(full))
+        return _page(request, membership, form=form, status=400)
     analytics.capture(
         request.user, "key_created", scopes=key.scopes, expires=key.expires_at is not None
     )

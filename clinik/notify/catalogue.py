@@ -42,6 +42,10 @@ CATALOGUE: dict[str, Email] = {
     "invitation": Email("service", "someone invites you to an organization"),
     "incident-opened": Email("service", "an outage affecting your organization begins"),
     "incident-resolved": Email("service", "that outage is resolved"),
+    "billing-receipt": Email("billing", "an invoice is paid (to the billing email or the owners)"),
+    "billing-payment-failed": Email(
+        "billing", "a payment fails: the grace period before Free's limits (to the owners)"
+    ),
     "policy-announcement": Email(
         "policy", "a new privacy policy version is published, 30+ days before it applies"
     ),

@@ -29,6 +29,8 @@ from clinik import audit
 from clinik.accounts.models import Invitation, Membership, Organization, User
 from clinik.audit.erasure import erase_actor_details, erase_user_details
 from clinik.audit.models import AuditEvent, AuditExport
+from clinik.billing.models import Account as BillingAccount
+from clinik.billing.models import Invoice, MeterReport
 from clinik.fhir.store import get_store
 from clinik.gateway.models import AllowedOrigin
 from clinik.keys.models import ApiKey
@@ -62,7 +64,12 @@ KEPT_AFTER_CLOSURE: tuple[type[Any], ...] = (
     # Copies of the audit log requested by the organization. Their files are the
     # audit app's: it should delete them at closure (reported; not done here).
     AuditExport,
-    # Billing records join here (7 years, §6) when billing exists.
+    # Billing records (§6: 7 years, deleted by clinik.billing.records): invoices with
+    # the organization's name and billing email as they were; the account that ties
+    # the organization to its Stripe customer; the overage reported to Stripe.
+    Invoice,
+    BillingAccount,
+    MeterReport,
 )
 BATCH = 5000
 
@@ -259,6 +266,9 @@ def _account(closure: Closure, check: Checkpoint) -> dict[str, int]:
             check("account:user")
     counts["users_erased"] = erased
     with transaction.atomic():
+        # The account's current billing contact is account data; each invoice keeps
+        # the one it was issued to, as a billing record (7 years).
+        BillingAccount.objects.filter(org_id=org.pk).update(billing_email="")
         Organization.objects.filter(pk=org.pk).update(name="", status=Organization.Status.CLOSED)
     return counts
 

@@ -34,16 +34,14 @@ from django.db import DatabaseError, close_old_connections
 from django.http import HttpRequest, HttpResponseBase
 
 from clinik.audit.interactions import record_fhir_interaction
+from clinik.usage import store
+from clinik.usage.queue import BUFFER_KEY as BUFFER_KEY  # re-exported for callers
+from clinik.usage.queue import Record, push
+from clinik.usage.queue import redis_client as redis_client
 
 logger = logging.getLogger("clinik.usage")
 
-BUFFER_KEY = "clinik:usage:buffer"
 UNROUTED = "(no route)"
-PUSH_CHUNK = 5000
-
-# (time, org_id, key_id, method, route, resource_type, status, latency_us,
-#  response_bytes, request_id, error_class, message)
-Record = tuple[Any, ...]
 
 _METHOD = re.compile(r"[A-Z]{1,10}")
 _ISSUE_CODE = re.compile(r"[a-z][a-z-]{0,39}")
@@ -291,31 +289,10 @@ def note(request: HttpRequest, response: HttpResponseBase | None, started: float
 
 # --- flushing ---------------------------------------------------------------------------
 
-_clients: dict[tuple[int, str], redis.Redis] = {}
-
-
-def redis_client() -> redis.Redis:
-    url = settings.USAGE_REDIS_URL
-    key = (os.getpid(), url)
-    client = _clients.get(key)
-    if client is None:
-        client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=2)
-        _clients[key] = client
-    return client
-
-
-def push(records: list[Record]) -> None:
-    pipe = redis_client().pipeline(transaction=False)
-    for start in range(0, len(records), PUSH_CHUNK):
-        pipe.rpush(BUFFER_KEY, *(orjson.dumps(r) for r in records[start : start + PUSH_CHUNK]))
-    pipe.execute()
-
 
 def flush() -> int:
     """Move this process's buffer to Redis, or to PostgreSQL if Redis is away.
     Returns how many records left the buffer."""
-    from clinik.usage import store
-
     records = buffer.take()
     if not records:
         return 0

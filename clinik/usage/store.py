@@ -13,7 +13,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from clinik.usage import histogram
-from clinik.usage.requestlog import BUFFER_KEY, Record, redis_client
+from clinik.usage.queue import BUFFER_KEY, Record, redis_client
 
 DRAINING_KEY = "clinik:usage:draining"
 TOKEN_KEY = "clinik:usage:draining:token"  # noqa: S105 (a Redis key name)
@@ -108,6 +108,10 @@ def _rollup_keys(rows: Iterable[Record]) -> Rollups:
 
 
 def _write(cursor: Any, records: list[Record]) -> int:
+    """Store records exactly once: a request log row is keyed by (time, request id),
+    so a batch written twice (a Redis push that timed out after Redis stored it, then
+    the PostgreSQL fallback; a drain rerun) adds nothing the second time. Only the rows
+    actually inserted reach the error log and the rollups, which billing reads."""
     cutoff = _cutoff()
     rows = []
     for r in records:
@@ -117,9 +121,26 @@ def _write(cursor: Any, records: list[Record]) -> int:
     if not rows:
         return 0
     ensure_partitions(min(r[0] for r in rows).date(), max(r[0] for r in rows).date())
-    with cursor.copy(f"COPY usage_requestlog ({_LOG_COLUMNS}) FROM STDIN") as copy:
+    cursor.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS usage_incoming"
+        " (LIKE usage_requestlog INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+    )
+    cursor.execute("TRUNCATE usage_incoming")
+    with cursor.copy(f"COPY usage_incoming ({_LOG_COLUMNS}) FROM STDIN") as copy:
         for row in rows:
             copy.write_row(row[:10])
+    cursor.execute(
+        f"INSERT INTO usage_requestlog ({_LOG_COLUMNS})"  # noqa: S608 (constant columns)
+        f" SELECT DISTINCT ON (time, request_id) {_LOG_COLUMNS} FROM usage_incoming"
+        " ON CONFLICT (time, request_id) DO NOTHING RETURNING time, request_id"
+    )
+    fresh = set(cursor.fetchall())
+    kept = []
+    for r in rows:
+        if (r[0], r[9]) in fresh:
+            fresh.discard((r[0], r[9]))  # a record twice in one batch counts once
+            kept.append(r)
+    rows = kept
     errors = [r for r in rows if r[10] is not None]
     if errors:
         with cursor.copy(f"COPY usage_errorlog ({_ERROR_COLUMNS}) FROM STDIN") as copy:

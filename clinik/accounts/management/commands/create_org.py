@@ -7,6 +7,8 @@ from django.db import transaction
 
 from clinik.accounts.actions import do_create_org
 from clinik.accounts.models import User, normalize_email
+from clinik.billing.actions import do_assign_plan
+from clinik.billing.models import Plan
 from clinik.keys.actions import do_create_key
 from clinik.keys.models import ApiKey
 
@@ -21,8 +23,19 @@ class Command(BaseCommand):
         parser.add_argument("--name", required=True, help="organization name")
         parser.add_argument("--email", required=True, help="the owner's email")
         parser.add_argument("--password", default=None, help="the owner's password (optional)")
+        parser.add_argument(
+            "--plan", default=None, help="the plan's slug (default: the default plan)"
+        )
 
-    def handle(self, *args: Any, name: str, email: str, password: str | None, **opts: Any) -> None:
+    def handle(
+        self,
+        *args: Any,
+        name: str,
+        email: str,
+        password: str | None,
+        plan: str | None = None,
+        **opts: Any,
+    ) -> None:
         email = normalize_email(email)
         try:
             validate_email(email)
@@ -30,6 +43,10 @@ class Command(BaseCommand):
             raise CommandError(f"not an email address: {email!r}") from None
         if not name.strip():
             raise CommandError("--name must not be empty")
+        chosen = Plan.objects.filter(slug=plan).first() if plan else None
+        if plan and chosen is None:
+            slugs = ", ".join(Plan.objects.values_list("slug", flat=True))
+            raise CommandError(f"no plan {plan!r} (plans: {slugs})")
         with transaction.atomic():
             user = User.objects.filter(email=email).first()
             if user is None:
@@ -38,6 +55,8 @@ class Command(BaseCommand):
                 user.set_password(password)
                 user.save(update_fields=["password"])
             org = do_create_org(user=user, name=name.strip(), request=None)
+            if chosen is not None:
+                do_assign_plan(org=org, plan=chosen, actor=None)
             result = {"org_id": str(org.pk), "user_email": user.email}
             result.update(self.issue_first_key(org, user))
         self.stdout.write(json.dumps(result))

@@ -1,0 +1,197 @@
+"""The Stripe webhook endpoint and its processing, against a local server speaking
+Stripe's API (tests/stripe_fake.py) with payloads signed as Stripe signs them."""
+
+import threading
+import time
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.test import Client
+
+from clinik.audit.models import AuditEvent
+from clinik.billing.models import Account, Invoice, StripeEvent
+from clinik.billing.webhooks import process
+from clinik.gateway.ratelimit import known_keys, limiter
+from tests.stripe_fake import FakeStripe, deliver, paid_plans, stripe_fake
+
+__all__ = ["paid_plans", "stripe_fake"]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_limiter() -> Any:
+    limiter.reset()
+    known_keys.clear()
+    yield
+    known_keys.clear()
+
+
+def _key_limit(response: Any) -> int:
+    policy = response["RateLimit-Policy"]
+    part = next(p for p in policy.split(", ") if p.startswith('"key"'))
+    return int(part.split(";q=")[1].split(";")[0])
+
+
+def _checkout(owner: Any, fake: FakeStripe, plan: str = "developer") -> str:
+    response = owner.client().post(f"/o/{owner.org.pk}/billing/checkout/", {"plan": plan})
+    assert response.status_code == 303, response.content
+    session_id = response["Location"].rsplit("/", 1)[1]
+    assert fake.sessions[session_id]["client_reference_id"] == str(owner.org.pk)
+    return session_id
+
+
+def _subscribe(owner: Any, fake: FakeStripe, capture: Any, plan: str = "developer") -> str:
+    session_id = _checkout(owner, fake, plan)
+    sub_id = fake.complete_checkout(session_id)
+    with capture(execute=True):
+        event = fake.event("checkout.session.completed", fake.sessions[session_id])
+        assert deliver(Client(), event).status_code == 200
+    return sub_id
+
+
+def test_checkout_makes_the_plan_active_and_the_next_request_has_its_limits(
+    owner, api, stripe_fake, django_capture_on_commit_callbacks
+) -> None:
+    before = api.get("Patient")
+    assert before.status_code == 200
+    assert _key_limit(before) == 600  # Free, the default plan with billing on
+    customer_calls = [r for r in stripe_fake.requests if r[1] == "/v1/customers"]
+    _subscribe(owner, stripe_fake, django_capture_on_commit_callbacks)
+    account = Account.objects.get(org=owner.org)
+    assert account.plan.slug == "developer"
+    assert account.subscription_status == "active"
+    assert account.billing_email == "billing@acme.test"
+    customer = stripe_fake.customers[account.stripe_customer_id]
+    assert customer["metadata"] == {"org_id": str(owner.org.pk)}  # and nothing else
+    assert len([r for r in stripe_fake.requests if r[1] == "/v1/customers"]) == (
+        len(customer_calls) + 1
+    )
+    after = api.get("Patient")  # the very next request, same process, no restart
+    assert _key_limit(after) == 1500
+    assert "quota" not in after["RateLimit-Policy"]  # a paid plan bills overage instead
+    assert AuditEvent.objects.filter(org_id=owner.org.pk, action="billing.plan_change").exists()
+
+
+def test_a_bad_or_expired_signature_is_refused_and_changes_nothing(
+    owner, stripe_fake, django_capture_on_commit_callbacks
+) -> None:
+    session_id = _checkout(owner, stripe_fake)
+    stripe_fake.complete_checkout(session_id)
+    event = stripe_fake.event("checkout.session.completed", stripe_fake.sessions[session_id])
+    client = Client()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert deliver(client, event, secret="whsec_someone_else").status_code == 400
+        assert deliver(client, event, timestamp=int(time.time()) - 301).status_code == 400
+        unsigned = client.post(
+            "/billing/stripe/webhook", data=b"{}", content_type="application/json"
+        )
+        assert unsigned.status_code == 400
+    assert not StripeEvent.objects.exists()
+    assert Account.objects.get(org=owner.org).plan.slug == "free"
+    assert client.get("/billing/stripe/webhook").status_code == 405
+
+
+def test_without_stripe_settings_the_webhook_does_nothing(client, settings, db) -> None:
+    settings.BILLING_ENABLED = False
+    response = client.post("/billing/stripe/webhook", data=b"{}", content_type="application/json")
+    assert response.status_code == 404
+    assert not StripeEvent.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_same_event_delivered_20_times_at_once_has_one_effect(
+    owner, stripe_fake, django_capture_on_commit_callbacks
+) -> None:
+    session_id = _checkout(owner, stripe_fake)
+    sub_id = stripe_fake.complete_checkout(session_id)
+    customer = stripe_fake.subscriptions[sub_id]["customer"]
+    invoice_id = stripe_fake.add_invoice(customer, "paid", 2900)
+    event = stripe_fake.event("invoice.paid", stripe_fake.invoices[invoice_id])
+    answers: list[int] = []
+
+    def send() -> None:
+        answers.append(deliver(Client(), event).status_code)
+        connection.close()
+
+    threads = [threading.Thread(target=send) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert answers == [200] * 20
+    assert StripeEvent.objects.filter(event_id=event["id"]).count() == 1
+    assert Invoice.objects.filter(stripe_invoice_id=invoice_id).count() == 1
+    from django.core import mail
+
+    receipts = [m for m in mail.outbox if "Receipt" in m.subject]
+    assert len(receipts) == 1
+    assert AuditEvent.objects.filter(org_id=owner.org.pk, action="billing.invoice").count() == 1
+
+
+def test_events_in_reverse_order_end_in_the_state_stripe_holds(
+    owner, stripe_fake, django_capture_on_commit_callbacks
+) -> None:
+    session_id = _checkout(owner, stripe_fake)
+    sub_id = stripe_fake.complete_checkout(session_id)
+    events = [stripe_fake.event("checkout.session.completed", stripe_fake.sessions[session_id])]
+    events.append(
+        stripe_fake.event("customer.subscription.created", stripe_fake.subscriptions[sub_id])
+    )
+    # upgraded to Scale, then the payment failed, then it was paid again
+    scale = {"price": {"id": "price_scale", "object": "price"}}
+    item = stripe_fake.subscriptions[sub_id]["items"]["data"][0]
+    item.update(scale)
+    events.append(
+        stripe_fake.event(
+            "customer.subscription.updated", stripe_fake.set_subscription(sub_id, status="past_due")
+        )
+    )
+    events.append(
+        stripe_fake.event(
+            "customer.subscription.updated", stripe_fake.set_subscription(sub_id, status="active")
+        )
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        for event in reversed(events):
+            assert deliver(Client(), event).status_code == 200
+    account = Account.objects.get(org=owner.org)
+    assert (account.plan.slug, account.subscription_status) == ("scale", "active")
+    assert account.past_due_since is None
+    assert StripeEvent.objects.filter(processed_at__isnull=False).count() == 4
+
+
+def test_a_processing_failure_is_retried_and_the_event_stays_unprocessed(
+    owner, stripe_fake, settings
+) -> None:
+    event = stripe_fake.event(
+        "customer.subscription.updated", {"id": "sub_missing", "object": "subscription"}
+    )
+    assert deliver(Client(), event).status_code == 200  # stored; on_commit not run here
+    stored = StripeEvent.objects.get(event_id=event["id"])
+    import stripe
+
+    with pytest.raises(stripe.InvalidRequestError):
+        process(stored.pk)
+    stored.refresh_from_db()
+    assert stored.processed_at is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_real_worker_processes_the_event_and_retries_while_stripe_fails(
+    owner, stripe_fake, real_worker
+) -> None:
+    from tests.conftest import wait_for
+
+    session_id = _checkout(owner, stripe_fake)
+    stripe_fake.complete_checkout(session_id)
+    event = stripe_fake.event("checkout.session.completed", stripe_fake.sessions[session_id])
+    stripe_fake.fail_next = 4  # more than the SDK's own retries: the task must retry
+    assert deliver(Client(), event).status_code == 200  # answered before any processing
+    assert wait_for(
+        lambda: StripeEvent.objects.filter(
+            event_id=event["id"], processed_at__isnull=False
+        ).exists(),
+        timeout=90,
+    )
+    assert stripe_fake.failed == 4
+    assert Account.objects.get(org=owner.org).plan.slug == "developer"
