@@ -99,3 +99,15 @@ class RoleForm(forms.Form):
         self.fields["role"].choices = [  # type: ignore[attr-defined]
             choice for choice in Membership.Role.choices if choice[0] in allowed
         ]
+
+
+class SupabaseSignUpForm(SignUpForm):
+    """Sign-up through Supabase Auth: an existing email is not refused here (the
+    answer must not say whether it exists); proving the email links the account."""
+
+    def clean_email(self) -> str:
+        return normalize_email(self.cleaned_data["email"])
+
+
+class EmailForm(forms.Form):
+    email = forms.EmailField(max_length=254)
