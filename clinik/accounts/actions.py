@@ -10,7 +10,7 @@ from django.utils import timezone
 from clinik import audit
 from clinik.accounts.alerts import send_security_alert
 from clinik.accounts.models import Invitation, Membership, Organization, User, normalize_email
-from clinik.accounts.supabase import confirmed_email
+from clinik.accounts.supabase import EMAIL_LINK, confirmed_email
 from clinik.lib.emails import send_email_on_commit
 
 
@@ -108,7 +108,7 @@ def do_supabase_signin(*, claims: dict[str, Any], method: str, request: HttpRequ
     email = normalize_email(str(claims.get("email") or ""))
     user = User.objects.select_for_update().filter(external_auth_id=sub).first()
     if user is None:
-        user = _link_or_create(sub, email, claims, request)
+        user = _link_or_create(sub, email, method, claims, request)
     elif email and email != user.email:
         _follow_email_change(user, email, sub, request)
     if method not in user.auth_methods:
@@ -124,21 +124,27 @@ def do_supabase_signin(*, claims: dict[str, Any], method: str, request: HttpRequ
 
 
 def _link_or_create(
-    sub: str, email: str, claims: dict[str, Any], request: HttpRequest | None
+    sub: str, email: str, method: str, claims: dict[str, Any], request: HttpRequest | None
 ) -> User:
     if not email:
         raise IdentityNotLinked("no email")
     existing = User.objects.select_for_update().filter(email=email).first()
     if existing is not None:
-        if existing.external_auth_id is not None or confirmed_email(sub) != email:
-            raise IdentityNotLinked("email not proven, or another identity's")
+        # Proof of the address: this very sign-in came through a link sent to it, and
+        # Supabase holds the address as confirmed (a password or OAuth session is not
+        # enough: a project with confirmations off confirms every address).
+        if existing.external_auth_id is not None or method != EMAIL_LINK:
+            raise IdentityNotLinked("email not proven by this sign-in")
+        if confirmed_email(sub) != email:
+            raise IdentityNotLinked("email not confirmed at the provider")
         existing.external_auth_id = sub
-        existing.auth_methods = [*existing.auth_methods, "password (before Supabase)"]
+        existing.auth_methods = [*existing.auth_methods, method]
         existing.save(update_fields=["external_auth_id", "auth_methods"])
         audit.record(
             "account.identity_link", org=None, actor=existing, target=existing, request=request
         )
-        send_security_alert([existing.email], "method_linked", "Sign-in through Supabase Auth.")
+        detail = "Sign-in through Supabase Auth (email link)."
+        send_security_alert([existing.email], "method_linked", detail)
         return existing
     meta = claims.get("user_metadata") or {}
     name = str(meta.get("name") or meta.get("full_name") or "")[:150]

@@ -33,6 +33,7 @@ from clinik.lib.jwtverify import InvalidToken, JwksVerifier
 log = logging.getLogger(__name__)
 
 TOKENS = "supabase_tokens"
+EMAIL_LINK = "email link"  # a sign-in through a link sent to the address proves it
 _STORE = "supabase_store"
 ERRORS = (AuthError, httpx.HTTPError)
 
@@ -110,8 +111,8 @@ def sign_in_method(claims: dict[str, Any]) -> str:
     provider = str((claims.get("app_metadata") or {}).get("provider") or "")
     if method == "oauth" or (provider and provider not in {"email", "phone"}):
         return f"oauth:{provider}"
-    if method in {"otp", "magiclink", "email/signup", "recovery", "email_change"}:
-        return "email link"
+    if method in {"otp", "magiclink", "email/signup", "recovery", "email_change", "invite"}:
+        return EMAIL_LINK
     return method or "password"
 
 
@@ -135,17 +136,19 @@ def revoke(session: SessionBase) -> None:
     """Revoke the Supabase refresh token of this session (sign-out). An access token
     that has expired is refreshed first: /logout needs a live one."""
     tokens = session.pop(TOKENS, None)
-    if not tokens or not enabled():
-        return
+    if tokens and enabled():
+        revoke_tokens(tokens.get("access", ""), tokens.get("refresh", ""))
+
+
+def revoke_tokens(access: str, refresh: str) -> None:
     auth = client()
-    access = tokens.get("access", "")
     try:
         exp = jwt.decode(access, options={"verify_signature": False}).get("exp", 0)
     except jwt.PyJWTError:
         exp = 0
     try:
         if exp <= time.time() + 10:
-            access = auth.refresh_session(tokens.get("refresh", "")).session.access_token  # type: ignore[union-attr]
+            access = auth.refresh_session(refresh).session.access_token  # type: ignore[union-attr]
         auth.admin.sign_out(access, "local")
     except ERRORS:
         log.warning("Supabase Auth sign-out did not confirm the revocation")

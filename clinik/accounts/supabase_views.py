@@ -50,13 +50,15 @@ def _finish(request: HttpRequest, response: supabase.AuthResponse, next_url: str
         messages.error(request, "Sign-in did not complete. Try again.")
         return redirect("accounts:signin")
     except IdentityNotLinked:
+        supabase.revoke_tokens(session.access_token, session.refresh_token)
         messages.error(
             request,
-            "This email belongs to an account we could not link yet. Confirm the email "
-            "with the link we sent, or sign in with the method you used before.",
+            "To connect this sign-in to your account, sign in once with a magic link "
+            "sent to its email address.",
         )
         return redirect("accounts:signin")
     if not user.is_active:
+        supabase.revoke_tokens(session.access_token, session.refresh_token)
         messages.error(request, "Sign-in did not complete. Try again.")
         return redirect("accounts:signin")
     login(request, user, backend=_BACKEND)  # rotates the session id
