@@ -186,7 +186,9 @@ def _handler(fake: FakeGoTrue) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args: Any) -> None:
             pass
 
-        def _send(self, status: int, body: Any = None, headers: dict[str, str] | None = None):
+        def _send(
+            self, status: int, body: Any = None, headers: dict[str, str] | None = None
+        ) -> None:
             data = json.dumps(body if body is not None else {}).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -219,7 +221,9 @@ def _handler(fake: FakeGoTrue) -> type[BaseHTTPRequestHandler]:
                 if self.headers.get("Authorization") != f"Bearer {SERVICE_KEY}":
                     return self._error(403, "not_admin", "User not allowed")
                 user = fake.users.get(path.rsplit("/", 1)[1])
-                return self._send(200, user.as_json()) if user else self._error(404, "x", "none")
+                if user is None:
+                    return self._error(404, "user_not_found", "User not found")
+                return self._send(200, user.as_json())
             if handler is None:
                 return self._error(404, "not_found", "no such endpoint")
             return handler(query, body)
@@ -318,7 +322,9 @@ def _handler(fake: FakeGoTrue) -> type[BaseHTTPRequestHandler]:
 
         def _get_user(self, query: dict[str, str], body: dict[str, Any]) -> None:
             user = fake.user_from_bearer(self.headers.get("Authorization", ""))
-            self._send(200, user.as_json()) if user else self._error(401, "bad_jwt", "invalid")
+            if user is None:
+                return self._error(401, "bad_jwt", "invalid JWT")
+            return self._send(200, user.as_json())
 
         def _put_user(self, query: dict[str, str], body: dict[str, Any]) -> None:
             user = fake.user_from_bearer(self.headers.get("Authorization", ""))

@@ -1,7 +1,7 @@
 """Dashboard sign-in through Supabase Auth, against a local GoTrue server that signs
 real JWTs (tests/supabase_fake.py). Every way in ends in an ordinary Django session."""
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -10,8 +10,11 @@ from django.core import mail
 from django.test import Client
 
 from clinik.accounts.models import Membership, User
-from tests.supabase_fake import FakeGoTrue, fake_supabase  # noqa: F401
 
+if TYPE_CHECKING:
+    from tests.supabase_fake import FakeGoTrue
+
+pytest_plugins = ["tests.supabase_fake"]
 pytestmark = pytest.mark.django_db
 
 PASSWORD = "a sturdy passphrase 42"
@@ -25,18 +28,15 @@ def _follow(client: Client, link: str) -> Any:
 def _signed_in_as(client: Client) -> User | None:
     from django.contrib.auth import get_user
 
-    class _Req:
-        session = client.session
-
-    user = get_user(_Req())  # type: ignore[arg-type]
-    return user if user.is_authenticated else None  # type: ignore[return-value]
+    user = get_user(client)
+    return user if user.is_authenticated else None
 
 
 def _sign_in(client: Client, email: str, password: str = PASSWORD) -> Any:
     return client.post("/accounts/signin/", {"email": email, "password": password})
 
 
-def test_password_sign_in_starts_a_django_session(fake_supabase: FakeGoTrue, owner) -> None:
+def test_password_sign_in_starts_a_django_session(fake_supabase: "FakeGoTrue", owner) -> None:
     remote = fake_supabase.add_user("owner@acme.test", PASSWORD)
     owner.user.external_auth_id = remote.id
     owner.user.save()
@@ -59,7 +59,7 @@ def test_password_sign_in_starts_a_django_session(fake_supabase: FakeGoTrue, own
 
 
 def test_wrong_password_and_unknown_email_get_the_same_answer(
-    fake_supabase: FakeGoTrue, owner
+    fake_supabase: "FakeGoTrue", owner
 ) -> None:
     fake_supabase.add_user("owner@acme.test", PASSWORD)
     wrong = _sign_in(Client(), "owner@acme.test", "not the password 1")
@@ -77,7 +77,7 @@ def _page(response: Any, email: bytes) -> bytes:
     return re.sub(rb"[A-Za-z0-9]{64}", b"CSRF", body)
 
 
-def test_sign_in_is_throttled_like_django_sign_in(fake_supabase: FakeGoTrue, settings) -> None:
+def test_sign_in_is_throttled_like_django_sign_in(fake_supabase: "FakeGoTrue", settings) -> None:
     settings.SIGNIN_MAX_FAILURES = 3
     fake_supabase.add_user("victim@acme.test", PASSWORD)
     client = Client()
@@ -90,7 +90,7 @@ def test_sign_in_is_throttled_like_django_sign_in(fake_supabase: FakeGoTrue, set
 
 
 def test_sign_up_confirms_the_email_then_creates_user_and_org(
-    fake_supabase: FakeGoTrue, django_capture_on_commit_callbacks
+    fake_supabase: "FakeGoTrue", django_capture_on_commit_callbacks
 ) -> None:
     client = Client()
     response = client.post(
@@ -115,7 +115,7 @@ def test_sign_up_confirms_the_email_then_creates_user_and_org(
     assert client.get(client.get("/dashboard/")["Location"]).status_code == 200
 
 
-def test_a_link_opened_without_its_pkce_verifier_is_refused(fake_supabase: FakeGoTrue) -> None:
+def test_a_link_opened_without_its_pkce_verifier_is_refused(fake_supabase: "FakeGoTrue") -> None:
     Client().post("/accounts/auth/magic-link/", {"email": "pat@new.test"})
     other_browser = Client()
     response = _follow(other_browser, fake_supabase.last_link("pat@new.test", "magiclink"))
@@ -124,7 +124,7 @@ def test_a_link_opened_without_its_pkce_verifier_is_refused(fake_supabase: FakeG
 
 
 def test_magic_link_signs_in_and_answers_the_same_for_any_address(
-    fake_supabase: FakeGoTrue, owner
+    fake_supabase: "FakeGoTrue", owner
 ) -> None:
     remote = fake_supabase.add_user("owner@acme.test", PASSWORD)
     owner.user.external_auth_id = remote.id
@@ -139,7 +139,7 @@ def test_magic_link_signs_in_and_answers_the_same_for_any_address(
     assert _signed_in_as(client) == owner.user
 
 
-def test_oauth_github_pkce_signs_in(fake_supabase: FakeGoTrue) -> None:
+def test_oauth_github_pkce_signs_in(fake_supabase: "FakeGoTrue") -> None:
     client = Client()
     start = client.get("/accounts/auth/oauth/github/")
     assert start.status_code == 302
@@ -165,11 +165,11 @@ def test_oauth_github_pkce_signs_in(fake_supabase: FakeGoTrue) -> None:
     assert client.get("/dashboard/")["Location"] == "/orgs/new/"  # no org yet
 
 
-def test_unknown_oauth_provider_is_404(fake_supabase: FakeGoTrue) -> None:
+def test_unknown_oauth_provider_is_404(fake_supabase: "FakeGoTrue") -> None:
     assert Client().get("/accounts/auth/oauth/myspace/").status_code == 404
 
 
-def test_sign_out_revokes_the_supabase_refresh_token(fake_supabase: FakeGoTrue, owner) -> None:
+def test_sign_out_revokes_the_supabase_refresh_token(fake_supabase: "FakeGoTrue", owner) -> None:
     remote = fake_supabase.add_user("owner@acme.test", PASSWORD)
     owner.user.external_auth_id = remote.id
     owner.user.save()
@@ -184,7 +184,7 @@ def test_sign_out_revokes_the_supabase_refresh_token(fake_supabase: FakeGoTrue, 
 
 
 def test_sign_out_with_an_expired_access_token_refreshes_then_revokes(
-    fake_supabase: FakeGoTrue, owner
+    fake_supabase: "FakeGoTrue", owner
 ) -> None:
     remote = fake_supabase.add_user("owner@acme.test", PASSWORD)
     owner.user.external_auth_id = remote.id
@@ -202,7 +202,7 @@ def test_sign_out_with_an_expired_access_token_refreshes_then_revokes(
 
 
 def test_existing_password_account_links_once_the_email_is_proven(
-    fake_supabase: FakeGoTrue, owner, django_capture_on_commit_callbacks
+    fake_supabase: "FakeGoTrue", owner, django_capture_on_commit_callbacks
 ) -> None:
     client = Client()
     client.post("/accounts/auth/magic-link/", {"email": "owner@acme.test"})
@@ -217,7 +217,7 @@ def test_existing_password_account_links_once_the_email_is_proven(
 
 
 def test_unproven_email_never_links_to_an_existing_account(
-    fake_supabase: FakeGoTrue, owner
+    fake_supabase: "FakeGoTrue", owner
 ) -> None:
     # Supabase with email confirmation off hands out a password session for an
     # address nobody proved: only an email link (magic link, confirmation) links.
@@ -235,7 +235,7 @@ def test_unproven_email_never_links_to_an_existing_account(
 
 
 def test_an_email_change_at_the_provider_never_links_to_another_account(
-    fake_supabase: FakeGoTrue, owner, outsider
+    fake_supabase: "FakeGoTrue", owner, outsider
 ) -> None:
     remote = fake_supabase.add_user("out@other.test", PASSWORD)
     outsider.user.external_auth_id = remote.id
@@ -252,7 +252,7 @@ def test_an_email_change_at_the_provider_never_links_to_another_account(
 
 
 def test_email_change_is_confirmed_at_the_new_address(
-    fake_supabase: FakeGoTrue, owner, django_capture_on_commit_callbacks
+    fake_supabase: "FakeGoTrue", owner, django_capture_on_commit_callbacks
 ) -> None:
     remote = fake_supabase.add_user("owner@acme.test", PASSWORD)
     owner.user.external_auth_id = remote.id
@@ -281,7 +281,7 @@ def test_email_change_is_confirmed_at_the_new_address(
 
 
 def test_password_reset_through_supabase(
-    fake_supabase: FakeGoTrue, owner, django_capture_on_commit_callbacks
+    fake_supabase: "FakeGoTrue", owner, django_capture_on_commit_callbacks
 ) -> None:
     remote = fake_supabase.add_user("owner@acme.test", PASSWORD)
     owner.user.external_auth_id = remote.id
@@ -305,7 +305,7 @@ def test_password_reset_through_supabase(
     assert "password was changed" in mail.outbox[-1].subject
 
 
-def test_new_views_refuse_wrong_methods(fake_supabase: FakeGoTrue, owner) -> None:
+def test_new_views_refuse_wrong_methods(fake_supabase: "FakeGoTrue", owner) -> None:
     client = owner.client()
     assert client.get("/accounts/auth/magic-link/").status_code == 405
     assert client.post("/accounts/auth/callback/").status_code == 405
@@ -314,7 +314,7 @@ def test_new_views_refuse_wrong_methods(fake_supabase: FakeGoTrue, owner) -> Non
 
 
 def test_dashboard_pages_never_call_supabase_after_sign_in(
-    fake_supabase: FakeGoTrue, owner
+    fake_supabase: "FakeGoTrue", owner
 ) -> None:
     remote = fake_supabase.add_user("owner@acme.test", PASSWORD)
     owner.user.external_auth_id = remote.id
@@ -328,7 +328,7 @@ def test_dashboard_pages_never_call_supabase_after_sign_in(
 
 
 def test_a_token_signed_by_an_unknown_key_starts_no_session(
-    fake_supabase: FakeGoTrue, owner
+    fake_supabase: "FakeGoTrue", owner
 ) -> None:
     from tests.supabase_fake import new_key
 
