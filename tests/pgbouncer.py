@@ -54,6 +54,7 @@ class PgBouncer:
             "min_pool_size = 0\nreserve_pool_size = 0\nmax_client_conn = 500\n"
             "server_reset_query =\nserver_check_delay = 0\n"
             "ignore_startup_parameters = extra_float_digits,options\n"
+            f"stats_users = {','.join(users)}\n"
             f"logfile = {self.dir / 'pgbouncer.log'}\n"
         )
         command = [binary, "-q", str(self.dir / "pgbouncer.ini")]
@@ -74,6 +75,18 @@ class PgBouncer:
                 time.sleep(0.05)
         self.stop()
         raise RuntimeError("pgbouncer did not start listening")
+
+    def transactions(self, user: str) -> int:
+        """Transactions this pgbouncer has carried (its SHOW STATS console)."""
+        import psycopg
+
+        with psycopg.connect(
+            host="127.0.0.1", port=self.port, dbname="pgbouncer", user=user, autocommit=True
+        ) as console:
+            cursor = console.execute("SHOW STATS")
+            names = [column.name for column in cursor.description or []]
+            rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        return sum(int(r["total_xact_count"]) for r in rows if r["database"] != "pgbouncer")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -155,6 +168,11 @@ def _through_pgbouncer(request: Any) -> Iterator[PgBouncer | None]:
     saved = route_through(bouncer)
     try:
         yield bouncer
+        from django.db import connections
+
+        carried = bouncer.transactions(str(connections["default"].settings_dict["USER"]))
+        if carried == 0:
+            raise RuntimeError("--pgbouncer: no transaction went through PgBouncer")
     finally:
         route_through(None, saved)
         bouncer.stop()
