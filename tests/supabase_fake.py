@@ -158,8 +158,15 @@ class FakeGoTrue:
             "kind": kind,
             "challenge": body.get("code_challenge"),
             "method": body.get("code_challenge_method"),
+            "token_hash": secrets.token_hex(28),  # for email templates that link with it
         }
         return f"{redirect_to}?{urlencode({'code': code})}"
+
+    def token_hash_link(self, link: str, kind: str) -> str:
+        """The same email, as a template using {{ .TokenHash }} would link it."""
+        flow = self.flows[parse_qs(urlsplit(link).query)["code"][0]]
+        base = link.split("?", 1)[0]
+        return f"{base}?{urlencode({'token_hash': flow['token_hash'], 'type': kind})}"
 
     def last_link(self, to: str, kind: str) -> str:
         return next(link for rcpt, k, link in reversed(self.outbox) if rcpt == to and k == kind)
@@ -290,6 +297,18 @@ def _handler(fake: FakeGoTrue) -> type[BaseHTTPRequestHandler]:
                     return self._error(400, "refresh_token_not_found", "Invalid Refresh Token")
                 return self._send(200, fake.session_for(fake.users[found["user"]], found["m"]))
             return self._error(400, "unsupported_grant_type", "unsupported grant")
+
+        def _post_verify(self, query: dict[str, str], body: dict[str, Any]) -> None:
+            code = next(
+                (c for c, f in fake.flows.items() if f["token_hash"] == body.get("token_hash")),
+                None,
+            )
+            if code is None or fake.flows[code]["kind"] != body.get("type"):
+                return self._error(403, "otp_expired", "Email link is invalid or has expired")
+            flow = fake.flows.pop(code)
+            user = fake.users[flow["user"]]
+            user.confirmed = True
+            return self._send(200, fake.session_for(user, "otp"))
 
         def _post_otp(self, query: dict[str, str], body: dict[str, Any]) -> None:
             user = fake.by_email(body["email"])

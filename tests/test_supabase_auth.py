@@ -139,6 +139,18 @@ def test_magic_link_signs_in_and_answers_the_same_for_any_address(
     assert _signed_in_as(client) == owner.user
 
 
+def test_a_token_hash_link_signs_in_from_any_browser(fake_supabase: "FakeGoTrue") -> None:
+    Client().post("/accounts/auth/magic-link/", {"email": "tia@new.test"})
+    link = fake_supabase.last_link("tia@new.test", "magiclink")
+    hashed = fake_supabase.token_hash_link(link, "magiclink")
+    other_browser = Client()
+    response = _follow(other_browser, hashed)
+    assert response.status_code == 302 and response["Location"] == "/dashboard/"
+    assert _signed_in_as(other_browser) == User.objects.get(email="tia@new.test")
+    replay = _follow(Client(), hashed)
+    assert replay["Location"] == "/accounts/signin/"  # used once
+
+
 def test_oauth_github_pkce_signs_in(fake_supabase: "FakeGoTrue") -> None:
     client = Client()
     start = client.get("/accounts/auth/oauth/github/")
