@@ -123,7 +123,7 @@ class FakeGoTrue:
             "aal": "aal1",
             "amr": [{"method": method, "timestamp": now}],
             "session_id": str(uuid.uuid4()),
-            "app_metadata": {"provider": user.providers[-1], "providers": user.providers},
+            "app_metadata": {"provider": user.providers[0], "providers": user.providers},
             "user_metadata": user.metadata,
             **extra,
         }

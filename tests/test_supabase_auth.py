@@ -172,9 +172,38 @@ def test_oauth_github_pkce_signs_in(fake_supabase: "FakeGoTrue") -> None:
     response = _follow(client, back)
     assert response.status_code == 302
     user = User.objects.get(email="octo@github.test")
-    assert user.name == "Octo Cat" and user.auth_methods == ["oauth:github"]
+    assert user.name == "Octo Cat" and user.auth_methods == ["github"]
     assert _signed_in_as(client) == user
     assert client.get("/dashboard/")["Location"] == "/orgs/new/"  # no org yet
+
+
+def test_a_newly_linked_provider_sends_a_security_alert(
+    fake_supabase: "FakeGoTrue", owner, django_capture_on_commit_callbacks
+) -> None:
+    remote = fake_supabase.add_user("owner@acme.test", PASSWORD)
+    owner.user.external_auth_id, owner.user.auth_methods = remote.id, ["email"]
+    owner.user.save()
+    fake_supabase.oauth_identity = {"email": "owner@acme.test", "name": "Olivia"}
+    client = Client()
+    start = client.get("/accounts/auth/oauth/github/")
+    import urllib.error
+    import urllib.request
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any) -> None:
+            return None
+
+    try:
+        urllib.request.build_opener(NoRedirect).open(start["Location"])
+    except urllib.error.HTTPError as exc:
+        back = exc.headers["Location"]
+    with django_capture_on_commit_callbacks(execute=True):
+        _follow(client, back)
+    assert _signed_in_as(client) == owner.user
+    owner.user.refresh_from_db()
+    assert owner.user.auth_methods == ["email", "github"]
+    assert [m.to for m in mail.outbox] == [["owner@acme.test"]]
+    assert "new way to sign in" in mail.outbox[0].subject and "github" in mail.outbox[0].body
 
 
 def test_unknown_oauth_provider_is_404(fake_supabase: "FakeGoTrue") -> None:

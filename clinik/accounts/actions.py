@@ -10,7 +10,7 @@ from django.utils import timezone
 from clinik import audit
 from clinik.accounts.alerts import send_security_alert
 from clinik.accounts.models import Invitation, Membership, Organization, User, normalize_email
-from clinik.accounts.supabase import EMAIL_LINK, confirmed_email
+from clinik.accounts.supabase import confirmed_email, proves_email, sign_in_methods
 from clinik.lib.emails import send_email_on_commit
 
 
@@ -98,7 +98,7 @@ class IdentityNotLinked(Exception):
 
 
 @transaction.atomic
-def do_supabase_signin(*, claims: dict[str, Any], method: str, request: HttpRequest | None) -> User:
+def do_supabase_signin(*, claims: dict[str, Any], request: HttpRequest | None) -> User:
     """Our user for a verified Supabase access token. Users are found by the
     provider's user id (`sub`), never by email alone: an account that exists only
     here (a password sign-up from before Supabase) is linked once Supabase says the
@@ -108,23 +108,25 @@ def do_supabase_signin(*, claims: dict[str, Any], method: str, request: HttpRequ
     email = normalize_email(str(claims.get("email") or ""))
     user = User.objects.select_for_update().filter(external_auth_id=sub).first()
     if user is None:
-        user = _link_or_create(sub, email, method, claims, request)
+        user = _link_or_create(sub, email, claims, request)
     elif email and email != user.email:
         _follow_email_change(user, email, sub, request)
-    if method not in user.auth_methods:
+    new = [m for m in sign_in_methods(claims) if m not in user.auth_methods]
+    if new:
         known = list(user.auth_methods)
-        user.auth_methods = [*known, method]
+        user.auth_methods = [*known, *new]
         user.save(update_fields=["auth_methods"])
         if known:
             audit.record(
                 "account.identity_link", org=None, actor=user, target=user, request=request
             )
-            send_security_alert([user.email], "method_linked", f"Sign-in method: {method}.")
+            detail = f"Sign-in method: {', '.join(new)}."
+            send_security_alert([user.email], "method_linked", detail)
     return user
 
 
 def _link_or_create(
-    sub: str, email: str, method: str, claims: dict[str, Any], request: HttpRequest | None
+    sub: str, email: str, claims: dict[str, Any], request: HttpRequest | None
 ) -> User:
     if not email:
         raise IdentityNotLinked("no email")
@@ -133,12 +135,12 @@ def _link_or_create(
         # Proof of the address: this very sign-in came through a link sent to it, and
         # Supabase holds the address as confirmed (a password or OAuth session is not
         # enough: a project with confirmations off confirms every address).
-        if existing.external_auth_id is not None or method != EMAIL_LINK:
+        if existing.external_auth_id is not None or not proves_email(claims):
             raise IdentityNotLinked("email not proven by this sign-in")
         if confirmed_email(sub) != email:
             raise IdentityNotLinked("email not confirmed at the provider")
         existing.external_auth_id = sub
-        existing.auth_methods = [*existing.auth_methods, method]
+        existing.auth_methods = [*existing.auth_methods, *sign_in_methods(claims)]
         existing.save(update_fields=["external_auth_id", "auth_methods"])
         audit.record(
             "account.identity_link", org=None, actor=existing, target=existing, request=request
@@ -157,7 +159,8 @@ def _link_or_create(
         user = User.objects.create_user(email, None, name=name)
         audit.record("account.signup", org=None, actor=user, target=user, request=request)
     user.external_auth_id = sub
-    user.save(update_fields=["external_auth_id"])
+    user.auth_methods = sign_in_methods(claims)
+    user.save(update_fields=["external_auth_id", "auth_methods"])
     return user
 
 

@@ -33,7 +33,6 @@ from clinik.lib.jwtverify import InvalidToken, JwksVerifier
 log = logging.getLogger(__name__)
 
 TOKENS = "supabase_tokens"
-EMAIL_LINK = "email link"  # a sign-in through a link sent to the address proves it
 _STORE = "supabase_store"
 ERRORS = (AuthError, httpx.HTTPError)
 
@@ -104,16 +103,22 @@ def verify(access_token: str) -> dict[str, Any]:
     return verifier().verify(access_token)
 
 
-def sign_in_method(claims: dict[str, Any]) -> str:
-    """How this session was started: password, otp (magic link), oauth:<provider>."""
+# Sessions started by following a link sent to the address (GoTrue's `amr` methods).
+_EMAIL_LINK_METHODS = {"otp", "magiclink", "email/signup", "recovery", "email_change", "invite"}
+
+
+def proves_email(claims: dict[str, Any]) -> bool:
+    """This session was started through a link sent to the token's email address."""
     amr = claims.get("amr") or []
-    method = str(amr[0].get("method", "")) if amr and isinstance(amr[0], dict) else ""
-    provider = str((claims.get("app_metadata") or {}).get("provider") or "")
-    if method == "oauth" or (provider and provider not in {"email", "phone"}):
-        return f"oauth:{provider}"
-    if method in {"otp", "magiclink", "email/signup", "recovery", "email_change", "invite"}:
-        return EMAIL_LINK
-    return method or "password"
+    entry = amr[0] if amr and isinstance(amr[0], dict) else {}
+    return str(entry.get("method") or "") in _EMAIL_LINK_METHODS
+
+
+def sign_in_methods(claims: dict[str, Any]) -> list[str]:
+    """The identities linked to the user at Supabase (email, github, google...)."""
+    meta = claims.get("app_metadata") or {}
+    providers = meta.get("providers") or [meta.get("provider")]
+    return sorted({str(p) for p in providers if p})
 
 
 def confirmed_email(user_id: str) -> str | None:

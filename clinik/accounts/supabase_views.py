@@ -40,8 +40,7 @@ def _finish(request: HttpRequest, response: supabase.AuthResponse, next_url: str
         return redirect("accounts:signin")
     try:
         claims = supabase.verify(session.access_token)
-        method = supabase.sign_in_method(claims)
-        user = do_supabase_signin(claims=claims, method=method, request=request)
+        user = do_supabase_signin(claims=claims, request=request)
     except supabase.InvalidToken as exc:
         log.warning("Supabase access token refused: %s", exc)
         audit.record(
