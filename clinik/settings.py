@@ -6,6 +6,7 @@ the README; anything unsafe for production refuses to start.
 """
 
 from pathlib import Path
+from typing import Any, cast
 
 import dj_database_url
 import django_stubs_ext
@@ -118,8 +119,7 @@ if DATABASE_POOLER not in {"", "transaction", "session"}:
     raise ImproperlyConfigured(f"DATABASE_POOLER must be transaction or session: {DATABASE_POOLER}")
 if DATABASE_POOLER == "transaction":
     _default_db["OPTIONS"] = {
-        "sslmode": DATABASE_SSLMODE,
-        "connect_timeout": 5,
+        **cast(dict[str, Any], _default_db["OPTIONS"]),
         "prepare_threshold": None,
     }
     _default_db["DISABLE_SERVER_SIDE_CURSORS"] = True
