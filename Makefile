@@ -56,9 +56,16 @@ $(SMART_FETCH): pyproject.toml
 
 smart-fetch: $(SMART_FETCH)
 
+# The FHIR isolation, gateway and bundle concurrency modules run a second time with
+# every application connection through a real PgBouncer in transaction mode (tests/pgbouncer.py).
+POOLER_TESTS := tests/test_fhir_isolation.py tests/test_fhir_search_isolation.py \
+	tests/test_fhir_bundle_isolation.py tests/test_fhir_bundle_kill.py \
+	tests/test_fhir_conditional.py $(wildcard tests/test_gateway_*.py)
+
 pytest: $(STAMP) services $(SMART_FETCH)
 	@$(PY) -m clinik.lib.services bootstrap
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	DATABASE_POOLER=transaction PYTHONPATH=. $(VENV)/bin/pytest -p tests.pgbouncer --pgbouncer $(POOLER_TESTS)
 
 clean:
 	rm -rf $(VENV)

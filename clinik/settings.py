@@ -6,6 +6,7 @@ the README; anything unsafe for production refuses to start.
 """
 
 from pathlib import Path
+from typing import Any, cast
 
 import dj_database_url
 import django_stubs_ext
@@ -109,6 +110,22 @@ _default_db["CONN_HEALTH_CHECKS"] = True
 _default_db["TEST"] = {"NAME": env_str("TEST_DATABASE_NAME", "test_clinik")}
 DATABASES = {"default": _default_db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Connection poolers (Supabase's on port 6543, PgBouncer) -------------------------
+# DATABASE_POOLER=transaction: the server session changes between transactions, so
+# nothing may outlive one: psycopg never prepares statements (it would after five
+# executions), server-side cursors are off (a WITH HOLD cursor lives in the session),
+# and the prepared key lookup is refused. Port 6543 is Supabase's transaction pooler.
+# Migrations need a session: run them with DATABASE_URL on the direct or session port.
+DATABASE_POOLER = env_str("DATABASE_POOLER", "transaction" if _app_db.get("PORT") == 6543 else "")
+if DATABASE_POOLER not in {"", "transaction", "session"}:
+    raise ImproperlyConfigured(f"DATABASE_POOLER must be transaction or session: {DATABASE_POOLER}")
+if DATABASE_POOLER == "transaction":
+    _default_db["OPTIONS"] = {
+        **cast(dict[str, Any], _default_db["OPTIONS"]),
+        "prepare_threshold": None,
+    }
+    _default_db["DISABLE_SERVER_SIDE_CURSORS"] = True
 
 # --- Redis: cache, rate limits, Celery broker --------------------------------
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -248,6 +265,24 @@ SIGNIN_MAX_FAILURES = env_int("SIGNIN_MAX_FAILURES", 5, minimum=1)
 SIGNIN_LOCKOUT_SECONDS = env_int("SIGNIN_LOCKOUT_SECONDS", 900, minimum=1)
 INVITATION_DAYS = env_int("INVITATION_DAYS", 7, minimum=1)
 
+# --- Supabase Auth: the dashboard's identity provider when configured -----------------
+# Unset (the default): Django's own sign-in. Set: sign-up, sign-in, password reset,
+# email change and sign-out go through Supabase Auth; the server verifies each access
+# token itself (JWKS, or the legacy HS256 secret) and then runs an ordinary session.
+SUPABASE_URL = env_str("SUPABASE_URL", "").rstrip("/")
+SUPABASE_ANON_KEY = env_str("SUPABASE_ANON_KEY", "")
+SUPABASE_SERVICE_ROLE_KEY = env_str("SUPABASE_SERVICE_ROLE_KEY", "")
+SUPABASE_JWKS_URL = env_str(
+    "SUPABASE_JWKS_URL", f"{SUPABASE_URL}/auth/v1/.well-known/jwks.json" if SUPABASE_URL else ""
+)
+SUPABASE_JWT_SECRET = env_str("SUPABASE_JWT_SECRET", "")  # legacy HS256 projects only
+SUPABASE_JWT_ISSUER = env_str("SUPABASE_JWT_ISSUER", f"{SUPABASE_URL}/auth/v1")
+SUPABASE_JWT_AUDIENCE = env_str("SUPABASE_JWT_AUDIENCE", "authenticated")
+SUPABASE_JWKS_CACHE_SECONDS = env_int("SUPABASE_JWKS_CACHE_SECONDS", 600, minimum=1)
+SUPABASE_OAUTH_PROVIDERS = env_list("SUPABASE_OAUTH_PROVIDERS", ["github", "google"])
+if SUPABASE_URL and not (SUPABASE_ANON_KEY and SUPABASE_SERVICE_ROLE_KEY):
+    raise ImproperlyConfigured("SUPABASE_URL needs SUPABASE_ANON_KEY and SUPABASE_SERVICE_ROLE_KEY")
+
 # --- API keys and the gateway (/fhir/) -------------------------------------------
 API_KEY_LAST_USED_RESOLUTION_SECONDS = env_int(
     "API_KEY_LAST_USED_RESOLUTION_SECONDS", 300, minimum=0
@@ -256,6 +291,8 @@ API_KEY_LAST_USED_RESOLUTION_SECONDS = env_int(
 # request. Off by default: a transaction-mode pooler (Supabase's on port 6543,
 # PgBouncer in transaction mode) cannot keep a prepared statement between requests.
 API_KEY_PREPARED_LOOKUP = env_bool("API_KEY_PREPARED_LOOKUP", False)
+if API_KEY_PREPARED_LOOKUP and DATABASE_POOLER == "transaction":
+    raise ImproperlyConfigured("API_KEY_PREPARED_LOOKUP cannot work behind a transaction pooler")
 FHIR_MAX_BODY_BYTES = env_int("FHIR_MAX_BODY_BYTES", 5 * 1024 * 1024, minimum=1024)
 FHIR_MAX_BUNDLE_BYTES = env_int("FHIR_MAX_BUNDLE_BYTES", 50 * 1024 * 1024, minimum=1024)
 # The gateway refuses larger API bodies (413) before they are read; Django's own cap
@@ -432,6 +469,8 @@ LOGGING = {
         "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
         "django.server": {"handlers": [], "level": "CRITICAL", "propagate": False},
         "django.security": {"handlers": ["console"], "level": "WARNING", "propagate": False},
+        # httpx logs every request URL at INFO: Supabase Auth calls stay out of the logs.
+        "httpx": {"handlers": ["console"], "level": "WARNING", "propagate": False},
     },
 }
 

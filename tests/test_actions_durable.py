@@ -28,6 +28,7 @@ DURABLE: list[Callable[..., Any]] = [
     accounts.do_accept_invitation,
     accounts.do_change_role,
     accounts.do_remove_member,
+    accounts.do_supabase_signin,
     keys.do_revoke_key,
     gateway.do_allow_origin,
     gateway.do_remove_origin,

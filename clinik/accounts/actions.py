@@ -1,12 +1,16 @@
 """Actions that span models: each runs in one transaction with its audit record."""
 
+from typing import Any
+
 from django.db import transaction
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils import timezone
 
 from clinik import audit
+from clinik.accounts.alerts import send_security_alert
 from clinik.accounts.models import Invitation, Membership, Organization, User, normalize_email
+from clinik.accounts.supabase import confirmed_email, proves_email, sign_in_methods
 from clinik.gateway import limits
 from clinik.notify import security
 from clinik.notify.emails import send
@@ -142,3 +146,84 @@ def do_remove_member(*, membership: Membership, actor: User, request: HttpReques
     )
     membership.delete()
     security.alert_member_removed(membership, actor)
+
+
+class IdentityNotLinked(Exception):
+    """The provider's identity cannot be tied to one of our users (yet)."""
+
+
+@transaction.atomic(durable=True)
+def do_supabase_signin(*, claims: dict[str, Any], request: HttpRequest | None) -> User:
+    """Our user for a verified Supabase access token. Users are found by the
+    provider's user id (`sub`), never by email alone: an account that exists only
+    here (a password sign-up from before Supabase) is linked once Supabase says the
+    user proved that email, and an email that belongs to another account is never
+    taken over."""
+    sub = str(claims["sub"])
+    email = normalize_email(str(claims.get("email") or ""))
+    user = User.objects.select_for_update().filter(external_auth_id=sub).first()
+    if user is None:
+        user = _link_or_create(sub, email, claims, request)
+    elif email and email != user.email:
+        _follow_email_change(user, email, sub, request)
+    new = [m for m in sign_in_methods(claims) if m not in user.auth_methods]
+    if new:
+        known = list(user.auth_methods)
+        user.auth_methods = [*known, *new]
+        user.save(update_fields=["auth_methods"])
+        if known:
+            audit.record(
+                "account.identity_link", org=None, actor=user, target=user, request=request
+            )
+            detail = f"Sign-in method: {', '.join(new)}."
+            send_security_alert([user.email], "method_linked", detail)
+    return user
+
+
+def _link_or_create(
+    sub: str, email: str, claims: dict[str, Any], request: HttpRequest | None
+) -> User:
+    if not email:
+        raise IdentityNotLinked("no email")
+    existing = User.objects.select_for_update().filter(email=email).first()
+    if existing is not None:
+        # Proof of the address: this very sign-in came through a link sent to it, and
+        # Supabase holds the address as confirmed (a password or OAuth session is not
+        # enough: a project with confirmations off confirms every address).
+        if existing.external_auth_id is not None or not proves_email(claims):
+            raise IdentityNotLinked("email not proven by this sign-in")
+        if confirmed_email(sub) != email:
+            raise IdentityNotLinked("email not confirmed at the provider")
+        existing.external_auth_id = sub
+        existing.auth_methods = [*existing.auth_methods, *sign_in_methods(claims)]
+        existing.save(update_fields=["external_auth_id", "auth_methods"])
+        audit.record(
+            "account.identity_link", org=None, actor=existing, target=existing, request=request
+        )
+        detail = "Sign-in through Supabase Auth (email link)."
+        send_security_alert([existing.email], "method_linked", detail)
+        return existing
+    meta = claims.get("user_metadata") or {}
+    name = str(meta.get("name") or meta.get("full_name") or "")[:150]
+    org_name = str(meta.get("org_name") or "")[:100]
+    user = User.objects.create_user(email, None, name=name)
+    org = do_create_org(user=user, name=org_name, request=request) if org_name else None
+    audit.record("account.signup", org=org, actor=user, target=user, request=request)
+    user.external_auth_id = sub
+    user.auth_methods = sign_in_methods(claims)
+    user.save(update_fields=["external_auth_id", "auth_methods"])
+    return user
+
+
+def _follow_email_change(user: User, email: str, sub: str, request: HttpRequest | None) -> None:
+    """The provider reports a new email for a linked user: take it only when it is
+    proven there and no other account of ours has it."""
+    if User.objects.filter(email=email).exclude(pk=user.pk).exists():
+        return
+    if confirmed_email(sub) != email:
+        return
+    old = user.email
+    user.email = email
+    user.save(update_fields=["email"])
+    audit.record("account.update", org=None, actor=user, target=user, request=request)
+    send_security_alert([old, email], "email_changed", f"New address: {email}.")

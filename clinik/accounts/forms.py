@@ -117,3 +117,15 @@ class PasswordResetForm(auth_forms.PasswordResetForm):
     ) -> None:
         keep = ("email", "protocol", "domain", "uid", "token")
         send("security", "password-reset", context["user"], {k: context[k] for k in keep})
+
+
+class SupabaseSignUpForm(SignUpForm):
+    """Sign-up through Supabase Auth: an existing email is not refused here (the
+    answer must not say whether it exists); proving the email links the account."""
+
+    def clean_email(self) -> str:
+        return normalize_email(self.cleaned_data["email"])
+
+
+class EmailForm(forms.Form):
+    email = forms.EmailField(max_length=254)

@@ -45,6 +45,9 @@ class User(AbstractBaseUser, PermissionsMixin):
     email = models.EmailField(unique=True)
     name = models.CharField(max_length=150)
     external_auth_id = models.CharField(max_length=255, unique=True, null=True, blank=True)
+    # Identities linked at the identity provider (email, github, google): a new one
+    # triggers a security alert.
+    auth_methods = models.JSONField(default=list, blank=True)
     is_active = models.BooleanField(default=True)
     is_staff = models.BooleanField(default=False)
     date_joined = models.DateTimeField(default=timezone.now)

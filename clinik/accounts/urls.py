@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from clinik.accounts import views
+from clinik.accounts import supabase_views, views
 
 app_name = "accounts"
 
@@ -10,7 +10,7 @@ urlpatterns = [
     path("signin/", views.signin, name="signin"),
     path("signout/", views.signout, name="signout"),
     path("settings/", views.account, name="account"),
-    path("password-reset/", views.PasswordResetView.as_view(), name="password_reset"),
+    path("password-reset/", views.password_reset, name="password_reset"),
     path(
         "password-reset/sent/",
         auth_views.PasswordResetDoneView.as_view(template_name="accounts/password_reset_done.html"),
@@ -29,4 +29,9 @@ urlpatterns = [
         name="password_reset_complete",
     ),
     path("invitations/<str:token>/", views.invitation, name="invitation"),
+    # Supabase Auth (when SUPABASE_URL is set; clinik.accounts.supabase_views)
+    path("auth/callback/", supabase_views.callback, name="supabase_callback"),
+    path("auth/magic-link/", supabase_views.magic_link, name="supabase_magic_link"),
+    path("auth/oauth/<str:provider>/", supabase_views.oauth, name="supabase_oauth"),
+    path("auth/password/", supabase_views.set_password, name="supabase_password"),
 ]

@@ -9,14 +9,14 @@ from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import PasswordChangeForm, SetPasswordForm
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse, reverse_lazy
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from clinik import audit
-from clinik.accounts import throttle
+from clinik.accounts import supabase, supabase_views, throttle
 from clinik.accounts.access import (
     dashboard_context,
     get_managing_membership,
@@ -66,6 +66,8 @@ def _safe_next(request: HttpRequest, fallback: str) -> str:
 def signup(request: HttpRequest) -> HttpResponse:
     if request.user.is_authenticated:
         return redirect("dashboard")
+    if supabase.enabled():
+        return supabase_views.signup(request)
     form = SignUpForm(request.POST if request.method == "POST" else None)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
@@ -101,6 +103,12 @@ def signin(request: HttpRequest) -> HttpResponse:
                 f"Too many failed attempts. Try again in {minutes} minutes or reset your password.",
             )
             status = 429
+        elif supabase.enabled():
+            done = supabase_views.signin(request, form, _safe_next(request, reverse("dashboard")))
+            if done is not None:
+                return done
+            form.add_error(None, "Email or password is incorrect.")
+            status = 400
         else:
             user = authenticate(request, username=email, password=form.cleaned_data["password"])
             if user is not None:
@@ -123,16 +131,29 @@ def signin(request: HttpRequest) -> HttpResponse:
                 do_note_lockout(email=email, request=request)
             form.add_error(None, "Email or password is incorrect.")
             status = 400
-    ctx = {"form": form, "next": _safe_next(request, "")}
+    ctx = {"form": form, "next": _safe_next(request, ""), **_supabase_context()}
     return render(request, "accounts/signin.html", ctx, status=status)
+
+
+def _supabase_context() -> dict[str, Any]:
+    if not supabase.enabled():
+        return {}
+    return {"supabase": True, "providers": settings.SUPABASE_OAUTH_PROVIDERS}
 
 
 @require_POST
 def signout(request: HttpRequest) -> HttpResponse:
     if request.user.is_authenticated:
         audit.record("account.signout", org=None, actor=request.user, request=request)
+    supabase.revoke(request.session)  # the Supabase refresh token, before the flush
     logout(request)  # flushes the server-side session
     return redirect("landing")
+
+
+def password_reset(request: HttpRequest) -> HttpResponseBase:
+    if supabase.enabled():
+        return supabase_views.password_reset(request)
+    return PasswordResetView.as_view()(request)
 
 
 class PasswordResetView(auth_views.PasswordResetView):
@@ -165,10 +186,13 @@ class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
 def account(request: AuthedHttpRequest) -> HttpResponse:
     user = request.user
     profile = ProfileForm(initial={"name": user.name, "email": user.email}, user=user)
-    password_cls = PasswordChangeForm if user.has_usable_password() else SetPasswordForm
+    usable = user.has_usable_password() and not supabase.enabled()
+    password_cls = PasswordChangeForm if usable else SetPasswordForm
     password_form = password_cls(user)
     if request.method == "POST" and request.POST.get("form") == "profile":
         profile = ProfileForm(request.POST, user=user)
+        if profile.is_valid() and supabase.enabled():
+            return _supabase_profile(request, profile)
         if profile.is_valid():
             old_email = user.email
             user.name = profile.cleaned_data["name"]
@@ -182,7 +206,14 @@ def account(request: AuthedHttpRequest) -> HttpResponse:
             return redirect("accounts:account")
     elif request.method == "POST" and request.POST.get("form") == "password":
         password_form = password_cls(user, request.POST)
-        if password_form.is_valid():
+        if supabase.enabled():
+            if password_form.is_valid():
+                new = password_form.cleaned_data["new_password1"]
+                if supabase_views.change_password(request, new):
+                    messages.success(request, "Your password is changed.")
+                    return redirect("accounts:account")
+                password_form.add_error(None, "Supabase Auth did not accept the new password.")
+        elif password_form.is_valid():
             with transaction.atomic():
                 password_form.save()
                 audit.record("account.password_change", org=None, actor=user, request=request)
@@ -197,6 +228,24 @@ def account(request: AuthedHttpRequest) -> HttpResponse:
     if membership:
         ctx.update(dashboard_context(request, membership, "account"))
     return render(request, "accounts/account.html", ctx)
+
+
+def _supabase_profile(request: AuthedHttpRequest, profile: ProfileForm) -> HttpResponse:
+    """Name changes here; an email change is confirmed by a link to the new address
+    (Supabase Auth) and applied when a verified token shows it."""
+    user = request.user
+    with transaction.atomic():
+        user.name = profile.cleaned_data["name"]
+        user.save(update_fields=["name"])
+        audit.record("account.update", org=None, actor=user, target=user, request=request)
+    email = profile.cleaned_data["email"]
+    if email == user.email:
+        messages.success(request, "Your profile is saved.")
+    elif supabase_views.request_email_change(request, email):
+        messages.success(request, "Confirm the change with the link we sent to the new address.")
+    else:
+        messages.error(request, "Supabase Auth did not accept the new address.")
+    return redirect("accounts:account")
 
 
 # --- organizations -------------------------------------------------------------

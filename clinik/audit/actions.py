@@ -10,6 +10,8 @@ ACTIONS: dict[str, str] = {
     "account.update": "A user changed their name or email",
     "account.password_change": "A user changed their password",
     "account.password_reset": "A user reset their password by email",
+    "account.identity_link": "A sign-in method (Supabase Auth) was linked to a user",
+    "account.email_change_request": "A user asked to change their email (confirmed by link)",
     "org.create": "An organization was created",
     "org.update": "An organization's settings changed",
     "member.invite": "A teammate was invited",

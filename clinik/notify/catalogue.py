@@ -25,6 +25,9 @@ CATALOGUE: dict[str, Email] = {
     "signin-locked": Email("security", "sign-in to your account is locked after failed attempts"),
     "password-reset": Email("security", "you ask for a password reset link"),
     "password-changed": Email("security", "your password is changed or reset"),
+    "security-alert": Email(
+        "security", "with Supabase Auth: a sign-in method is linked, or your email changes"
+    ),
     "email-changed": Email("security", "your sign-in email is changed (to the old and new one)"),
     "member-added": Email("security", "someone joins an organization (to its owners)"),
     "member-removed": Email(
