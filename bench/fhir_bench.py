@@ -13,6 +13,7 @@ with the servers for the two cores: compare full with bare, not runs with runs.
 import argparse
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -31,6 +32,12 @@ from bench.common import create_org  # noqa: E402
 BENCH = ROOT / "bench"
 PY = sys.executable
 DB = os.environ.get("DATABASE_URL", "postgres://clinik@127.0.0.1:5432/clinik")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def start(app: str, port: int) -> subprocess.Popen[bytes]:
@@ -171,7 +178,7 @@ def main() -> None:
     args = parser.parse_args()
     org = create_org("Bench", "bench@example.com")
     ids_file = tempfile.NamedTemporaryFile("w", suffix=".ids", delete=False)  # noqa: SIM115
-    ports = {"full": 8001, "bare": 8002}
+    ports = {"full": free_port(), "bare": free_port()}  # other benchmarks may run
     servers = [start("clinik.wsgi", ports["full"]), start("bench.bare:application", ports["bare"])]
     runs: dict[str, list[dict]] = {}
     try:

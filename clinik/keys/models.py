@@ -35,7 +35,7 @@ class ApiKeyQuerySet(models.QuerySet["ApiKey"]):
         with connection.cursor() as cursor:
             if settings.API_KEY_PREPARED_LOOKUP:
                 _prepare_lookup(connection, cursor)
-                cursor.execute(f"EXECUTE {LOOKUP_STATEMENT}(%s)", [digest])
+                cursor.execute(f"EXECUTE {LOOKUP_STATEMENT}(%s::varchar)", [digest])
             else:
                 cursor.execute(_lookup_sql(self.db), [digest])
             row = cursor.fetchone()
