@@ -1,6 +1,7 @@
 """OperationOutcome responses: the one shape every FHIR error takes."""
 
 import json
+import logging
 from typing import Any
 
 from django.conf import settings
@@ -10,6 +11,8 @@ from clinik.lib import outage
 from clinik.lib.db import cancelled_by_timeout
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"
+
+logger = logging.getLogger(__name__)
 
 
 def outcome_body(
@@ -73,7 +76,12 @@ def failure_response(error: BaseException) -> HttpResponse | None:
     retry = settings.API_RETRY_AFTER_SECONDS
     if (dependency := outage.unreachable(error)) is not None:
         outage.down(dependency)
-        return unavailable_response(dependency, retry)
-    if cancelled_by_timeout(error) is not None:
-        return timed_out_response(retry)
-    return None
+        response = unavailable_response(dependency, retry)
+    elif (kind := cancelled_by_timeout(error)) is not None:
+        # One line without the path (it may hold an id) or any value.
+        logger.warning("An API request was cancelled by the %s timeout", kind)
+        response = timed_out_response(retry)
+    else:
+        return None
+    response._has_been_logged = True  # type: ignore[attr-defined]  # not by django.request
+    return response
