@@ -66,8 +66,19 @@ def proxy() -> Iterator[TcpProxy]:
 
 
 @pytest.fixture(scope="module")
+def redis_proxy() -> Iterator[TcpProxy]:
+    parts = urlsplit(settings.REDIS_URL)
+    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 6379)
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture(scope="module")
 def server(
-    django_db_setup: None, proxy: TcpProxy, tmp_path_factory: pytest.TempPathFactory
+    django_db_setup: None,
+    proxy: TcpProxy,
+    redis_proxy: TcpProxy,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[str, Path]]:
     parts = urlsplit(settings.DATABASE_URL)
     name = connections["default"].settings_dict["NAME"]
@@ -75,7 +86,9 @@ def server(
     user = netloc[0] + "@" if len(netloc) == 2 else ""
     url = urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{proxy.port}", path=f"/{name}"))
     log = tmp_path_factory.mktemp("server") / "server.log"
-    env = {"DATABASE_URL": url, "REDIS_URL": settings.REDIS_URL, "API_RETRY_AFTER_SECONDS": "7"}
+    redis = urlsplit(settings.REDIS_URL)
+    redis_url = urlunsplit(redis._replace(netloc=f"127.0.0.1:{redis_proxy.port}"))
+    env = {"DATABASE_URL": url, "REDIS_URL": redis_url, "API_RETRY_AFTER_SECONDS": "7"}
     with serve(env, log) as base:
         yield base, log
 
@@ -141,3 +154,28 @@ def test_postgres_out_of_reach_answers_503_everywhere_then_recovers(
     assert text.count("postgres unreachable") == 1, text[-3000:]
     assert text.count("postgres reachable again") == 1, text[-3000:]
     assert "Traceback" not in text, text[-3000:]
+
+
+def test_redis_out_of_reach_degrades_as_designed(
+    server: tuple[str, Path], redis_proxy: TcpProxy, keys: tuple[str, str]
+) -> None:
+    """Redis holds rate-limit buckets (the limiter falls back to per-process memory),
+    the request log's buffer (it falls back to PostgreSQL) and the task queue: reads,
+    writes and searches go on; /healthz says Redis is down."""
+    base, _log = server
+    used, _fresh = keys
+    redis_proxy.cut()
+    try:
+        status, _, created = _call(
+            base, "POST", "/fhir/R4/Patient", used, {"resourceType": "Patient"}
+        )
+        assert status == 201
+        assert _call(base, "GET", f"/fhir/R4/Patient/{created['id']}", used)[0] == 200
+        assert _call(base, "GET", "/fhir/R4/Patient?_id=" + created["id"], used)[0] == 200
+        status, _, health = _call(base, "GET", "/healthz", None)
+        assert status == 503 and health["redis"] == "unreachable" and health["postgres"] == "ok"
+        status, headers, body = _call(base, "GET", "/fhir/R4/Patient/$export", used)
+        assert status < 500 or (status == 503 and "retry-after" in headers), (status, body)
+    finally:
+        redis_proxy.restore()
+    assert _call(base, "GET", "/healthz", None)[0] == 200
