@@ -1,7 +1,8 @@
 """One batch of three statements (two set_config and a SELECT, as a tenant read
 sends them), as the backend sent it before issue 13 (values mogrified into one
-simple-protocol string) and as it sends it now (bind parameters in a psycopg
-pipeline): CPU and wall time per batch, same connection, alternating.
+simple-protocol string), with bind parameters in psycopg's Pipeline (the first
+version), and as the backend sends it now (bind parameters, one libpq batch with one
+Sync, read once): CPU and wall time per batch, same connection, alternating.
 
     make db && .venv/bin/python bench/pipeline_micro.py [--batches 1000]
 """
@@ -10,7 +11,13 @@ import argparse
 import os
 import time
 
+import django
 import psycopg
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "clinik.settings")
+django.setup()
+
+from clinik.lib.pgbackend import base as backend  # noqa: E402
 
 URL = os.environ.get("DATABASE_URL", "postgres://clinik@127.0.0.1:5432/clinik")
 QUEUED = [
@@ -43,7 +50,17 @@ def main() -> None:
             cursor.execute(*MAIN)
         cursor.fetchall()
 
-    for run in (mogrified, pipelined, mogrified, pipelined):
+    def batched() -> None:  # what clinik.lib.pgbackend does now
+        cursor = psycopg.Cursor(conn)
+        conn.wait(cursor._start_query(MAIN[0]))
+        main = cursor._convert_query(*MAIN)
+        statements = [*backend._converted(conn, QUEUED), main]
+        results = conn.wait(backend._batch_gen(conn, statements))
+        cursor._query = main
+        cursor._set_results(results)
+        cursor.fetchall()
+
+    for run in (mogrified, pipelined, batched, mogrified, pipelined, batched):
         run()
         cpu, wall = time.process_time(), time.perf_counter()
         for _ in range(args.batches):

@@ -15,7 +15,6 @@ from datetime import datetime
 from typing import Any, cast
 from uuid import UUID
 
-import psycopg
 from django.db import connection, transaction
 
 from clinik.keys import recheck
@@ -119,9 +118,7 @@ def tenant_query(org_id: UUID, sql: str, params: list[Any]) -> list[tuple[Any, .
         ahead = [_set_tenant(org_id)]
         if (check := recheck.statement(sent=True)) is not None:
             ahead.append(check)  # an error there stops the rest
-        with raw.connection.pipeline():
-            with psycopg.Cursor(raw.connection) as helper:
-                for statement in ahead:
-                    helper.execute(*statement)
-            cursor.execute(sql, params)
+        # Queued on the connection, they travel with the statement (clinik.lib.pgbackend).
+        raw.connection.clinik_queue.extend(ahead)
+        cursor.execute(sql, params)
         return cast(list[tuple[Any, ...]], cursor.fetchall())

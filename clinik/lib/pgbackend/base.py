@@ -30,7 +30,9 @@ bundle's index rows, chunk after chunk); the answer is read, and an error raised
 before the connection's next use, so it surfaces as a deferred write's would.
 
 Every statement, queued or not, travels in the extended protocol with its values as
-bind parameters (psycopg's server-side binding; a batch is a libpq pipeline): the
+bind parameters (psycopg's server-side binding; a batch is sent in libpq's pipeline
+mode with one Sync and read once, without psycopg's Pipeline object, which cost
+twice the CPU and wall time per batch: bench/pipeline_micro.py): the
 text PostgreSQL parses, and logs when a statement fails, carries `$1`, `$2`, never a
 value (privacy: no PHI in the database server's log). Nothing is prepared by name:
 `prepare_threshold` stays None (Django's default for psycopg 3), so every statement
@@ -42,6 +44,7 @@ an idle connection the server has closed or is closing has bytes (or EOF) waitin
 on its socket, which a zero-timeout poll sees; only then does it send `SELECT 1`.
 """
 
+import contextlib
 import select
 from typing import Any
 
@@ -49,7 +52,9 @@ import psycopg
 from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.postgresql import base
 from django.db.backends.utils import debug_transaction
-from psycopg.pq import TransactionStatus
+from psycopg import adapt, errors, generators
+from psycopg._queries import PostgresQuery
+from psycopg.pq import ExecStatus, TransactionStatus
 
 _OPEN = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
 
@@ -72,12 +77,19 @@ class LazyCursor(base.ServerBindingCursor):
             return super().execute(query, params, **kwargs)
         ahead = queue[:]
         queue.clear()
-        # One round trip: the queued statements and this one, then a Sync; the first
-        # error aborts the rest and is raised when the pipeline ends.
-        with session.pipeline():
-            _execute_all(session, ahead)
-            super().execute(query, params, **kwargs)
+        # One round trip: the queued statements and this one, then one Sync; the
+        # first error aborts the rest and is raised once every answer is read.
+        self._start_query_for(query)
+        main = self._convert_query(query, params)
+        results = session.wait(_batch_gen(session, [*_converted(session, ahead), main]))
+        self._query = main
+        self._last_query = query
+        self._check_results(results)
+        self._set_results(results)
         return self
+
+    def _start_query_for(self, query: Any) -> None:
+        self.connection.wait(self._start_query(query))
 
     def executemany(self, *args: Any, **kwargs: Any) -> Any:
         collect(self.connection)
@@ -101,11 +113,52 @@ Statement = tuple[Any, Any]
 """A queued statement: SQL with `%s` placeholders, and its parameters (or None)."""
 
 
-def _execute_all(session: Any, statements: list[Statement]) -> None:
-    """Queue statements on a psycopg connection in pipeline mode (results discarded)."""
-    with psycopg.Cursor(session) as cursor:
-        for sql, params in statements:
-            cursor.execute(sql, params)
+def _converted(session: Any, statements: list[Statement]) -> list[PostgresQuery]:
+    """Statements with `%s` placeholders as the extended protocol takes them: `$n`
+    and the values dumped apart (psycopg's own conversion, cached per query text)."""
+    tx = adapt.Transformer(session)
+    converted = []
+    for sql, params in statements:
+        pgq = PostgresQuery(tx)
+        pgq.convert(sql, params)
+        converted.append(pgq)
+    return converted
+
+
+def _send_batch(pgconn: Any, statements: list[PostgresQuery]) -> None:
+    """Queue the statements in libpq's pipeline mode, then one Sync (not flushed)."""
+    pgconn.enter_pipeline_mode()
+    for pgq in statements:
+        pgconn.send_query_params(
+            pgq.query, pgq.params, param_formats=pgq.formats, param_types=pgq.types
+        )
+    pgconn.pipeline_sync()
+
+
+def _read_batch_gen(pgconn: Any, count: int) -> Any:
+    """Read the answers of a batch of `count` statements and its Sync, leave pipeline
+    mode, raise the first error; return the last statement's results."""
+    try:
+        answers = []
+        for _ in range(count):
+            answers.append((yield from generators.fetch_many(pgconn)))
+        yield from generators.fetch_many(pgconn)  # the Sync
+    finally:
+        with contextlib.suppress(psycopg.Error):  # broken mid-batch: its error is raised
+            pgconn.exit_pipeline_mode()
+    for results in answers:
+        for result in results:
+            if result.status == ExecStatus.FATAL_ERROR:
+                raise errors.error_from_result(result)
+    return answers[-1] if answers else []
+
+
+def _batch_gen(session: Any, statements: list[PostgresQuery]) -> Any:
+    """One round trip: every statement, one Sync; the last one's results."""
+    pgconn = session.pgconn
+    _send_batch(pgconn, statements)
+    yield from generators.send(pgconn)
+    return (yield from _read_batch_gen(pgconn, len(statements)))
 
 
 def count_round_trip(session: Any) -> None:
@@ -120,7 +173,7 @@ def round_trips(session: Any) -> int:
 
 def send_ahead(session: Any) -> None:
     """Send what is queued on a psycopg connection now, and return without waiting
-    for the answer (`collect` reads it): a pipeline left open, without its Sync."""
+    for the answer (`collect` reads it): one batch and its Sync, flushed, unread."""
     queue: list[Statement] | None = getattr(session, "clinik_queue", None)
     if not queue:
         return
@@ -128,24 +181,20 @@ def send_ahead(session: Any) -> None:
     ahead = queue[:]
     queue.clear()
     # Not a round trip: nothing waits for it (its answer is read with the next one's).
-    pipeline = session.pipeline()
-    pipeline.__enter__()
-    try:
-        _execute_all(session, ahead)
-    except BaseException as error:
-        pipeline.__exit__(type(error), error, error.__traceback__)
-        raise
-    session.clinik_in_flight = pipeline
+    converted = _converted(session, ahead)
+    _send_batch(session.pgconn, converted)
+    session.wait(generators.send(session.pgconn))
+    session.clinik_in_flight = len(converted)
 
 
 def collect(session: Any, *, raise_error: bool = True) -> None:
     """Read the answer to what `send_ahead` sent, if any; raise its error."""
-    pipeline = getattr(session, "clinik_in_flight", None)
-    if not pipeline:
+    count = getattr(session, "clinik_in_flight", 0)
+    if not count:
         return
-    session.clinik_in_flight = None
+    session.clinik_in_flight = 0
     try:
-        pipeline.__exit__(None, None, None)  # Sync, and read every result
+        session.wait(_read_batch_gen(session.pgconn, count))
     except psycopg.Error:
         if raise_error:
             raise
@@ -160,8 +209,7 @@ def send_queue(session: Any) -> None:
         ahead = queue[:]
         queue.clear()
         count_round_trip(session)
-        with session.pipeline():
-            _execute_all(session, ahead)
+        session.wait(_batch_gen(session, _converted(session, ahead)))
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
@@ -279,7 +327,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
             return False
         if session.info.transaction_status == TransactionStatus.UNKNOWN:
             return False
-        if getattr(session, "clinik_in_flight", None):
+        if getattr(session, "clinik_in_flight", 0):
             return True  # its answer is read before the next statement
         try:
             waiting, _, _ = select.select([session.fileno()], [], [], 0)
