@@ -442,6 +442,14 @@ STORAGES = {
 }
 WHITENOISE_USE_FINDERS = DEBUG
 
+# --- Bounded API transactions (issue 13) ---------------------------------------------
+# Every tenant transaction of an API request runs under these (SET LOCAL, so poolers
+# work): a search cancelled by the statement timeout answers 400 too-costly, any other
+# cancelled request 503 with Retry-After. Keep them below the HTTP server's timeout.
+API_STATEMENT_TIMEOUT_MS = env_int("API_STATEMENT_TIMEOUT_MS", 10_000, minimum=1)
+API_LOCK_TIMEOUT_MS = env_int("API_LOCK_TIMEOUT_MS", 5_000, minimum=1)
+API_RETRY_AFTER_SECONDS = env_int("API_RETRY_AFTER_SECONDS", 5, minimum=1)
+
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = False

@@ -36,4 +36,8 @@ def healthz(request: HttpRequest) -> JsonResponse:
         checks["redis"] = "unreachable"
     healthy = all(value == "ok" for value in checks.values())
     body = {"status": "ok" if healthy else "unavailable", **checks}
-    return JsonResponse(body, status=200 if healthy else 503)
+    response = JsonResponse(body, status=200 if healthy else 503)
+    # Polled every few seconds: its 503 is not logged per poll (the API logs an outage
+    # once, clinik.lib.outage).
+    response._has_been_logged = True  # type: ignore[attr-defined]
+    return response

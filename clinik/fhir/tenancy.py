@@ -4,6 +4,9 @@
    system is replaced), and stores restrict every read to it.
 2. The database: `tenant_transaction` sets `clinik.org_id` for one transaction; the
    FORCE row-level security policies of the FHIR tables refuse every other row.
+
+In an API request the same statement sets the transaction's statement and lock
+timeouts (settings.API_STATEMENT_TIMEOUT_MS, API_LOCK_TIMEOUT_MS).
 """
 
 from collections.abc import Iterator
@@ -15,12 +18,24 @@ from uuid import UUID
 from django.db import connection, transaction
 
 from clinik.keys import recheck
-from clinik.lib.db import defer
+from clinik.lib.db import defer, statement_limits
 
 TENANT_SYSTEM = "https://clinikapi.com/fhir/tenant"
 
 # Local to the transaction: it ends with it (the row-level security policies read it).
 _SET_TENANT = "SELECT set_config('clinik.org_id', %s, true)"
+# The same, with the API's statement and lock timeouts (clinik.lib.db.statement_limits).
+_SET_TENANT_LIMITED = (
+    "SELECT set_config('clinik.org_id', %s, true),"
+    " set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)"
+)
+
+
+def _set_tenant(org_id: UUID) -> tuple[str, list[str]]:
+    limits = statement_limits.get()
+    if limits is None:
+        return _SET_TENANT, [str(org_id)]
+    return _SET_TENANT_LIMITED, [str(org_id), f"{limits[0]}ms", f"{limits[1]}ms"]
 
 
 def tenant_tag(org_id: UUID) -> dict[str, str]:
@@ -77,7 +92,7 @@ def tenant_transaction(org_id: UUID) -> Iterator[None]:
         return
     with transaction.atomic():
         # Deferred: it travels with the transaction's first statement (same order).
-        defer(_SET_TENANT, [str(org_id)])
+        defer(*_set_tenant(org_id))
         if (check := recheck.statement(sent=False)) is not None:  # a key not looked up
             defer(*check)
         connection.clinik_tenant = org_id  # type: ignore[attr-defined]
@@ -90,8 +105,8 @@ def tenant_transaction(org_id: UUID) -> Iterator[None]:
 def tenant_query(org_id: UUID, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
     """One statement under the tenant, in one round trip, and its rows.
 
-    Outside a transaction, `set_config` and the statement travel as one
-    simple-protocol query string, which PostgreSQL runs as one implicit transaction:
+    Outside a transaction, `set_config` and the statement travel in one pipeline
+    (bind parameters, one Sync), which PostgreSQL runs as one implicit transaction:
     the setting holds for the statement and ends with it, as in `tenant_transaction`.
     Inside one, the statement joins it (through `tenant_transaction`)."""
     if not connection.get_autocommit():
@@ -100,10 +115,10 @@ def tenant_query(org_id: UUID, sql: str, params: list[Any]) -> list[tuple[Any, .
             return cast(list[tuple[Any, ...]], cursor.fetchall())
     with connection.cursor() as cursor:
         raw = cursor.cursor
-        statements = [(_SET_TENANT, [str(org_id)]), (sql, params)]
+        ahead = [_set_tenant(org_id)]
         if (check := recheck.statement(sent=True)) is not None:
-            statements.insert(1, check)  # an error there stops the rest
-        cursor.execute(";\n".join(raw.mogrify(*statement) for statement in statements))
-        for _ in statements[1:]:
-            cursor.nextset()
+            ahead.append(check)  # an error there stops the rest
+        # Queued on the connection, they travel with the statement (clinik.lib.pgbackend).
+        raw.connection.clinik_queue.extend(ahead)
+        cursor.execute(sql, params)
         return cast(list[tuple[Any, ...]], cursor.fetchall())

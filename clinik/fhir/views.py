@@ -10,6 +10,7 @@ from uuid import uuid4
 
 import jsonpatch
 import orjson
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -28,7 +29,7 @@ from clinik.fhir.http import (
     read_json_body,
     version_headers,
 )
-from clinik.fhir.outcomes import FHIR_JSON, NOTHING_TO_DELETE, outcome_body
+from clinik.fhir.outcomes import FHIR_JSON, NOTHING_TO_DELETE, failure_response, outcome_body
 from clinik.fhir.search import compartments
 from clinik.fhir.search.bundle import request_params, searchset, strict_handling
 from clinik.fhir.search.query import Compartment, parse_search
@@ -38,6 +39,7 @@ from clinik.fhir.tenancy import format_instant, tenant_transaction
 from clinik.fhir.validation import validate_resource
 from clinik.gateway.checks import Refused, unauthorized
 from clinik.keys import recheck
+from clinik.lib.db import cancelled_by_timeout
 from clinik.lib.http import ApiHttpRequest
 
 logger = logging.getLogger(__name__)
@@ -83,6 +85,8 @@ def fhir_view(methods: tuple[str, ...]) -> Callable[[View], View]:
                 if recheck.refused(error):
                     interactions.forget_pending(request)
                     raise unauthorized() from None
+                if (answer := failure_response(error)) is not None:
+                    return answer
                 # Logged with the traceback but without the message (it may quote
                 # values); the client gets an OperationOutcome, never an HTML page.
                 logger.exception("FHIR request failed (request id %s)", _request_id(request))
@@ -353,9 +357,21 @@ def _search(request: ApiHttpRequest, resource_type: str | None) -> HttpResponse:
     except FhirError:
         _record(request, "fhir.search", target, ok=False)
         raise
-    with tenant_transaction(request.org.pk):
-        result = get_store().search(request.org.pk, query)
-        _record(request, "fhir.search", target, ok=True)
+    try:
+        with tenant_transaction(request.org.pk):
+            result = get_store().search(request.org.pk, query)
+            _record(request, "fhir.search", target, ok=True)
+    except DatabaseError as error:
+        if cancelled_by_timeout(error) != "statement":
+            raise
+        _record(request, "fhir.search", target, ok=False)
+        raise FhirError(
+            400,
+            "too-costly",
+            "The search took too long and was cancelled: narrow it (more selective"
+            " parameters, :exact instead of :contains, fewer chains, _has or _include,"
+            " a smaller _count).",
+        ) from None
     path = f"/fhir/R4/{resource_type}" if resource_type else "/fhir/R4/"
     body = searchset(request, query, result, base=_base(request), path=path)
     return HttpResponse(body, content_type=FHIR_JSON)

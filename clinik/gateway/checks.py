@@ -22,6 +22,7 @@ from clinik.gateway.ratelimit import Verdict
 from clinik.keys import tokens
 from clinik.keys.models import ApiKey
 from clinik.lib.http import client_ip
+from clinik.lib.text import plain_name, unsafe
 
 BASE = "/fhir/R4"
 REALM = 'Bearer realm="ClinikAPI"'
@@ -259,6 +260,30 @@ def _operation(segment: str) -> str:
 
 _KEY_PARAMETERS = frozenset({"api_key", "apikey", "access_token", "key"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+# Headers whose values reach the database: stored (the audit trail keeps the
+# User-Agent) or looked up (Origin, among the key's allowed origins).
+_STORED_HEADERS = (("HTTP_USER_AGENT", "User-Agent"), ("HTTP_ORIGIN", "Origin"))
+
+
+def check_text(meta: dict[str, Any]) -> None:
+    """Every parameter of the query string and every header we keep: no NUL, valid
+    UTF-8 (clinik.lib.text), or 400 naming it. X-Request-ID is checked by its pattern
+    (`request_id`)."""
+    for key, header in _STORED_HEADERS:
+        value = meta.get(key)
+        # WSGI headers are ISO-8859-1 strings of the bytes sent: decode them as UTF-8.
+        if value and (
+            problem := unsafe(str(value).encode("latin-1", "replace").decode("utf-8", "replace"))
+        ):
+            raise Refused(400, "invalid", f"The {header} header {problem}.")
+    query_string = str(meta.get("QUERY_STRING", ""))
+    if not query_string:
+        return
+    for name, value in parse_qsl(query_string, keep_blank_values=True):
+        if problem := unsafe(name) or unsafe(value):
+            raise Refused(400, "invalid", f"The parameter {plain_name(name)} {problem}.")
 
 
 def check_query_string(query_string: str) -> None:

@@ -24,11 +24,13 @@ from django.http.response import HttpResponseBase
 from django.urls import Resolver404, get_resolver
 
 from clinik.accounts.models import Organization
+from clinik.fhir.outcomes import failure_response
 from clinik.gateway import checks, cors, ratelimit
 from clinik.gateway.limits import cache_key, limits_for
 from clinik.gateway.ratelimit import Bucket, BucketState, Policy, known_keys, limiter
 from clinik.keys import recheck
 from clinik.keys.models import ApiKey
+from clinik.lib.db import statement_limits
 from clinik.lib.http import ApiHttpRequest
 from clinik.usage import requestlog
 
@@ -68,10 +70,19 @@ class GatewayMiddleware:
         request._dont_enforce_csrf_checks = True  # type: ignore[attr-defined]
         meta.pop("HTTP_COOKIE", None)
         passage = Passage(preflight=cors.is_preflight(request.method or "", meta))
+        limits = statement_limits.set(
+            (settings.API_STATEMENT_TIMEOUT_MS, settings.API_LOCK_TIMEOUT_MS)
+        )
         try:
             response = self.admit(request, passage)
         except checks.Refused as refusal:
             response = refusal.response()
+        except Exception as error:  # the key lookup or its last-use write
+            if (answer := failure_response(error)) is None:
+                raise
+            response = answer
+        finally:
+            statement_limits.reset(limits)
         response["X-Request-ID"] = request.request_id
         for name, value in ratelimit.headers(passage.limits).items():
             response[name] = value
@@ -91,6 +102,7 @@ class GatewayMiddleware:
         digest = None if passage.public or passage.preflight else checks.presented_digest(meta)
         known = known_keys.get(digest) if digest else None
         self.limit(passage, [_ip_bucket(request), *(known or [])])  # before any query
+        checks.check_text(meta)  # no NUL or broken UTF-8 reaches PostgreSQL
         if passage.preflight:
             return cors.preflight(meta, passage.public)
         checks.check_query_string(str(meta.get("QUERY_STRING", "")))
@@ -166,7 +178,8 @@ def _dispatch(request: ApiHttpRequest) -> HttpResponseBase:
         if recheck.refused(error):
             known_keys.forget(str(request.key_digest))
             return checks.unauthorized().response()
-        response = response_for_exception(request, error)
+        answer = failure_response(error)
+        response = answer if answer is not None else response_for_exception(request, error)
     finally:
         recheck.pending.reset(token)
     if not response.streaming and not response.has_header("Content-Length"):

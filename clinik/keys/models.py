@@ -1,5 +1,6 @@
 import functools
 import hmac
+import re
 import weakref
 from datetime import datetime, timedelta
 from typing import Any
@@ -35,7 +36,11 @@ class ApiKeyQuerySet(models.QuerySet["ApiKey"]):
         with connection.cursor() as cursor:
             if settings.API_KEY_PREPARED_LOOKUP:
                 _prepare_lookup(connection, cursor)
-                cursor.execute(f"EXECUTE {LOOKUP_STATEMENT}(%s)", [digest])
+                # EXECUTE takes no bind parameters: the digest (64 hex digits, no
+                # PHI) is written into the statement.
+                if not _HEX_DIGEST.fullmatch(digest):
+                    return None
+                cursor.execute(f"EXECUTE {LOOKUP_STATEMENT}('{digest}')")
             else:
                 cursor.execute(_lookup_sql(self.db), [digest])
             row = cursor.fetchone()
@@ -84,6 +89,7 @@ def _still_usable_sql() -> str:
 
 
 LOOKUP_STATEMENT = "clinik_api_key_lookup"
+_HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 # The server connections that hold the prepared lookup. Django opens a new one when
 # the old is closed; a prepared statement lives as long as its server session and
 # survives a rollback, so one PREPARE per connection is enough.

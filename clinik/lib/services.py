@@ -8,7 +8,8 @@ nothing answers on a loopback address it starts an embedded PostgreSQL (the
 redis-server) there, with data under var/, and says so; system services stay the
 default whenever they answer. `stop-embedded` stops what `ensure` started.
 `python -m clinik.lib.services bootstrap` creates the application role, the owner
-role and the database through the local superuser when they are missing.
+role and the database through the local superuser when they are missing,
+and keeps values out of the server log for both roles (`quiet_server_log`).
 """
 
 import importlib.util
@@ -80,6 +81,29 @@ def _role_and_password(url: str) -> tuple[str, str | None]:
     return unquote(parts.username or ""), (unquote(parts.password) if parts.password else None)
 
 
+# The second wall against PHI in the server log (the first: values travel as bind
+# parameters, clinik.lib.pgbackend). For the application's roles, PostgreSQL logs a
+# failed statement's error alone: not its text (log_min_error_statement), not its
+# parameters (log_parameter_max_length_on_error), not the DETAIL or CONTEXT lines
+# (log_error_verbosity: a unique violation's DETAIL quotes the key's values, a check
+# violation's the whole row). log_min_error_statement and log_error_verbosity need a
+# superuser (or GRANT SET) to be set for a role: README, "Managed PostgreSQL".
+QUIET_LOG_SETTINGS = (
+    ("log_min_error_statement", "panic"),
+    ("log_parameter_max_length_on_error", "0"),
+    ("log_error_verbosity", "terse"),
+)
+
+
+def quiet_server_log(conn: psycopg.Connection, role: str) -> None:
+    for name, value in QUIET_LOG_SETTINGS:
+        conn.execute(
+            sql.SQL("ALTER ROLE {} SET {} = {}").format(
+                sql.Identifier(role), sql.Identifier(name), sql.Literal(value)
+            )
+        )
+
+
 def bootstrap(database_url: str, owner_url: str, admin_url: str) -> list[str]:
     """Create the roles and the database if missing. Returns what it created."""
     app_role, app_password = _role_and_password(database_url)
@@ -105,6 +129,7 @@ def bootstrap(database_url: str, owner_url: str, admin_url: str) -> list[str]:
                         sql.Identifier(role), sql.Literal(password)
                     )
                 )
+            quiet_server_log(conn, role)
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [dbname]).fetchone()
         if not exists:
             conn.execute(

@@ -34,6 +34,7 @@ from django.db import DatabaseError, close_old_connections
 from django.http import HttpRequest, HttpResponseBase
 
 from clinik.audit.interactions import record_fhir_interaction
+from clinik.lib import outage
 from clinik.usage import store
 from clinik.usage.queue import BUFFER_KEY as BUFFER_KEY  # re-exported for callers
 from clinik.usage.queue import Record, push
@@ -280,11 +281,14 @@ def note(request: HttpRequest, response: HttpResponseBase | None, started: float
         logger.exception("Could not record an API request")
         return
     status = record[6]
-    if status == 403 or status >= 500:
+    if status == 403 or (status >= 500 and not outage.is_down("postgres")):
         try:
             _audit_outcome(request, status)
-        except DatabaseError:
-            logger.exception("Could not audit a refused API request")
+        except DatabaseError as error:
+            if (dependency := outage.unreachable(error)) is not None:
+                outage.down(dependency)  # logged once per outage, not per request
+            else:
+                logger.exception("Could not audit a refused API request")
 
 
 # --- flushing ---------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from clinik.fhir.search.paths import reference_type
 from clinik.fhir.search.registry import SearchParam
 from clinik.fhir.search.values import date_range, decimal_range, parse_decimal
 from clinik.fhir.spec import RESOURCE_TYPES
+from clinik.lib.text import unsafe
 
 DEFAULT_COUNT = 20
 MAX_COUNT = 1000
@@ -544,6 +545,8 @@ def parse_search(
             issues.append(unknown.diagnostics)
 
     for name, raw in params:
+        if problem := unsafe(name) or unsafe(raw):  # form bodies, bundle entries, headers
+            raise FhirError(400, "invalid", f"Search parameter {_safe_name(name)} {problem}")
         base = name.split(":", 1)[0]
         if name in ("_format", "_pretty"):
             continue

@@ -1,7 +1,8 @@
 # django-stubs describe this Django module for psycopg2; its psycopg 3 classes (Cursor,
 # ServerSideCursor, register_tzloader) are unknown to them.
 # mypy: disable-error-code="attr-defined, misc, call-arg, name-defined, unused-ignore"
-"""Django's PostgreSQL backend (psycopg 3), with transactions that cost fewer round trips.
+"""Django's PostgreSQL backend (psycopg 3), with values sent as bind parameters and
+transactions that cost fewer round trips.
 
 On this machine, as on most hosts, a round trip to PostgreSQL costs more than the
 statement it carries (bench/README.md). Django's backend spends several on every
@@ -11,7 +12,7 @@ index rows, audit rows) waits for its own answer. This backend keeps the psycopg
 connection in autocommit mode and runs transactions itself:
 
 - BEGIN is queued when Django opens a transaction, and travels with the first
-  statement that needs an answer, in one simple-protocol query string;
+  statement that needs an answer, in one pipeline (one round trip);
 - `defer(sql, params)` queues a write the same way: it travels with the next
   statement, or with the COMMIT (a write-only transaction is one round trip);
 - SAVEPOINT and RELEASE are queued too; a transaction in which nothing ran commits
@@ -28,11 +29,22 @@ the server works on it while Python prepares the next statements (a transaction
 bundle's index rows, chunk after chunk); the answer is read, and an error raised,
 before the connection's next use, so it surfaces as a deferred write's would.
 
+Every statement, queued or not, travels in the extended protocol with its values as
+bind parameters (psycopg's server-side binding; a batch is sent in libpq's pipeline
+mode with one Sync and read once, without psycopg's Pipeline object, which cost
+twice the CPU and wall time per batch: bench/pipeline_micro.py): the
+text PostgreSQL parses, and logs when a statement fails, carries `$1`, `$2`, never a
+value (privacy: no PHI in the database server's log). Nothing is prepared by name:
+`prepare_threshold` stays None (Django's default for psycopg 3), so every statement
+is an unnamed one that lives until the next, and a transaction-mode pooler
+(PgBouncer, Supabase's port 6543) can hand each transaction to another server session.
+
 The per-request health check (CONN_HEALTH_CHECKS) also costs no round trip here:
 an idle connection the server has closed or is closing has bytes (or EOF) waiting
 on its socket, which a zero-timeout poll sees; only then does it send `SELECT 1`.
 """
 
+import contextlib
 import select
 from typing import Any
 
@@ -40,31 +52,44 @@ import psycopg
 from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.postgresql import base
 from django.db.backends.utils import debug_transaction
-from psycopg import errors, generators
+from psycopg import adapt, errors, generators
+from psycopg._queries import PostgresQuery
 from psycopg.pq import ExecStatus, TransactionStatus
 
 _OPEN = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
 
 
-class LazyCursor(base.Cursor):
-    """A client-side-binding cursor that sends the connection's queued statements
-    ahead of its own, in the same query string, and answers for its own."""
+class LazyCursor(base.ServerBindingCursor):
+    """A server-side-binding cursor that sends the connection's queued statements
+    ahead of its own, in one pipeline, and answers for its own."""
 
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
-        collect(self.connection)
-        count_round_trip(self.connection)
-        queue: list[str] | None = getattr(self.connection, "clinik_queue", None)
+        session = self.connection
+        collect(session)
+        count_round_trip(session)
+        queue: list[Statement] | None = getattr(session, "clinik_queue", None)
         if not queue:
             return super().execute(query, params, **kwargs)
-        statement = self.mogrify(query, params)
-        ahead = len(queue)
-        # Lines of the query string are statements; the caller gets the last one's result.
-        text = ";\n".join([*queue, statement])
+        if params is None and ";" in str(query):
+            # Maybe several statements (a migration's script): only the simple
+            # protocol takes them, and it takes no parameters, so the queue goes first.
+            send_queue(session)
+            return super().execute(query, params, **kwargs)
+        ahead = queue[:]
         queue.clear()
-        super().execute(text)
-        for _ in range(ahead):
-            self.nextset()
+        # One round trip: the queued statements and this one, then one Sync; the
+        # first error aborts the rest and is raised once every answer is read.
+        self._start_query_for(query)
+        main = self._convert_query(query, params)
+        results = session.wait(_batch_gen(session, [*_converted(session, ahead), main]))
+        self._query = main
+        self._last_query = query
+        self._check_results(results)
+        self._set_results(results)
         return self
+
+    def _start_query_for(self, query: Any) -> None:
+        self.connection.wait(self._start_query(query))
 
     def executemany(self, *args: Any, **kwargs: Any) -> Any:
         collect(self.connection)
@@ -84,6 +109,58 @@ class LazyCursor(base.Cursor):
         return super().stream(*args, **kwargs)
 
 
+Statement = tuple[Any, Any]
+"""A queued statement: SQL with `%s` placeholders, and its parameters (or None)."""
+
+
+def _converted(session: Any, statements: list[Statement]) -> list[PostgresQuery]:
+    """Statements with `%s` placeholders as the extended protocol takes them: `$n`
+    and the values dumped apart (psycopg's own conversion, cached per query text)."""
+    tx = adapt.Transformer(session)
+    converted = []
+    for sql, params in statements:
+        pgq = PostgresQuery(tx)
+        pgq.convert(sql, params)
+        converted.append(pgq)
+    return converted
+
+
+def _send_batch(pgconn: Any, statements: list[PostgresQuery]) -> None:
+    """Queue the statements in libpq's pipeline mode, then one Sync (not flushed)."""
+    pgconn.enter_pipeline_mode()
+    for pgq in statements:
+        pgconn.send_query_params(
+            pgq.query, pgq.params, param_formats=pgq.formats, param_types=pgq.types
+        )
+    pgconn.pipeline_sync()
+
+
+def _read_batch_gen(pgconn: Any, count: int) -> Any:
+    """Read the answers of a batch of `count` statements and its Sync, leave pipeline
+    mode, raise the first error; return the last statement's results."""
+    try:
+        answers = []
+        for _ in range(count):
+            answers.append((yield from generators.fetch_many(pgconn)))
+        yield from generators.fetch_many(pgconn)  # the Sync
+    finally:
+        with contextlib.suppress(psycopg.Error):  # broken mid-batch: its error is raised
+            pgconn.exit_pipeline_mode()
+    for results in answers:
+        for result in results:
+            if result.status == ExecStatus.FATAL_ERROR:
+                raise errors.error_from_result(result)
+    return answers[-1] if answers else []
+
+
+def _batch_gen(session: Any, statements: list[PostgresQuery]) -> Any:
+    """One round trip: every statement, one Sync; the last one's results."""
+    pgconn = session.pgconn
+    _send_batch(pgconn, statements)
+    yield from generators.send(pgconn)
+    return (yield from _read_batch_gen(pgconn, len(statements)))
+
+
 def count_round_trip(session: Any) -> None:
     """Queries sent on this connection, each one round trip (for tests and benchmarks:
     `round_trips(connection)`)."""
@@ -94,46 +171,45 @@ def round_trips(session: Any) -> int:
     return int(getattr(session, "clinik_round_trips", 0))
 
 
-_FINE = (ExecStatus.TUPLES_OK, ExecStatus.COMMAND_OK, ExecStatus.EMPTY_QUERY)
-
-
 def send_ahead(session: Any) -> None:
     """Send what is queued on a psycopg connection now, and return without waiting
-    for the answer (`collect` reads it)."""
-    queue: list[str] | None = getattr(session, "clinik_queue", None)
+    for the answer (`collect` reads it): one batch and its Sync, flushed, unread."""
+    queue: list[Statement] | None = getattr(session, "clinik_queue", None)
     if not queue:
         return
     collect(session)
-    text = ";\n".join(queue)
+    ahead = queue[:]
     queue.clear()
     # Not a round trip: nothing waits for it (its answer is read with the next one's).
-    session.pgconn.send_query(text.encode())
+    converted = _converted(session, ahead)
+    _send_batch(session.pgconn, converted)
     session.wait(generators.send(session.pgconn))
-    session.clinik_in_flight = True
+    session.clinik_in_flight = len(converted)
 
 
 def collect(session: Any, *, raise_error: bool = True) -> None:
     """Read the answer to what `send_ahead` sent, if any; raise its error."""
-    if not getattr(session, "clinik_in_flight", False):
+    count = getattr(session, "clinik_in_flight", 0)
+    if not count:
         return
-    session.clinik_in_flight = False
-    results = session.wait(generators.fetch_many(session.pgconn))
-    failed = next((r for r in results if r.status not in _FINE), None)
-    if failed is not None and raise_error:
-        raise errors.error_from_result(failed)
+    session.clinik_in_flight = 0
+    try:
+        session.wait(_read_batch_gen(session.pgconn, count))
+    except psycopg.Error:
+        if raise_error:
+            raise
 
 
 def send_queue(session: Any) -> None:
     """Send what is queued on a psycopg connection now, alone (before statements that
     cannot carry it: COPY, executemany, named cursors)."""
     collect(session)
-    queue: list[str] | None = getattr(session, "clinik_queue", None)
+    queue: list[Statement] | None = getattr(session, "clinik_queue", None)
     if queue:
-        text = ";\n".join(queue)
+        ahead = queue[:]
         queue.clear()
         count_round_trip(session)
-        with psycopg.ClientCursor(session) as cursor:
-            cursor.execute(text)
+        session.wait(_batch_gen(session, _converted(session, ahead)))
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
@@ -152,8 +228,8 @@ class DatabaseWrapper(base.DatabaseWrapper):
 
     # --- transactions ------------------------------------------------------------
 
-    def _queue(self) -> list[str]:
-        queue: list[str] = self.connection.clinik_queue
+    def _queue(self) -> list[Statement]:
+        queue: list[Statement] = self.connection.clinik_queue
         return queue
 
     def _set_autocommit(self, autocommit: bool) -> None:
@@ -168,7 +244,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
                 raise psycopg.ProgrammingError("autocommit cannot be set inside a transaction")
             queue.clear()
         elif not queue and self.connection.info.transaction_status not in _OPEN:
-            queue.append("BEGIN")
+            queue.append(("BEGIN", None))
 
     def _commit(self) -> None:
         if self.connection is None:
@@ -176,7 +252,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
         with debug_transaction(self, "COMMIT"), self.wrap_database_errors:
             collect(self.connection)
             queue = self._queue()
-            if queue == ["BEGIN"]:  # nothing ran: nothing to commit
+            if queue == [("BEGIN", None)]:  # nothing ran: nothing to commit
                 queue.clear()
             elif queue or self.connection.info.transaction_status in _OPEN:
                 with self.connection.cursor() as cursor:
@@ -205,7 +281,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
     def _drop_empty_savepoint(self, sid: str) -> bool:
         """A savepoint with nothing after it, still queued: forget it (no round trip)."""
         queue = self._queue()
-        if queue and queue[-1] == self.ops.savepoint_create_sql(sid):
+        if queue and queue[-1] == (self.ops.savepoint_create_sql(sid), None):
             queue.pop()
             return True
         return False
@@ -220,10 +296,12 @@ class DatabaseWrapper(base.DatabaseWrapper):
             with self.cursor() as cursor:
                 cursor.execute(sql, params)
             return
-        with self.wrap_database_errors, self.connection.cursor() as raw:
-            text = raw.mogrify(sql, params)
-        self._queue().append(text)
+        self._queue().append((sql, params))
         if self.queries_logged:
+            # In memory only (DEBUG, CaptureQueriesContext), composed the way Django
+            # shows its executed statements (bench/bare_capture.py replays them);
+            # PostgreSQL itself gets the values as bind parameters.
+            text = sql if params is None else self.ops.compose_sql(sql, params)
             self.queries_log.append({"sql": text, "time": "0.000"})
 
     def send_ahead(self) -> None:
@@ -236,8 +314,8 @@ class DatabaseWrapper(base.DatabaseWrapper):
             send_queue(self.connection)
             # A named cursor inside a transaction needs no WITH HOLD (Django asks
             # psycopg's autocommit flag, which is always on here).
-            cursor = base.ServerSideCursor(
-                self.connection, name=name, scrollable=False, withhold=self.get_autocommit()
+            cursor = psycopg.ServerCursor(  # server-side binding, like every cursor
+                self.connection, name, scrollable=False, withhold=self.get_autocommit()
             )
             loader = self.connection.adapters.get_loader(base.TIMESTAMPTZ_OID, base.Format.TEXT)
             if self.timezone != loader.timezone:
@@ -253,7 +331,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
             return False
         if session.info.transaction_status == TransactionStatus.UNKNOWN:
             return False
-        if getattr(session, "clinik_in_flight", False):
+        if getattr(session, "clinik_in_flight", 0):
             return True  # its answer is read before the next statement
         try:
             waiting, _, _ = select.select([session.fileno()], [], [], 0)
