@@ -216,6 +216,8 @@ class SearchQuery:
     """Parameters ignored (lenient handling), as diagnostics that name no values."""
     params: list[tuple[str, str]] = field(default_factory=list)
     """The criteria and result parameters as received, for the Bundle links."""
+    strict: bool = False
+    """Prefer: handling=strict (a store's unsupported feature is then a 400)."""
 
 
 @dataclass
@@ -514,7 +516,7 @@ def parse_search(
             raise FhirError(400, "value", "_type names an unknown resource type")
         types = sorted(set(requested)) or sorted(RESOURCE_TYPES)
     assert types is not None
-    query = SearchQuery(types=types, system=system, criteria={t: [] for t in types})
+    query = SearchQuery(types=types, system=system, criteria={t: [] for t in types}, strict=strict)
     issues: list[str] = []
 
     def ignore(unknown: Unknown) -> None:
