@@ -1,0 +1,70 @@
+"""The FHIR REST and cross-tenant isolation tests the PostgreSQL store passes, run
+again on the HealthLake store (against the local fake datastore).
+
+Which ones: every test of tests/test_fhir_rest.py and tests/test_fhir_isolation.py
+about interactions the HealthLake store offers. Left out, with the reason, in
+SKIPPED: what differs by design (README, "HealthLake store"), and the tests that look
+at PostgreSQL rows or row-level security (there are none on HealthLake).
+"""
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests import test_fhir_isolation as isolation
+from tests import test_fhir_rest as rest
+
+SKIPPED = {
+    # Type- and system-level history are not offered (no tenant filter on them).
+    "test_history_levels_count_since_and_paging": "type/system history not offered",
+    "test_type_and_system_listings_and_history_hold_only_own_data": "system history",
+    "test_spoofed_tenant_query_parameters_find_nothing": "system history part",
+    # Ids are one namespace per datastore: the outsider's PUT gets 409 (own test).
+    "test_update_onto_another_tenants_id_creates_in_own_tenant_only": "409 by design",
+    # A delete erases every version at once ($erase): no history after a delete.
+    "test_delete_is_410_at_once_then_history_shows_it": "history erased at delete",
+    "test_update_after_delete_revives_with_a_new_version": "versions restart after erase",
+    "test_expunge_erases_every_version_at_once": "counts PostgreSQL rows",
+    # Transaction bundles are refused on HealthLake (own test).
+    "test_a_refused_transaction_bundle_is_audited": "transactions not offered",
+    # The capability statement differs on purpose (own test).
+    "test_capability_statement_declares_what_is_implemented": "statement differs",
+    # PostgreSQL rows and row-level security.
+    "test_without_a_tenant_the_database_returns_no_rows": "PostgreSQL only",
+    "test_the_app_role_cannot_switch_row_level_security_off": "PostgreSQL only",
+    "test_rows_of_another_tenant_cannot_be_written": "PostgreSQL only",
+    "test_rows_of_another_tenant_cannot_be_updated_or_deleted": "PostgreSQL only",
+}
+
+
+def _on_healthlake(test: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(test)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        return test(*args, **kwargs)
+
+    return pytest.mark.usefixtures("healthlake")(run)
+
+
+for _module in (rest, isolation):
+    for _name in dir(_module):
+        if _name.startswith("test_") and _name not in SKIPPED:
+            globals()[_name] = _on_healthlake(getattr(_module, _name))
+
+
+@pytest.fixture
+def walls(healthlake: Any) -> str:
+    """test_fhir_isolation's walls: on HealthLake the tag is the only wall."""
+    return "tag-only"
+
+
+victim = isolation.victim
+
+
+@pytest.fixture(autouse=True)
+def _reached_the_datastore(request: Any, healthlake: Any) -> Any:
+    """Each test here really went to the (fake) datastore, not to PostgreSQL."""
+    yield
+    if "api" in request.fixturenames:
+        assert healthlake.requests, "no request reached the HealthLake datastore"
