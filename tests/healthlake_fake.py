@@ -114,6 +114,9 @@ class FakeHealthLake:
         self.requests: list[tuple[str, str]] = []  # (method, route without ids)
         self.applied: list[tuple[str, str, str]] = []  # (method, type, id) of writes applied
         self.refused_signatures = 0
+        self.hold_erase_after: int | None = None  # then every $erase waits for `release`
+        self.held = threading.Event()
+        self.release = threading.Event()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -211,6 +214,7 @@ class FakeHealthLake:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -329,6 +333,15 @@ class FakeHealthLake:
         with self.lock:
             stored = self.resources.get(key)
             if len(parts) == 3 and parts[2] == "$erase" and method == "POST":
+                erased = sum(1 for a in self.applied if a[0] == "ERASE")
+                if self.hold_erase_after is not None and erased >= self.hold_erase_after:
+                    self.held.set()
+                    self.lock.release()
+                    try:
+                        self.release.wait(30)
+                    finally:
+                        self.lock.acquire()
+                    return 500, _outcome("exception", "Internal error"), {}
                 if stored is None:
                     return 404, _outcome("not-found", "Resource not found"), {}
                 del self.resources[key]

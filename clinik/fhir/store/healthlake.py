@@ -611,7 +611,8 @@ class HealthLakeStore:
                 if not fresh:  # empty, or only erasures the search index has yet to see
                     break
                 for version in fresh:
-                    self.client.call("DELETE", f"{resource_type}/{version.id}")
+                    # $erase alone (no DELETE first): until it is done the resource
+                    # stays findable, so a killed run leaves nothing a rerun cannot see.
                     self._erase(resource_type, version.id)
                     erased.add(version.id)
                     counts["healthlake_erased"] += 1
