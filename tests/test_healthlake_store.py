@@ -378,10 +378,11 @@ def test_closure_killed_mid_purge_and_rerun_ends_the_same(api, healthlake, setti
     facts = _lived_in(api, healthlake)
     healthlake.hold_erase_after = 5
     s = connection.settings_dict
+    host, port = s["HOST"] or "127.0.0.1", s["PORT"] or 5432
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "clinik.settings",
-        "DATABASE_URL": f"postgres://{s['USER']}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}",
+        "DATABASE_URL": f"postgres://{s['USER']}@{host}:{port}/{s['NAME']}",
         "FHIR_STORE": "healthlake",
         "HEALTHLAKE_DATASTORE_ID": healthlake.datastore_id,
         "HEALTHLAKE_REGION": REGION,
