@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid4
 
 import orjson
-from django.db import connection
 from django.utils import timezone
 
 from clinik.fhir.http import FhirError
@@ -40,7 +39,7 @@ from clinik.fhir.store.base import (
     VersionConflict,
 )
 from clinik.fhir.store.healthlake_client import Answer, HealthLakeClient
-from clinik.fhir.tenancy import TENANT_SYSTEM, carries_tenant_tag, stamp, tenant_transaction
+from clinik.fhir.tenancy import TENANT_SYSTEM, carries_tenant_tag, stamp, tenant_query
 
 if TYPE_CHECKING:
     from clinik.fhir.search.query import SearchQuery, SearchResult
@@ -220,8 +219,7 @@ class HealthLakeStore:
         if audit is None:
             return
         insert, args = audit("TRUE" if ok else "FALSE")
-        with tenant_transaction(tenant), connection.cursor() as cursor:
-            cursor.execute(insert, args)
+        tenant_query(tenant, f"{insert} RETURNING 1", args)  # one round trip
 
     def _gone(self, tenant: UUID, resource_type: str, resource_id: str) -> Version | None:
         raw = self.redis.get(self._gone_key(tenant, resource_type, resource_id))

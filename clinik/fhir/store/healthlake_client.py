@@ -7,7 +7,6 @@ Nothing here logs a URL, a query string or a body: they carry PHI.
 """
 
 import random
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -134,19 +133,27 @@ class HealthLakeClient:
         self.retry_budget = retry_budget
         self._session = boto3.session.Session(region_name=region)
         self._credentials = credentials
+        # One pool for the datastore's one origin (paging links are refused elsewhere).
         self._pool = urllib3.PoolManager(
             maxsize=pool_size,
             block=False,
             timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
             retries=False,
-        )
-        self._lock = threading.Lock()
+        ).connection_from_url(self.base)
+        self._signer: tuple[Any, SigV4Auth] | None = None
 
-    def _frozen(self) -> Any:
+    def _auth(self) -> SigV4Auth:
+        """botocore's SigV4 signer for the current credentials (rebuilt when the
+        chain rotates them, e.g. an instance role's)."""
         credentials = self._credentials or self._session.get_credentials()
         if credentials is None:
             raise FhirError(503, "transient", "The FHIR store has no AWS credentials configured")
-        return credentials.get_frozen_credentials()
+        frozen = credentials.get_frozen_credentials()
+        signer = self._signer
+        if signer is None or signer[0] != frozen:
+            signer = (frozen, SigV4Auth(frozen, SERVICE, self.region))
+            self._signer = signer
+        return signer[1]
 
     def url(self, path: str, params: list[tuple[str, str]] | None = None) -> str:
         return self.base + path.lstrip("/") + (f"?{urlencode(params)}" if params else "")
@@ -155,10 +162,13 @@ class HealthLakeClient:
         """Whether a URL (a paging link the datastore gave) is on its own endpoint."""
         return url.startswith(self.base)
 
-    def _signed(self, method: str, url: str, body: bytes | None, headers: dict[str, str]) -> Any:
+    def _signed(
+        self, method: str, url: str, body: bytes | None, headers: dict[str, str]
+    ) -> dict[str, str]:
+        """The headers of the request signed by botocore (SigV4, service healthlake)."""
         request = AWSRequest(method=method, url=url, data=body or b"", headers=headers)
-        SigV4Auth(self._frozen(), SERVICE, self.region).add_auth(request)
-        return request.prepare()
+        self._auth().add_auth(request)
+        return dict(request.headers.items())
 
     def call(
         self,
@@ -190,15 +200,16 @@ class HealthLakeClient:
         retry_after = 1
         for attempt in range(self.max_attempts):
             self.quota.acquire(kind, deadline)
-            prepared = self._signed(method, url, data, sent)
+            signed = self._signed(method, url, data, sent)
             try:
-                response = self._pool.request(
+                response = self._pool.urlopen(
                     method,
-                    prepared.url,
-                    body=prepared.body or None,
-                    headers=dict(prepared.headers.items()),
+                    url[len(self.origin) :],
+                    body=data,
+                    headers=signed,
                     preload_content=True,
                     redirect=False,
+                    assert_same_host=False,
                 )
             except urllib3.exceptions.HTTPError:
                 # Timeouts and broken connections: every call we make is idempotent

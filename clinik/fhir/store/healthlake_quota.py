@@ -15,6 +15,11 @@ import redis
 from clinik.fhir.http import FhirError
 
 SLOW_SECONDS = 5
+_TAKE = """
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return {count, redis.call('EXISTS', KEYS[2])}
+"""
 
 
 class Quota:
@@ -22,6 +27,7 @@ class Quota:
         self.redis = client
         self.datastore_id = datastore_id
         self.limits = limits
+        self._take = client.register_script(_TAKE)
 
     @classmethod
     def from_url(cls, url: str, datastore_id: str, limits: dict[str, int]) -> "Quota":
@@ -37,11 +43,11 @@ class Quota:
         while True:
             now = time.time()
             second = int(now)
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.incr(self._key(kind, str(second)))
-            pipe.expire(self._key(kind, str(second)), 3)
-            pipe.exists(self._key(kind, "slow"))
-            count, _, slow = pipe.execute()
+            # One round trip: count this request in its second, and say whether the
+            # datastore throttled us lately (then the share is halved).
+            count, slow = self._take(
+                keys=[self._key(kind, str(second)), self._key(kind, "slow")], args=[3]
+            )
             allowed = max(1, limit // 2) if slow else limit
             if int(count) <= allowed:
                 return
