@@ -1,7 +1,9 @@
 """Fixtures that put the FHIR API on the HealthLake store, against the local fake
 (tests/healthlake_fake.py). Loaded for every test module by tests/conftest.py."""
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -56,3 +58,29 @@ def store_backend(request: Any, settings: Any, monkeypatch: Any) -> Iterator[str
     finally:
         _clear()
         fake.stop()
+
+
+def rerun_on_healthlake(
+    module: ModuleType, skipped: dict[str, str], namespace: dict[str, Any]
+) -> None:
+    """Put every test of `module` not in `skipped` (name: reason) into `namespace`,
+    to run again on the HealthLake store (the `healthlake` fixture)."""
+
+    def on_healthlake(test: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(test)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            return test(*args, **kwargs)
+
+        return pytest.mark.usefixtures("healthlake")(run)
+
+    for name in dir(module):
+        if name.startswith("test_") and name not in skipped:
+            namespace[name] = on_healthlake(getattr(module, name))
+
+
+@pytest.fixture
+def reached_the_datastore(request: Any, healthlake: FakeHealthLake) -> Iterator[None]:
+    """A test re-run on HealthLake really went to the (fake) datastore."""
+    yield
+    if "api" in request.fixturenames:
+        assert healthlake.requests, "no request reached the HealthLake datastore"

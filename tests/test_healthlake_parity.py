@@ -7,14 +7,13 @@ SKIPPED: what differs by design (README, "HealthLake store"), and the tests that
 at PostgreSQL rows or row-level security (there are none on HealthLake).
 """
 
-import functools
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from tests import test_fhir_isolation as isolation
 from tests import test_fhir_rest as rest
+from tests.healthlake_fixtures import rerun_on_healthlake
 
 SKIPPED = {
     # Type- and system-level history are not offered (no tenant filter on them).
@@ -39,18 +38,9 @@ SKIPPED = {
 }
 
 
-def _on_healthlake(test: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(test)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        return test(*args, **kwargs)
-
-    return pytest.mark.usefixtures("healthlake")(run)
-
-
-for _module in (rest, isolation):
-    for _name in dir(_module):
-        if _name.startswith("test_") and _name not in SKIPPED:
-            globals()[_name] = _on_healthlake(getattr(_module, _name))
+rerun_on_healthlake(rest, SKIPPED, globals())
+rerun_on_healthlake(isolation, SKIPPED, globals())
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("reached_the_datastore")]
 
 
 @pytest.fixture
@@ -60,11 +50,3 @@ def walls(healthlake: Any) -> str:
 
 
 victim = isolation.victim
-
-
-@pytest.fixture(autouse=True)
-def _reached_the_datastore(request: Any, healthlake: Any) -> Any:
-    """Each test here really went to the (fake) datastore, not to PostgreSQL."""
-    yield
-    if "api" in request.fixturenames:
-        assert healthlake.requests, "no request reached the HealthLake datastore"

@@ -416,3 +416,32 @@ def test_closure_killed_mid_purge_and_rerun_ends_the_same(api, healthlake, setti
     assert counts["healthlake_remaining"] == 0
     assert healthlake.kept_versions(str(api.org.pk)) == 0
     assert healthlake.current("Patient", facts["theirs"]) is not None
+
+
+# --- conditional operations and idempotency ------------------------------------------------
+
+
+def test_conditional_create_update_delete_stay_inside_the_tenant(
+    api, outsider_api, healthlake
+) -> None:
+    mrn = {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "42"}]}
+    theirs = outsider_api.post("Patient", mrn).json()["id"]
+    first = api.post("Patient", mrn, headers={"If-None-Exist": "identifier=urn:mrn|42"})
+    again = api.post("Patient", mrn, headers={"If-None-Exist": "identifier=urn:mrn|42"})
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json()["id"] == first.json()["id"] != theirs
+    updated = api.put("Patient?identifier=urn:mrn|42", {**mrn, "gender": "female"})
+    assert updated.status_code == 200 and updated.json()["id"] == first.json()["id"]
+    assert api.delete("Patient?identifier=urn:mrn|42").status_code == 204
+    own = [r for r in healthlake.live(str(api.org.pk)) if r["resourceType"] == "Patient"]
+    assert own == []
+    assert healthlake.current("Patient", theirs)["meta"]["versionId"] == "1"
+
+
+def test_an_idempotent_retry_creates_once(api, healthlake) -> None:
+    headers = {"Idempotency-Key": "retry-42"}
+    first = api.post("Patient", {"resourceType": "Patient"}, headers=headers)
+    again = api.post("Patient", {"resourceType": "Patient"}, headers=headers)
+    assert first.status_code == again.status_code == 201
+    assert first.json()["id"] == again.json()["id"]
+    assert len(healthlake.live(str(api.org.pk))) == 1

@@ -561,8 +561,12 @@ class HealthLakeStore:
                 break
             source = following
         result = SearchResult(matches=matches[:wanted] if wanted else [], included=included)
-        if query.summary == "count" or query.total != "none":
-            result.total = total if not dropped and query.summary == "count" else None
+        first = not (cursor.after and cursor.after[0] == _CURSOR_KIND)
+        if query.summary == "count" or wanted == 0:
+            result.matches = []
+            result.total = total if not dropped else None
+        elif query.total != "none" and first and following is None:
+            result.total = len(matches)  # exact: the whole answer is this one page
         if following is not None:
             result.next = Cursor(after=(_CURSOR_KIND, self._remember_page(tenant, following)))
         return result
@@ -705,7 +709,7 @@ def upstream_params(tenant: UUID, query: "SearchQuery", note: Any) -> list[tuple
                 extra.append(pair)
     if query.system:
         params.insert(0, ("_type", ",".join(query.types)))
-    if query.summary == "count":
+    if query.summary == "count" or query.count == 0:
         params.append(("_summary", "count"))
     page = min(max(query.count, 1), MAX_COUNT)
     return [*params, *extra, ("_count", str(page))]
