@@ -397,5 +397,8 @@ LOGGING = {
         "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
         "django.server": {"handlers": [], "level": "CRITICAL", "propagate": False},
         "django.security": {"handlers": ["console"], "level": "WARNING", "propagate": False},
+        # urllib3 logs request lines (a HealthLake paging URL carries search values) at
+        # DEBUG: never below WARNING, whatever LOG_LEVEL says.
+        "urllib3": {"level": "WARNING"},
     },
 }

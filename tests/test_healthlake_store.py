@@ -445,3 +445,36 @@ def test_an_idempotent_retry_creates_once(api, healthlake) -> None:
     assert first.status_code == again.status_code == 201
     assert first.json()["id"] == again.json()["id"]
     assert len(healthlake.live(str(api.org.pk))) == 1
+
+
+def test_no_healthlake_url_or_value_reaches_the_logs(api, healthlake, caplog) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO)  # DEBUG logs SQL with its parameters: never in use
+    api.post("Patient", {"resourceType": "Patient", "name": [{"family": "Zyxwvut"}]})
+    for _ in range(3):
+        api.post("Patient", {"resourceType": "Patient", "name": [{"family": "Zyxwvut"}]})
+    body = api.get("Patient?family=Zyxwvut&_count=2").json()
+    api.get(next(x["url"] for x in body["link"] if x["relation"] == "next").split("/R4/")[1])
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "Zyxwvut" not in logged and healthlake.datastore_id not in logged
+
+
+def test_closure_job_on_healthlake_gives_the_same_proof(owner, api, healthlake) -> None:
+    from django.utils import timezone
+
+    from clinik.audit.models import AuditEvent
+    from clinik.privacy.closure import do_request_closure, run_closure
+    from clinik.privacy.models import Closure
+
+    facts = _lived_in(api, healthlake)
+    closure = do_request_closure(org=owner.org, actor=owner.user, request=None)
+    Closure.objects.filter(pk=closure.pk).update(scheduled_for=timezone.now())
+    assert run_closure(closure.pk) == "completed"
+    assert healthlake.kept_versions(str(owner.org.pk)) == 0
+    assert healthlake.current("Patient", facts["theirs"]) is not None
+    proof = {
+        e.target_type: int(e.target_id)
+        for e in AuditEvent.objects.filter(org_id=owner.org.pk, action="closure.deleted")
+    }
+    assert proof["healthlake_erased"] == 13 and proof["healthlake_remaining"] == 0
