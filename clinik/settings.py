@@ -195,14 +195,29 @@ CELERY_BEAT_SCHEDULE = {
 
 # --- FHIR store -------------------------------------------------------------------
 FHIR_STORE = env_str("FHIR_STORE", "postgres")
-if FHIR_STORE not in {"postgres"}:
-    raise ImproperlyConfigured(f"FHIR_STORE must be postgres, got {FHIR_STORE!r}")
+if FHIR_STORE not in {"postgres", "healthlake"}:
+    raise ImproperlyConfigured(f"FHIR_STORE must be postgres or healthlake, got {FHIR_STORE!r}")
 # The tag wall is never switched off in a running system: only the isolation tests
 # turn it off (through Django's settings override) to show RLS holds on its own.
 FHIR_TAG_WALL = True
 FHIR_ERASE_DELETED_AFTER_DAYS = env_int("FHIR_ERASE_DELETED_AFTER_DAYS", 7, minimum=0)
 if FHIR_ERASE_DELETED_AFTER_DAYS > 29:
     raise ImproperlyConfigured("FHIR_ERASE_DELETED_AFTER_DAYS must be at most 29 (policy: 30)")
+
+# --- FHIR store: AWS HealthLake (FHIR_STORE=healthlake; clinik.fhir.store.healthlake) --
+# Credentials come from the standard AWS chain (environment, profile, instance role).
+HEALTHLAKE_DATASTORE_ID = env_str("HEALTHLAKE_DATASTORE_ID", "")
+HEALTHLAKE_REGION = env_str("HEALTHLAKE_REGION", env_str("AWS_REGION", ""))
+HEALTHLAKE_ENDPOINT_URL = env_str("HEALTHLAKE_ENDPOINT_URL", "")  # control plane override
+HEALTHLAKE_CRUD_PER_SECOND = env_int("HEALTHLAKE_CRUD_PER_SECOND", 3000, minimum=1)
+HEALTHLAKE_SEARCH_PER_SECOND = env_int("HEALTHLAKE_SEARCH_PER_SECOND", 100, minimum=1)
+HEALTHLAKE_TIMEOUT_MS = env_int("HEALTHLAKE_TIMEOUT_MS", 10000, minimum=100)
+HEALTHLAKE_MAX_ATTEMPTS = env_int("HEALTHLAKE_MAX_ATTEMPTS", 4, minimum=1)
+HEALTHLAKE_RETRY_BUDGET_MS = env_int("HEALTHLAKE_RETRY_BUDGET_MS", 3000, minimum=0)
+if FHIR_STORE == "healthlake" and not (HEALTHLAKE_DATASTORE_ID and HEALTHLAKE_REGION):
+    raise ImproperlyConfigured(
+        "FHIR_STORE=healthlake needs HEALTHLAKE_DATASTORE_ID and HEALTHLAKE_REGION (or AWS_REGION)"
+    )
 
 # --- Data rights: bulk export, account closure and deletion (clinik.privacy) -------
 # Export files go to a directory outside static/media, or to S3 when a bucket is set
@@ -479,6 +494,9 @@ LOGGING = {
         "django.security": {"handlers": ["console"], "level": "WARNING", "propagate": False},
         # httpx logs every request URL at INFO: Supabase Auth calls stay out of the logs.
         "httpx": {"handlers": ["console"], "level": "WARNING", "propagate": False},
+        # urllib3 logs request lines (a HealthLake paging URL carries search values) at
+        # DEBUG: never below WARNING, whatever LOG_LEVEL says.
+        "urllib3": {"level": "WARNING"},
     },
 }
 

@@ -16,6 +16,8 @@ from django.test.utils import setup_databases, teardown_databases
 
 from tests.factories import MembershipFactory, OrganizationFactory, UserFactory
 
+pytest_plugins = ["tests.healthlake_fixtures"]  # the HealthLake store's fixtures
+
 
 def _use_credentials(credentials: dict[str, Any]) -> None:
     connection = connections["default"]

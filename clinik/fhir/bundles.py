@@ -481,6 +481,12 @@ def process(request: Any, bundle: Any, base: str, representation: bool) -> dict[
     kind = bundle.get("type")
     if kind not in ("batch", "transaction"):
         raise FhirError(400, "value", "Bundle.type must be batch or transaction")
+    if kind == "transaction" and not get_store().features.transactions:
+        raise FhirError(
+            400,
+            "not-supported",
+            "Transaction bundles are not supported by this server's FHIR store; send a batch",
+        )
     if len(bundle.get("entry") or []) > MAX_ENTRIES:
         raise FhirError(
             413, "too-costly", f"A bundle may hold at most {MAX_ENTRIES} entries; split it"

@@ -13,11 +13,15 @@ from clinik.fhir.store import get_store
 SOFTWARE_VERSION = "0.1.0"
 
 
-def _search_params(resource_type: str) -> list[dict[str, Any]]:
-    """The R4 parameters this type can be searched by, as the registry compiled them."""
+def _search_params(
+    resource_type: str, unsupported: frozenset[tuple[str, str]] = frozenset()
+) -> list[dict[str, Any]]:
+    """The R4 parameters this type can be searched by, as the registry compiled them,
+    less those the active store cannot answer."""
     return [
         {"name": p.code, "definition": p.url, "type": p.type}
         for p in registry.searchable(resource_type)
+        if (resource_type, p.code) not in unsupported
     ]
 
 
@@ -54,11 +58,15 @@ def statement(base: str) -> dict[str, Any]:
             "conditionalUpdate": features.conditional_update,
             "conditionalDelete": "multiple" if features.conditional_update else "not-supported",
             "searchParam": [
-                *(_search_params(resource_type) if features.search else []),
+                *(
+                    _search_params(resource_type, features.unsupported_params)
+                    if features.search
+                    else []
+                ),
                 {
                     "name": "_count",
                     "type": "number",
-                    "documentation": "Page size (default 20, at most 1,000)",
+                    "documentation": f"Page size (default 20, at most {features.max_count:,})",
                 },
             ],
             **(
@@ -75,7 +83,9 @@ def statement(base: str) -> dict[str, Any]:
                     "definition": "https://clinikapi.com/fhir/OperationDefinition/expunge",
                     "documentation": "Erase every version of one resource for good, at once",
                 }
-            ],
+            ]
+            if features.expunge
+            else [],
         }
         for resource_type in sorted(RESOURCE_TYPES)
     ]
@@ -118,7 +128,7 @@ def statement(base: str) -> dict[str, Any]:
                     }
                 ],
                 "interaction": [
-                    {"code": "history-system"},
+                    *([{"code": "history-system"}] if features.system_history else []),
                     *(
                         [{"code": "transaction"}, {"code": "batch"}]
                         if features.transactions

@@ -229,6 +229,8 @@ class SearchQuery:
     """Parameters ignored (lenient handling), as diagnostics that name no values."""
     params: list[tuple[str, str]] = field(default_factory=list)
     """The criteria and result parameters as received, for the Bundle links."""
+    strict: bool = False
+    """Prefer: handling=strict (a store's unsupported feature is then a 400)."""
 
 
 # --- parsing helpers ----------------------------------------------------------------------
@@ -532,7 +534,7 @@ def parse_search(
                 )
         types = sorted(set(requested)) or every
     assert types is not None
-    query = SearchQuery(types=types, system=system, criteria={t: [] for t in types})
+    query = SearchQuery(types=types, system=system, criteria={t: [] for t in types}, strict=strict)
     if compartment is not None:
         for resource_type in types:
             query.criteria[resource_type].append(compartment)

@@ -1,4 +1,4 @@
-"""The configured FHIR store (FHIR_STORE=postgres; HealthLake plugs in here later)."""
+"""The configured FHIR store (FHIR_STORE=postgres or healthlake)."""
 
 from functools import cache
 
@@ -25,4 +25,8 @@ def _store(backend: str, tag_wall: bool) -> FhirStore:
         from clinik.fhir.store.postgres import PostgresStore
 
         return PostgresStore(tag_wall=tag_wall)
+    if backend == "healthlake":
+        from clinik.fhir.store.healthlake_setup import build_store
+
+        return build_store()
     raise ValueError(f"unknown FHIR_STORE {backend!r}")

@@ -66,6 +66,12 @@ class StoreFeatures:
     search_features: frozenset[str] = frozenset()
     """Which parts of FHIR search the store answers (see SEARCH_FEATURES)."""
     expunge: bool = True
+    max_count: int = 1000
+    """The largest search page the store answers (_count)."""
+    unsupported_params: frozenset[tuple[str, str]] = frozenset()
+    """(type, code) of R4 search parameters the store cannot answer."""
+    system_history: bool = True
+    """Type- and system-level history (not only one resource's)."""
     interactions: tuple[str, ...] = field(
         default=(
             "read",

@@ -1,0 +1,147 @@
+"""The HealthLake store's adapter against the PostgreSQL store, in the same run:
+reads/s, latency and the application CPU per request of each, alternating rounds.
+
+    make db && .venv/bin/python bench/healthlake_bench.py [--requests 300] [--rounds 5]
+
+The application runs in this process through the full WSGI stack (Django's test
+client, every middleware, the gateway, audit). HealthLake is the local fake
+datastore (tests/healthlake_fake.py) in a child process, so its work is not in this
+process's CPU time: what is measured is what the adapter adds (SigV4 signing, the
+HTTP call, the Redis quota, JSON parsing and the tenant check) against PostgreSQL's
+path (SQL under row-level security). The fake answers from memory on loopback: the
+wall figures are a floor, a real datastore adds its own network latency.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+HIGH = str(10**9)
+os.environ.update(
+    {
+        "DEBUG": "true",
+        "LOG_LEVEL": "WARNING",
+        "RATE_LIMIT_IP_REQUESTS": HIGH,
+        "RATE_LIMIT_KEY_REQUESTS": HIGH,
+        "RATE_LIMIT_ORG_REQUESTS": HIGH,
+        "DJANGO_SETTINGS_MODULE": "bench.nodebug_settings",
+    }
+)
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.conf import settings  # noqa: E402
+from django.test import Client  # noqa: E402
+
+from bench.common import create_org  # noqa: E402
+from clinik.fhir.store import _store  # noqa: E402
+
+_FAKE = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from tests.healthlake_fake import FakeHealthLake
+fake = FakeHealthLake().start()
+print(fake.datastore_id, fake.origin, flush=True)
+time.sleep(3600)
+"""
+
+
+def use(store: str, datastore_id: str, origin: str) -> None:
+    settings.FHIR_STORE = store
+    settings.HEALTHLAKE_DATASTORE_ID = datastore_id
+    settings.HEALTHLAKE_REGION = "us-east-1"
+    settings.HEALTHLAKE_ENDPOINT_URL = origin
+    _store.cache_clear()
+
+
+def measure(send, requests: int) -> dict[str, float]:
+    c0, w0 = time.process_time(), time.perf_counter()
+    for _ in range(requests):
+        send()
+    return {
+        "cpu_us": (time.process_time() - c0) / requests * 1e6,
+        "wall_us": (time.perf_counter() - w0) / requests * 1e6,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    from tests.healthlake_fake import ACCESS_KEY, SECRET_KEY
+
+    os.environ["AWS_ACCESS_KEY_ID"] = ACCESS_KEY
+    os.environ["AWS_SECRET_ACCESS_KEY"] = SECRET_KEY
+    fake = subprocess.Popen(
+        [sys.executable, "-c", _FAKE, str(ROOT)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert fake.stdout is not None
+        datastore_id, origin = fake.stdout.readline().split()
+        org = create_org("HealthLake bench", "hlbench@example.com")
+        client = Client(HTTP_AUTHORIZATION=f"Bearer {org['api_key']}")
+        body = (ROOT / "bench" / "wrk" / "patient.json").read_bytes()
+        ids = {}
+        for store in ("postgres", "healthlake"):
+            use(store, datastore_id, origin)
+            created = client.post("/fhir/R4/Patient", body, content_type="application/fhir+json")
+            assert created.status_code == 201, created.content
+            ids[store] = created.json()["id"]
+
+        def reader(store: str):
+            path = f"/fhir/R4/Patient/{ids[store]}"
+
+            def read() -> None:
+                assert client.get(path).status_code == 200
+
+            return read
+
+        def writer() -> None:
+            response = client.post("/fhir/R4/Patient", body, content_type="application/fhir+json")
+            assert response.status_code == 201
+
+        results: dict[str, dict[str, list[float]]] = {}
+        for _round in range(args.rounds):
+            for store in ("postgres", "healthlake"):  # alternating, same run
+                use(store, datastore_id, origin)
+                reader(store)()  # warm
+                for name, send in (("GET Patient/{id}", reader(store)), ("POST Patient", writer)):
+                    figures = measure(send, args.requests)
+                    slot = results.setdefault(f"{name} {store}", {"cpu_us": [], "wall_us": []})
+                    slot["cpu_us"].append(figures["cpu_us"])
+                    slot["wall_us"].append(figures["wall_us"])
+        summary = {
+            name: {
+                "cpu_us_median": round(statistics.median(r["cpu_us"])),
+                "wall_us_median": round(statistics.median(r["wall_us"])),
+                "per_s": round(1e6 / statistics.median(r["wall_us"])),
+            }
+            for name, r in results.items()
+        }
+        print(f"{'request':<34} {'CPU µs':>8} {'wall µs':>8} {'req/s':>7}")
+        for name, r in summary.items():
+            print(f"{name:<34} {r['cpu_us_median']:>8} {r['wall_us_median']:>8} {r['per_s']:>7}")
+        for name in ("GET Patient/{id}", "POST Patient"):
+            extra = (
+                summary[f"{name} healthlake"]["cpu_us_median"]
+                - summary[f"{name} postgres"]["cpu_us_median"]
+            )
+            print(f"{name}: the adapter adds {extra} µs of application CPU per request")
+        print(json.dumps({"args": vars(args), "results": summary}))
+    finally:
+        fake.kill()
+        fake.wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+"""The wire to an AWS HealthLake datastore: the control plane (boto3 `healthlake`,
+`describe_fhir_datastore`) checked at start-up, and FHIR calls to the datastore
+endpoint over HTTPS, signed with SigV4 by botocore's signer, on one pooled urllib3
+session with timeouts, inside the quota (healthlake_quota) with adaptive retries.
+
+Nothing here logs a URL, a query string or a body: they carry PHI.
+"""
+
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import boto3
+import orjson
+import urllib3
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.config import Config
+from botocore.credentials import Credentials
+
+from clinik.fhir.http import FhirError
+from clinik.fhir.store.healthlake_quota import Quota
+
+SERVICE = "healthlake"
+THROTTLED_STATUSES = frozenset({429, 503})
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+
+
+class DatastoreRefused(Exception):
+    """The datastore cannot hold our PHI: the process must not start serving."""
+
+
+@dataclass(frozen=True)
+class DatastoreInfo:
+    id: str
+    status: str
+    type_version: str
+    endpoint: str
+    cmk_type: str
+    kms_key_id: str
+
+    @classmethod
+    def from_describe(cls, answer: dict[str, Any]) -> "DatastoreInfo":
+        props = answer.get("DatastoreProperties") or {}
+        kms = (props.get("SseConfiguration") or {}).get("KmsEncryptionConfig") or {}
+        return cls(
+            id=str(props.get("DatastoreId", "")),
+            status=str(props.get("DatastoreStatus", "")),
+            type_version=str(props.get("DatastoreTypeVersion", "")),
+            endpoint=str(props.get("DatastoreEndpoint", "")),
+            cmk_type=str(kms.get("CmkType", "")),
+            kms_key_id=str(kms.get("KmsKeyId", "")),
+        )
+
+    def problems(self, *, production: bool) -> list[str]:
+        """Why this datastore may not hold our PHI (empty: it may). No secrets."""
+        found = []
+        if self.status != "ACTIVE":
+            found.append(f"the datastore is {self.status or 'in an unknown state'}, not ACTIVE")
+        if self.type_version != "R4":
+            found.append(f"the datastore is FHIR {self.type_version or '?'}, not R4")
+        if production and self.cmk_type != "CUSTOMER_MANAGED_KMS_KEY":
+            found.append(
+                "the datastore is not encrypted with a customer-managed KMS key"
+                " (the privacy policy's encryption at rest is checked, not assumed)"
+            )
+        parts = urlsplit(self.endpoint)
+        if parts.scheme != "https" and not (parts.scheme == "http" and parts.hostname in _LOOPBACK):
+            found.append("the datastore endpoint is not HTTPS")
+        return found
+
+
+def describe(
+    datastore_id: str, *, region: str, endpoint_url: str | None = None, timeout: float = 5.0
+) -> DatastoreInfo:
+    """The datastore as the control plane describes it (credentials: the standard
+    AWS chain: environment, shared config or profile, container or instance role)."""
+    client = boto3.session.Session(region_name=region).client(
+        SERVICE,
+        endpoint_url=endpoint_url or None,
+        config=Config(connect_timeout=timeout, read_timeout=timeout, retries={"mode": "adaptive"}),
+    )
+    return DatastoreInfo.from_describe(client.describe_fhir_datastore(DatastoreId=datastore_id))
+
+
+def unavailable(retry_after: int, why: str = "busy") -> FhirError:
+    """503 with Retry-After: the store cannot serve the request now. Never a hang."""
+    return FhirError(
+        503,
+        "throttled" if why == "busy" else "transient",
+        "The FHIR store is "
+        + ("at its request quota" if why == "busy" else "not answering")
+        + f"; retry after {retry_after} s",
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+@dataclass
+class Answer:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+    def json(self) -> Any:
+        return orjson.loads(self.body) if self.body else None
+
+
+class HealthLakeClient:
+    """FHIR REST calls to one datastore endpoint, signed per request."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        region: str,
+        quota: Quota,
+        connect_timeout: float = 2.0,
+        read_timeout: float = 10.0,
+        max_attempts: int = 4,
+        retry_budget: float = 3.0,
+        pool_size: int = 10,
+        credentials: Credentials | None = None,
+    ) -> None:
+        self.base = endpoint.rstrip("/") + "/"
+        parts = urlsplit(self.base)
+        self.origin = f"{parts.scheme}://{parts.netloc}"
+        self.region = region
+        self.quota = quota
+        self.max_attempts = max(1, max_attempts)
+        self.retry_budget = retry_budget
+        self._session = boto3.session.Session(region_name=region)
+        self._credentials = credentials
+        # One pool for the datastore's one origin (paging links are refused elsewhere).
+        self._pool = urllib3.PoolManager(
+            maxsize=pool_size,
+            block=False,
+            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
+            retries=False,
+        ).connection_from_url(self.base)
+        self._signer: tuple[Any, SigV4Auth] | None = None
+
+    def _auth(self) -> SigV4Auth:
+        """botocore's SigV4 signer for the current credentials (rebuilt when the
+        chain rotates them, e.g. an instance role's)."""
+        credentials = self._credentials or self._session.get_credentials()
+        if credentials is None:
+            raise FhirError(503, "transient", "The FHIR store has no AWS credentials configured")
+        frozen = credentials.get_frozen_credentials()
+        signer = self._signer
+        if signer is None or signer[0] != frozen:
+            signer = (frozen, SigV4Auth(frozen, SERVICE, self.region))
+            self._signer = signer
+        return signer[1]
+
+    def url(self, path: str, params: list[tuple[str, str]] | None = None) -> str:
+        return self.base + path.lstrip("/") + (f"?{urlencode(params)}" if params else "")
+
+    def owns(self, url: str) -> bool:
+        """Whether a URL (a paging link the datastore gave) is on its own endpoint."""
+        return url.startswith(self.base)
+
+    def _signed(
+        self, method: str, url: str, body: bytes | None, headers: dict[str, str]
+    ) -> dict[str, str]:
+        """The headers of the request signed by botocore (SigV4, service healthlake)."""
+        request = AWSRequest(method=method, url=url, data=body or b"", headers=headers)
+        self._auth().add_auth(request)
+        return dict(request.headers.items())
+
+    def call(
+        self,
+        method: str,
+        path_or_url: str,
+        *,
+        params: list[tuple[str, str]] | None = None,
+        body: Any = None,
+        form: list[tuple[str, str]] | None = None,
+        headers: dict[str, str] | None = None,
+        kind: str = "crud",
+    ) -> Answer:
+        """One FHIR interaction, within the quota, retried on throttling and transient
+        failures with jittered exponential backoff while the retry budget lasts; a
+        request that still cannot be served raises 503 + Retry-After."""
+        url = path_or_url if "://" in path_or_url else self.url(path_or_url, params)
+        if "://" in path_or_url and not self.owns(url):
+            raise FhirError(400, "invalid", "This paging link is not one this server issued")
+        data: bytes | None = None
+        sent = {"Accept": "application/fhir+json"}
+        if body is not None:
+            data = body if isinstance(body, bytes) else orjson.dumps(body)
+            sent["Content-Type"] = "application/fhir+json"
+        elif form is not None:
+            data = urlencode(form).encode()
+            sent["Content-Type"] = "application/x-www-form-urlencoded"
+        sent.update(headers or {})
+        deadline = time.monotonic() + self.retry_budget
+        retry_after = 1
+        for attempt in range(self.max_attempts):
+            self.quota.acquire(kind, deadline)
+            signed = self._signed(method, url, data, sent)
+            try:
+                response = self._pool.urlopen(
+                    method,
+                    url[len(self.origin) :],
+                    body=data,
+                    headers=signed,
+                    preload_content=True,
+                    redirect=False,
+                    assert_same_host=False,
+                )
+            except urllib3.exceptions.HTTPError:
+                # Timeouts and broken connections: every call we make is idempotent
+                # (creates are PUTs of ids we chose), so sending it again is safe.
+                status, answer_headers = 0, {}
+            else:
+                status = response.status
+                answer_headers = {k.lower(): v for k, v in response.headers.items()}
+                if status not in RETRYABLE_STATUSES:
+                    return Answer(status, response.data, answer_headers)
+            if status in THROTTLED_STATUSES:
+                self.quota.slow_down(kind)
+            hinted = _retry_after(answer_headers.get("retry-after"))
+            pause = hinted if hinted is not None else _backoff(attempt)
+            retry_after = max(1, round(pause + 0.5))
+            if attempt + 1 >= self.max_attempts or time.monotonic() + pause > deadline:
+                break
+            time.sleep(pause)
+        raise unavailable(retry_after, "busy" if status in THROTTLED_STATUSES else "down")
+
+
+def _backoff(attempt: int) -> float:
+    """Full jitter: a random pause up to 0.1 s · 2^attempt."""
+    return random.uniform(0, 0.1 * (2**attempt))  # jitter, not security
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value and value.strip().isdigit():
+        return min(float(value.strip()), 30.0)
+    return None

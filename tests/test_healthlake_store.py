@@ -1,0 +1,483 @@
+"""The HealthLake store against the local fake datastore (tests/healthlake_fake.py):
+start-up checks, SigV4, the tenant wall on every answer (a malicious datastore
+included), paging, HealthLake's limits, throttling and the quota, closure."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import pytest
+from botocore.exceptions import ClientError
+from django.core import checks
+from django.db import connection
+
+from clinik.fhir.http import FhirError
+from clinik.fhir.store import get_store
+from clinik.fhir.store.healthlake_checks import healthlake_datastore
+from clinik.fhir.store.healthlake_client import DatastoreRefused
+from clinik.fhir.store.healthlake_quota import Quota
+from clinik.fhir.store.healthlake_setup import build_store
+from clinik.fhir.tenancy import TENANT_SYSTEM
+from tests.healthlake_fake import ACCESS_KEY, REGION, SECRET_KEY, FakeHealthLake
+from tests.healthlake_fixtures import use_fake
+
+pytestmark = pytest.mark.django_db
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _tag(org_id: Any) -> dict[str, str]:
+    return {"system": TENANT_SYSTEM, "code": str(org_id)}
+
+
+def _ids(bundle: dict[str, Any], mode: str | None = None) -> list[str]:
+    return [
+        e["resource"]["id"]
+        for e in bundle.get("entry", [])
+        if e["search"]["mode"] != "outcome" and (mode is None or e["search"]["mode"] == mode)
+    ]
+
+
+def _foreign(fake: FakeHealthLake, resource_type: str = "Patient", **body: Any) -> str:
+    """A resource another tenant of the datastore holds (written at the wire)."""
+    rid = str(uuid4())
+    fake.put_raw(
+        {"resourceType": resource_type, "id": rid, "meta": {"tag": [_tag(uuid4())]}, **body}
+    )
+    return rid
+
+
+# --- start-up -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fake_args", "debug", "refused"),
+    [
+        ({}, False, None),
+        ({"status": "CREATING"}, False, "not ACTIVE"),
+        ({"version": "STU3"}, True, "not R4"),
+        ({"cmk": False}, False, "customer-managed KMS key"),
+        ({"cmk": False}, True, None),  # DEBUG: an AWS-owned key is allowed
+    ],
+)
+def test_start_up_describes_the_datastore_and_refuses_one_unfit_for_phi(
+    settings, monkeypatch, fake_args: dict[str, Any], debug: bool, refused: str | None
+) -> None:
+    fake = FakeHealthLake(**fake_args).start()
+    try:
+        use_fake(settings, monkeypatch, fake)
+        settings.DEBUG = debug
+        if refused is None:
+            assert build_store().client.base == fake.endpoint
+            assert [m.id for m in healthlake_datastore()] == ["clinik.I101"]
+        else:
+            with pytest.raises(DatastoreRefused, match=refused):
+                build_store()
+            [error] = healthlake_datastore()
+            assert error.id == "clinik.E102" and refused in error.msg
+        assert fake.requests == []  # describing is a control-plane call only
+    finally:
+        fake.stop()
+
+
+def test_check_deploy_runs_the_datastore_check(settings, monkeypatch, healthlake) -> None:
+    settings.DEBUG = False
+    healthlake.cmk = False
+    found = checks.run_checks(include_deployment_checks=True, tags=["clinik"])
+    assert "clinik.E102" in [m.id for m in found]
+    settings.FHIR_STORE = "postgres"
+    assert checks.run_checks(include_deployment_checks=True, tags=["clinik"]) == []
+
+
+def test_a_wrong_signature_is_refused_at_both_planes(settings, monkeypatch, healthlake, api):
+    created = api.post("Patient", {"resourceType": "Patient"})
+    assert created.status_code == 201
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY + "x")
+    from clinik.fhir.store import _store
+
+    _store.cache_clear()
+    with pytest.raises(ClientError):  # the control plane refuses the describe
+        build_store()
+    assert healthlake.refused_signatures == 1
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    store = build_store()
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY + "x")
+    store.client._session = __import__("boto3").session.Session(region_name=REGION)
+    with pytest.raises(FhirError) as refused:
+        store.read(api.org.pk, "Patient", created.json()["id"])
+    assert refused.value.status == 503  # our credentials are wrong: never a 500
+    assert healthlake.refused_signatures == 2
+    assert ACCESS_KEY  # the fake verified against these credentials
+
+
+# --- the tenant wall -------------------------------------------------------------------
+
+
+def test_update_onto_another_tenants_id_is_refused_and_leaves_it_alone(api, healthlake) -> None:
+    theirs = _foreign(healthlake, name=[{"family": "Theirs"}])
+    response = api.put(f"Patient/{theirs}", {"resourceType": "Patient", "id": theirs})
+    assert response.status_code == 409
+    assert response.json()["resourceType"] == "OperationOutcome"
+    assert healthlake.current("Patient", theirs)["name"] == [{"family": "Theirs"}]
+    assert api.get(f"Patient/{theirs}").status_code == 404
+    # a DELETE of an id the tenant does not have is the informational no-op (issue 14)
+    deleted = api.delete(f"Patient/{theirs}")
+    assert deleted.status_code == 200
+    assert deleted.json()["issue"][0]["severity"] == "information"
+    assert api.post(f"Patient/{theirs}/$expunge", "").status_code == 404
+    assert healthlake.current("Patient", theirs) is not None
+
+
+def test_a_malicious_datastore_leaks_nothing_through_search_include_or_chain(
+    api, healthlake
+) -> None:
+    own = api.post("Patient", {"resourceType": "Patient", "name": [{"family": "Smith"}]}).json()
+    api.post(
+        "Observation",
+        {
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "1-1"}]},
+            "subject": {"reference": f"Patient/{own['id']}"},
+        },
+    )
+    their_patient = _foreign(healthlake, name=[{"family": "Smith"}], gender="female")
+    their_obs = _foreign(
+        healthlake,
+        "Observation",
+        status="final",
+        code={"coding": [{"system": "http://loinc.org", "code": "1-1"}]},
+        subject={"reference": f"Patient/{their_patient}"},
+    )
+    secrets = {their_patient, their_obs}
+    # The datastore puts another tenant's resources into the answer as match and include.
+    healthlake.inject = [
+        ("match", ("Patient", their_patient)),
+        ("include", ("Observation", their_obs)),
+    ]
+    found = api.get("Patient?family=Smith&_revinclude=Observation:subject")
+    assert found.status_code == 200
+    assert _ids(found.json(), "match") == [own["id"]]
+    assert not secrets & set(_ids(found.json()))
+    # ... and ignores the tenant tag altogether: chained, _has and _include criteria.
+    healthlake.inject = []
+    healthlake.ignore_tag = True
+    for query in (
+        "Observation?subject.name=Smith",
+        "Observation?subject:Patient.name=Smith&_include=Observation:subject",
+        "Patient?_has:Observation:subject:code=http://loinc.org|1-1",
+        "Patient?name=Smith&_revinclude=Observation:subject",
+    ):
+        answer = api.get(query)
+        assert answer.status_code == 200, query
+        body = answer.content.decode()
+        assert not any(s in body for s in secrets), query
+        assert _ids(answer.json()), query  # the tenant's own resources still come back
+    assert their_patient in {r["id"] for r in healthlake.live()}
+
+
+def test_every_search_carries_the_tenant_tag_and_chains_carry_it_too(api, healthlake) -> None:
+    api.get("Observation?subject.name=Smith")
+    api.post("Patient/_search", "name=Smith", content_type="application/x-www-form-urlencoded")
+    searches = [r for r in healthlake.requests if r[1].endswith("_search")]
+    assert len(searches) == 2
+
+
+def test_paging_links_are_our_own_and_bound_to_the_tenant(api, outsider_api, healthlake) -> None:
+    made = {
+        api.post("Patient", {"resourceType": "Patient", "name": [{"family": "Page"}]}).json()["id"]
+        for _ in range(5)
+    }
+    seen: list[str] = []
+    url = "Patient?family=Page&_count=2"
+    next_url = None
+    for _ in range(5):
+        body = api.get(url).json()
+        seen += _ids(body)
+        links = {link["relation"]: link["url"] for link in body["link"]}
+        assert all("datastore" not in u and healthlake.origin not in u for u in links.values())
+        if "next" not in links:
+            break
+        next_url = links["next"]
+        url = next_url.split("/fhir/R4/", 1)[1]
+    assert sorted(seen) == sorted(made)
+    assert next_url is not None
+    stolen = outsider_api.get(next_url.split("/fhir/R4/", 1)[1])
+    assert stolen.status_code == 410
+    assert not made & set(stolen.content.decode().split('"'))
+
+
+# --- HealthLake's limits are declared, not hidden ------------------------------------------
+
+
+def test_unsupported_features_get_the_usual_outcome(api, healthlake) -> None:
+    api.post("Patient", {"resourceType": "Patient", "name": [{"family": "Limit"}]})
+    lenient = api.get("Patient?family=Limit&_count=500&_sort=family&_total=accurate").json()
+    [outcome] = [e for e in lenient["entry"] if e["search"]["mode"] == "outcome"]
+    diagnostics = " ".join(i["diagnostics"] for i in outcome["resource"]["issue"])
+    assert "_count is at most 100" in diagnostics and "_sort" in diagnostics
+    assert "_total" in diagnostics
+    assert len(_ids(lenient)) == 1
+    for query in ("_count=500", "_sort=family", "_total=accurate"):
+        strict = api.get(f"Patient?family=Limit&{query}", headers={"Prefer": "handling=strict"})
+        assert strict.status_code == 400, query
+        assert strict.json()["issue"][0]["code"] == "not-supported"
+    unsupported = api.get("Appointment?patient=x", headers={"Prefer": "handling=strict"})
+    assert unsupported.status_code == 400
+    history = api.get("Patient/_history")
+    assert history.status_code == 400 and history.json()["resourceType"] == "OperationOutcome"
+    transaction = api.post("", {"resourceType": "Bundle", "type": "transaction", "entry": []})
+    assert transaction.status_code == 400
+    assert transaction.json()["issue"][0]["code"] == "not-supported"
+
+
+def test_metadata_promises_only_what_the_store_does(client, healthlake) -> None:
+    statement = client.get("/fhir/R4/metadata").json()
+    rest = statement["rest"][0]
+    codes = {i["code"] for i in rest["interaction"]}
+    assert "transaction" not in codes and "history-system" not in codes
+    patient = next(r for r in rest["resource"] if r["type"] == "Patient")
+    assert "history-type" not in {i["code"] for i in patient["interaction"]}
+    count = next(p for p in patient["searchParam"] if p["name"] == "_count")
+    assert "at most 100" in count["documentation"]
+    appointment = next(r for r in rest["resource"] if r["type"] == "Appointment")
+    assert "patient" not in {p["name"] for p in appointment["searchParam"]}
+
+
+def test_a_batch_runs_entry_by_entry_inside_the_tenant(api, healthlake) -> None:
+    theirs = _foreign(healthlake)
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            {
+                "resource": {"resourceType": "Patient"},
+                "request": {"method": "POST", "url": "Patient"},
+            },
+            {"request": {"method": "GET", "url": f"Patient/{theirs}"}},
+            {"request": {"method": "DELETE", "url": f"Patient/{theirs}"}},
+        ],
+    }
+    answer = api.post("", bundle)
+    assert answer.status_code == 200, answer.content
+    statuses = [e["response"]["status"] for e in answer.json()["entry"]]
+    assert statuses[0].startswith("201") and statuses[1].startswith("404")
+    assert statuses[2].startswith("200")  # the no-op delete of an id not ours (issue 14)
+    assert healthlake.current("Patient", theirs) is not None
+
+
+def test_export_reads_exactly_the_tenant(api, outsider_api, healthlake) -> None:
+    own = {
+        api.post("Patient", {"resourceType": "Patient"}).json()["id"],
+        api.post(
+            "Observation", {"resourceType": "Observation", "status": "final", "code": {"text": "x"}}
+        ).json()["id"],
+    }
+    outsider_api.post("Patient", {"resourceType": "Patient"})
+    _foreign(healthlake)
+    healthlake.ignore_tag = True  # even a datastore that ignores the tag cannot widen it
+    exported = {v.id for v in get_store().iter_tenant(api.org.pk, types=["Patient", "Observation"])}
+    assert exported == own
+
+
+# --- throttling and the quota ---------------------------------------------------------------
+
+
+def test_throttling_loses_and_duplicates_nothing(api, healthlake) -> None:
+    answers = []
+    with healthlake.throttling(0.3):
+        for n in range(30):
+            answers.append(
+                api.post("Patient", {"resourceType": "Patient", "name": [{"text": str(n)}]})
+            )
+    assert healthlake.throttled > 0
+    created = [a.json()["id"] for a in answers if a.status_code == 201]
+    refused = [a for a in answers if a.status_code != 201]
+    assert all(a.status_code == 503 and a["Retry-After"].isdigit() for a in refused)
+    stored = healthlake.live(str(api.org.pk))
+    assert sorted(r["id"] for r in stored) == sorted(created)  # none lost, none twice
+    assert all(r["meta"]["versionId"] == "1" for r in stored)
+    for rid in created:
+        assert api.get(f"Patient/{rid}").status_code == 200
+
+
+def test_exhausted_retries_are_503_with_retry_after_and_change_nothing(api, healthlake) -> None:
+    with healthlake.throttling(1.0):
+        answer = api.post("Patient", {"resourceType": "Patient"})
+        search = api.get("Patient")
+    for refused in (answer, search):
+        assert refused.status_code == 503
+        assert int(refused["Retry-After"]) >= 1
+        assert refused.json()["issue"][0]["code"] == "throttled"
+    assert healthlake.live(str(api.org.pk)) == []
+
+
+def test_the_quota_is_shared_in_redis_and_refuses_rather_than_hangs(settings) -> None:
+    quota = Quota.from_url(settings.REDIS_URL, uuid4().hex, {"crud": 1, "search": 1})
+    other_worker = Quota.from_url(settings.REDIS_URL, quota.datastore_id, quota.limits)
+    refused = 0
+    for n in range(50):
+        try:
+            (quota if n % 2 else other_worker).acquire("search", deadline=time.monotonic())
+        except FhirError as error:
+            assert error.status == 503 and error.headers == {"Retry-After": "1"}
+            refused += 1
+    assert refused >= 45  # one request per second between both workers
+    quota.slow_down("crud")
+    assert other_worker.redis.exists(f"clinik:healthlake:{quota.datastore_id}:crud:slow")
+
+
+# --- closure ----------------------------------------------------------------------------------
+
+
+def _lived_in(api, healthlake) -> dict[str, Any]:
+    org = api.org.pk
+    store = get_store()
+    pid = store.create(org, {"resourceType": "Patient", "name": [{"family": "Closing"}]}).id
+    store.update(org, {"resourceType": "Patient", "gender": "male"}, pid)
+    for resource_type, body in (
+        ("Observation", {"status": "final", "code": {"text": "x"}}),
+        ("Encounter", {"status": "finished", "class": {"code": "AMB"}}),
+        ("Condition", {"subject": {"reference": f"Patient/{pid}"}}),
+        ("Organization", {"name": "Clinic"}),
+    ):
+        for _ in range(3):
+            store.create(org, {"resourceType": resource_type, **body})
+    gone = store.create(org, {"resourceType": "Patient"}).id
+    store.delete(org, "Patient", gone)
+    theirs = _foreign(healthlake)
+    return {"theirs": theirs, "versions": healthlake.kept_versions(str(org))}
+
+
+def test_closure_empties_the_tenant_with_counts(api, healthlake) -> None:
+    facts = _lived_in(api, healthlake)
+    assert facts["versions"] == 14  # 13 live resources, one of them with 2 versions
+    counts = get_store().purge_tenant(api.org.pk)
+    assert counts == {
+        "healthlake_pending_erased": 0,
+        "healthlake_erased": 13,
+        "healthlake_remaining": 0,
+    }
+    assert healthlake.kept_versions(str(api.org.pk)) == 0  # history included
+    assert healthlake.current("Patient", facts["theirs"]) is not None
+    assert get_store().purge_tenant(api.org.pk)["healthlake_erased"] == 0  # rerun: same state
+
+
+_PURGE = """
+import sys, uuid, django
+django.setup()
+from clinik.fhir.store import get_store
+print("started", flush=True)
+get_store().purge_tenant(uuid.UUID(sys.argv[1]))
+print("done", flush=True)
+"""
+
+
+def test_closure_killed_mid_purge_and_rerun_ends_the_same(api, healthlake, settings) -> None:
+    facts = _lived_in(api, healthlake)
+    healthlake.hold_erase_after = 5
+    s = connection.settings_dict
+    host, port = s["HOST"] or "127.0.0.1", s["PORT"] or 5432
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "clinik.settings",
+        "DATABASE_URL": f"postgres://{s['USER']}@{host}:{port}/{s['NAME']}",
+        "FHIR_STORE": "healthlake",
+        "HEALTHLAKE_DATASTORE_ID": healthlake.datastore_id,
+        "HEALTHLAKE_REGION": REGION,
+        "HEALTHLAKE_ENDPOINT_URL": healthlake.origin,
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        "REDIS_URL": settings.REDIS_URL,
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-c", _PURGE, str(api.org.pk)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        if not healthlake.held.wait(60):
+            pytest.fail(f"the purge never reached its 6th $erase: {worker.communicate()[1]}")
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=10)
+    finally:
+        healthlake.release.set()
+        if worker.poll() is None:
+            worker.kill()
+    assert worker.returncode == -signal.SIGKILL
+    halfway = healthlake.kept_versions(str(api.org.pk))
+    assert 0 < halfway < facts["versions"]  # killed halfway
+    healthlake.hold_erase_after = None
+    counts = get_store().purge_tenant(api.org.pk)
+    assert counts["healthlake_remaining"] == 0
+    assert healthlake.kept_versions(str(api.org.pk)) == 0
+    assert healthlake.current("Patient", facts["theirs"]) is not None
+
+
+# --- conditional operations and idempotency ------------------------------------------------
+
+
+def test_conditional_create_update_delete_stay_inside_the_tenant(
+    api, outsider_api, healthlake
+) -> None:
+    mrn = {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "42"}]}
+    theirs = outsider_api.post("Patient", mrn).json()["id"]
+    first = api.post("Patient", mrn, headers={"If-None-Exist": "identifier=urn:mrn|42"})
+    again = api.post("Patient", mrn, headers={"If-None-Exist": "identifier=urn:mrn|42"})
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json()["id"] == first.json()["id"] != theirs
+    updated = api.put("Patient?identifier=urn:mrn|42", {**mrn, "gender": "female"})
+    assert updated.status_code == 200 and updated.json()["id"] == first.json()["id"]
+    assert api.delete("Patient?identifier=urn:mrn|42").status_code == 204
+    own = [r for r in healthlake.live(str(api.org.pk)) if r["resourceType"] == "Patient"]
+    assert own == []
+    assert healthlake.current("Patient", theirs)["meta"]["versionId"] == "1"
+
+
+def test_an_idempotent_retry_creates_once(api, healthlake) -> None:
+    headers = {"Idempotency-Key": "retry-42"}
+    first = api.post("Patient", {"resourceType": "Patient"}, headers=headers)
+    again = api.post("Patient", {"resourceType": "Patient"}, headers=headers)
+    assert first.status_code == again.status_code == 201
+    assert first.json()["id"] == again.json()["id"]
+    assert len(healthlake.live(str(api.org.pk))) == 1
+
+
+def test_no_healthlake_url_or_value_reaches_the_logs(api, healthlake, caplog) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO)  # DEBUG logs SQL with its parameters: never in use
+    api.post("Patient", {"resourceType": "Patient", "name": [{"family": "Zyxwvut"}]})
+    for _ in range(3):
+        api.post("Patient", {"resourceType": "Patient", "name": [{"family": "Zyxwvut"}]})
+    body = api.get("Patient?family=Zyxwvut&_count=2").json()
+    api.get(next(x["url"] for x in body["link"] if x["relation"] == "next").split("/R4/")[1])
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "Zyxwvut" not in logged and healthlake.datastore_id not in logged
+
+
+def test_closure_job_on_healthlake_gives_the_same_proof(owner, api, healthlake) -> None:
+    from django.utils import timezone
+
+    from clinik.audit.models import AuditEvent
+    from clinik.privacy.closure import do_request_closure, run_closure
+    from clinik.privacy.models import Closure
+
+    facts = _lived_in(api, healthlake)
+    closure = do_request_closure(org=owner.org, actor=owner.user, request=None)
+    Closure.objects.filter(pk=closure.pk).update(scheduled_for=timezone.now())
+    assert run_closure(closure.pk) == "completed"
+    assert healthlake.kept_versions(str(owner.org.pk)) == 0
+    assert healthlake.current("Patient", facts["theirs"]) is not None
+    proof = {
+        e.target_type: int(e.target_id)
+        for e in AuditEvent.objects.filter(org_id=owner.org.pk, action="closure.deleted")
+    }
+    assert proof["healthlake_erased"] == 13 and proof["healthlake_remaining"] == 0
