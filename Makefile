@@ -6,12 +6,12 @@ PY := $(VENV)/bin/python
 PYTHON ?= $(shell command -v python3.12 || ls -d $$HOME/.pyenv/versions/3.12*/bin/python 2>/dev/null | tail -1)
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install services db lint typecheck pytest bench clean
+.PHONY: run test install services db lint typecheck pytest sdk bench clean
 
 run: install services db
 	$(VENV)/bin/honcho start -f Procfile
 
-test: install services lint typecheck pytest
+test: install services lint typecheck sdk pytest
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.12 not found: install it (pyenv install 3.12) or set PYTHON=/path/to/python3.12"; exit 1; }
@@ -39,6 +39,17 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy .
+
+# The TypeScript SDK and React components (npm workspace under sdk/): installed from the
+# committed lockfile, built and type-checked; their tests run inside pytest
+# (tests/test_sdk.py) against a live server. `make run` does not need them.
+SDK_STAMP := sdk/node_modules/.installed
+$(SDK_STAMP): sdk/package-lock.json
+	cd sdk && npm ci --no-audit --no-fund --loglevel=error
+	touch $(SDK_STAMP)
+
+sdk: $(SDK_STAMP)
+	cd sdk && npm run --silent build && npm run --silent typecheck
 
 pytest: $(STAMP) services
 	@$(PY) -m clinik.lib.services bootstrap
