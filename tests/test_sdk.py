@@ -250,3 +250,29 @@ def test_the_components_demo_in_a_browser(
     assert not any(requests), "the page itself never sends an Authorization header"
     unexpected = [e for e in console_errors if "400" not in e]
     assert unexpected == []
+
+
+def test_the_readme_sdk_quickstart_runs_as_written(live: dict[str, str]) -> None:
+    readme = (ROOT / "README.md").read_text()
+    code = readme.split("<!-- sdk-quickstart -->\n```js\n", 1)[1].split("```", 1)[0]
+    script = SDK / "quickstart.test-run.mjs"
+    script.write_text(code)
+    try:
+        result = subprocess.run(
+            [shutil.which("node") or "node", script.name],
+            cwd=SDK,
+            env={
+                **os.environ,
+                "CLINIK_API_KEY": live["CLINIK_API_KEY"],
+                "CLINIK_BASE_URL": live["CLINIK_BASE_URL"],
+            },
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    finally:
+        script.unlink()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "404" in result.stdout and "not-found" in result.stdout
+    assert "exported" in result.stdout
