@@ -8,12 +8,12 @@ PY := $(VENV)/bin/python
 PYTHON ?= $(shell command -v python3.12 || ls -d $$HOME/.pyenv/versions/3.12*/bin/python 2>/dev/null | tail -1)
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install services stop-embedded db lint typecheck pytest bench clean smart-fetch
+.PHONY: run test install services stop-embedded db lint typecheck pytest sdk bench clean smart-fetch
 
 run: install services db
 	$(VENV)/bin/honcho start -f Procfile
 
-test: install services lint typecheck pytest
+test: install services lint typecheck sdk pytest
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.12 not found: install it (pyenv install 3.12) or set PYTHON=/path/to/python3.12"; exit 1; }
@@ -61,6 +61,17 @@ smart-fetch: $(SMART_FETCH)
 POOLER_TESTS := tests/test_fhir_isolation.py tests/test_fhir_search_isolation.py \
 	tests/test_fhir_bundle_isolation.py tests/test_fhir_bundle_kill.py \
 	tests/test_fhir_conditional.py $(wildcard tests/test_gateway_*.py)
+
+# The TypeScript SDK and React components (npm workspace under sdk/): installed from the
+# committed lockfile, built and type-checked; their tests run inside pytest
+# (tests/test_sdk.py) against a live server. `make run` does not need them.
+SDK_STAMP := sdk/node_modules/.installed
+$(SDK_STAMP): sdk/package-lock.json
+	cd sdk && npm ci --no-audit --no-fund --loglevel=error
+	touch $(SDK_STAMP)
+
+sdk: $(SDK_STAMP)
+	cd sdk && npm run --silent build && npm run --silent typecheck
 
 pytest: $(STAMP) services $(SMART_FETCH)
 	@$(PY) -m clinik.lib.services bootstrap
