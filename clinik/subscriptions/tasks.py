@@ -1,0 +1,21 @@
+from uuid import UUID
+
+from celery import shared_task
+
+from clinik.subscriptions import delivery, dispatch
+
+
+@shared_task
+def dispatch_subscriptions() -> int:
+    due = dispatch.tick()
+    for org_id, delivery_id in due:
+        send_delivery.delay(str(org_id), delivery_id)
+    return len(due)
+
+
+@shared_task
+def send_delivery(org_id: str, delivery_id: int) -> str:
+    outcome = delivery.deliver(UUID(org_id), delivery_id)
+    if outcome.result == "retry":
+        send_delivery.apply_async((org_id, delivery_id), countdown=outcome.retry_in)
+    return outcome.result
