@@ -23,6 +23,7 @@ org_patterns: list[URLPattern | URLResolver] = [
     path("privacy/", include(privacy_urls.org_patterns)),
     path("usage/", include("clinik.usage.urls")),
     path("audit/", include("clinik.audit.urls")),
+    path("webhooks/", include("clinik.subscriptions.urls")),
     path("<str:section>/", account_views.coming_soon, name="coming_soon"),
 ]
 
