@@ -202,19 +202,82 @@ def test_410_turns_the_subscription_off(api, receiver):
         assert not OutboxEvent.objects.exists()  # nothing watched any more
 
 
+def subscription_body(endpoint: str, criteria: str, **channel: Any) -> dict[str, Any]:
+    return {
+        "resourceType": "Subscription",
+        "status": "requested",
+        "reason": "tests",
+        "criteria": criteria,
+        "channel": {"type": "rest-hook", "endpoint": endpoint, **channel},
+    }
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("criteria", "channel", "element"),
+    [
+        ("Observation?no-such-param=1", {}, "criteria"),
+        ("NotAType?x=1", {}, "criteria"),
+        ("Observation?date=not-a-date", {}, "criteria"),
+        ("Observation", {"header": ["Host: evil"]}, "channel.header"),
+        ("Observation", {"header": ["X-A: 1\r\nX-B: 2"]}, "channel.header"),
+        ("Observation", {"payload": "text/plain"}, "channel.payload"),
+        ("Observation", {"type": "email"}, "channel.type"),
+    ],
+)
+def test_invalid_subscriptions_are_refused_with_400(api, criteria, channel, element):
+    body = subscription_body("http://127.0.0.1:9/hook", criteria, **channel)
+    for response in (
+        api.post("Subscription", body),
+        api.put("Subscription/s1", {**body, "id": "s1"}),
+    ):
+        assert response.status_code == 400
+        outcome = json.loads(response.content)
+        assert outcome["resourceType"] == "OperationOutcome"
+        assert outcome["issue"][0]["expression"] == [f"Subscription.{element}"]
+        assert "no-such-param" not in response.content.decode()
+    assert not Subscription.objects.filter(org=api.org).exists()
+
+
+@pytest.mark.django_db
+@override_settings(SUBSCRIPTIONS_ALLOW_PRIVATE_ENDPOINTS=False)
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "https://127.0.0.1/hook",
+        "https://10.0.0.8/hook",
+        "https://169.254.169.254/latest/meta-data/",
+        "https://[::1]/hook",
+        "http://hooks.example.org/hook",
+    ],
+)
+def test_production_refuses_private_endpoints_at_create_time(api, endpoint):
+    response = api.post("Subscription", subscription_body(endpoint, "Observation"))
+    assert response.status_code == 400
+    outcome = json.loads(response.content)
+    assert outcome["issue"][0]["expression"] == ["Subscription.channel.endpoint"]
+
+
 @pytest.mark.django_db(transaction=True)
-def test_invalid_subscriptions_go_to_error_with_a_reason(api, receiver):
-    bad_criteria = subscribe(api, receiver.url, "Observation?no-such-param=1")
-    bad_type = subscribe(api, receiver.url, "NotAType?x=1")
-    bad_channel = subscribe(api, receiver.url, "Observation", header=["Host: evil"])
-    for sub, reason in [
-        (bad_criteria, "criteria is not a valid search"),
-        (bad_type, "criteria is not a valid search"),
-        (bad_channel, "reserved header"),
-    ]:
-        row = mirror(api.org, sub["id"])
-        assert row.status == "error" and reason in row.error
-        assert "no-such-param" not in row.error
+def test_production_refuses_a_name_resolving_to_a_private_address_at_delivery(api, receiver):
+    """`localhost` passes the static check (a name) and is refused when resolved at
+    delivery: nothing reaches the receiver, the subscription goes to error."""
+    port = receiver.url.split(":")[2].split("/")[0]
+    with override_settings(SUBSCRIPTIONS_ALLOW_PRIVATE_ENDPOINTS=False):
+        response = api.post(
+            "Subscription", subscription_body(f"https://localhost:{port}/hook", "Observation")
+        )
+        assert response.status_code == 201
+        sub_id = json.loads(response.content)["id"]
+        dispatch_subscriptions()
+        assert mirror(api.org, sub_id).status == "active"
+        api.post("Observation", observation("1"))
+        dispatch_subscriptions()
+    assert receiver.requests == []
+    [delivery] = deliveries(api.org)
+    assert (delivery.status, delivery.last_error) == ("failed", "refused")
+    row = mirror(api.org, sub_id)
+    assert row.status == "error" and "not public" in row.error
 
 
 @pytest.mark.django_db(transaction=True)

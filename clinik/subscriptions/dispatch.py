@@ -59,21 +59,23 @@ def parse_criteria(criteria: str, resource_id: str | None = None) -> Any:
     return parse_search(params, [resource_type], strict=True)
 
 
-def problem(subscription: Subscription, criteria: str | None) -> str:
-    """Why the subscription cannot be active, in words that quote no value; '' if it can."""
-    if subscription.channel_type != "rest-hook":
-        return "channel.type must be rest-hook"
-    if not criteria:
-        return "criteria is missing"
+def problem(
+    *, channel_type: object, criteria: object, payload: object, headers: object, endpoint: object
+) -> tuple[str, str]:
+    """(element, why) when a subscription with these values cannot be active, in words
+    that quote no value; ("", "") when it can."""
+    if channel_type != "rest-hook":
+        return "channel.type", "channel.type must be rest-hook"
+    if not isinstance(criteria, str) or not criteria:
+        return "criteria", "criteria is missing"
     try:
         parse_criteria(criteria)
     except FhirError as error:
-        return f"criteria is not a valid search ({error.code})"
-    if subscription.payload not in PAYLOADS:
-        return "channel.payload must be empty or application/fhir+json"
-    headers = subscription.headers
+        return "criteria", f"criteria is not a valid search ({error.code})"
+    if payload not in PAYLOADS:
+        return "channel.payload", "channel.payload must be empty or application/fhir+json"
     if not isinstance(headers, list) or not all(isinstance(h, str) for h in headers):
-        return "channel.header must be a list of strings"
+        return "channel.header", "channel.header must be a list of strings"
     for header in headers:
         name, colon, _value = header.partition(":")
         if (
@@ -82,14 +84,29 @@ def problem(subscription: Subscription, criteria: str | None) -> str:
             or any(c in header for c in "\r\n\0")
             or name.strip().lower() in RESERVED_HEADERS
         ):
-            return "channel.header entries must be 'Name: value' and not a reserved header"
+            return "channel.header", (
+                "channel.header entries must be 'Name: value' and not a reserved header"
+            )
+    if not isinstance(endpoint, str):
+        return "channel.endpoint", "channel.endpoint is missing"
     try:
-        check_url(
-            subscription.endpoint, allow_private=settings.SUBSCRIPTIONS_ALLOW_PRIVATE_ENDPOINTS
-        )
+        check_url(endpoint, allow_private=settings.SUBSCRIPTIONS_ALLOW_PRIVATE_ENDPOINTS)
     except EndpointRefused as refused:
-        return str(refused)
-    return ""
+        return "channel.endpoint", str(refused)
+    return "", ""
+
+
+def check_resource(resource: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The FHIR validator's check of a Subscription (a 400 at create and update time)."""
+    channel = resource.get("channel") or {}
+    where, why = problem(
+        channel_type=channel.get("type"),
+        criteria=resource.get("criteria"),
+        payload=channel.get("payload", ""),
+        headers=channel.get("header", []),
+        endpoint=channel.get("endpoint"),
+    )
+    return [("value", f"Subscription.{where}", why)] if why else []
 
 
 def check_subscriptions() -> int:
@@ -99,7 +116,13 @@ def check_subscriptions() -> int:
     for subscription in pending.order_by("pk")[:OUTBOX_BATCH]:
         with tenant_transaction(subscription.org_id):
             criteria = read_criteria(subscription.org_id, subscription.resource_id)
-            error = problem(subscription, criteria)
+            _where, error = problem(
+                channel_type=subscription.channel_type,
+                criteria=criteria,
+                payload=subscription.payload,
+                headers=subscription.headers,
+                endpoint=subscription.endpoint,
+            )
             status = Subscription.Status.ERROR if error else Subscription.Status.ACTIVE
             # Only the version checked: a write since then asks again.
             checked += Subscription.objects.filter(
