@@ -300,7 +300,8 @@ def test_a_committed_change_survives_a_dead_worker(api, receiver, real_worker):
     with tenant_transaction(api.org.pk):
         assert OutboxEvent.objects.count() == 1
     # A dispatcher turns it into a delivery and a worker claims it, then dies.
-    dispatch.tick()
+    for org_id in dispatch.tick():
+        dispatch.run_tenant(org_id)
     [delivery] = deliveries(api.org)
     assert _claim(api.org.pk, delivery.pk) is not None
     assert receiver.requests == []
@@ -318,7 +319,8 @@ def test_closure_purges_subscriptions_outbox_and_deliveries(api, outsider_api, r
     for client in (api, outsider_api):
         subscribe(client, receiver.url, "Observation")
         client.post("Observation", observation("1"))
-    dispatch.tick()  # deliveries pending
+    for org_id in dispatch.tick():
+        dispatch.run_tenant(org_id)  # deliveries pending, not sent
     api.post("Observation", observation("2"))  # an outbox row
     counts = purge_org(api.org.pk)
     assert counts["subscriptions"] == 1
@@ -326,3 +328,32 @@ def test_closure_purges_subscriptions_outbox_and_deliveries(api, outsider_api, r
     assert not Subscription.objects.filter(org=api.org).exists()
     assert deliveries(api.org) == []
     assert len(deliveries(outsider_api.org)) == 1  # the other tenant keeps its own
+
+
+@pytest.mark.django_db(transaction=True)
+def test_writes_inside_a_transaction_bundle_notify_each(api, receiver):
+    subscribe(api, receiver.url, "Observation?status=final")
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": f"urn:uuid:0000000{i}-0000-4000-8000-000000000000",
+                "resource": observation(str(i)),
+                "request": {"method": "POST", "url": "Observation"},
+            }
+            for i in range(3)
+        ]
+        + [
+            {
+                "resource": observation("9"),
+                "request": {"method": "POST", "url": "Observation", "ifNoneExist": "code=9"},
+            }
+        ],
+    }
+    response = api.post("", bundle)
+    assert response.status_code == 200, response.content
+    for _ in range(5):
+        dispatch_subscriptions()
+    assert len(receiver.requests) == 4
+    assert len({r.headers["ClinikAPI-Event-Id"] for r in receiver.requests}) == 4

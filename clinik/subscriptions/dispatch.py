@@ -12,6 +12,7 @@ from uuid import UUID
 
 import orjson
 from django.conf import settings
+from django.db import connection
 from django.utils import timezone
 
 from clinik.fhir.http import FhirError
@@ -23,6 +24,7 @@ from clinik.lib.webhooks import EndpointRefused, check_url
 from clinik.subscriptions.models import Delivery, OutboxEvent, Subscription
 
 OUTBOX_BATCH = 500
+LOCK = 0x5B5C  # advisory lock namespace: one dispatcher per tenant
 PAYLOADS = ("", "application/fhir+json")
 # Headers a channel may not set: ours, and those that change how the request travels.
 RESERVED_HEADERS = {
@@ -133,25 +135,42 @@ def check_subscriptions() -> int:
     return checked
 
 
-def _matches(org_id: UUID, criteria: str, event: OutboxEvent) -> bool:
-    if event.deleted:
-        return True  # the search index forgets a deleted resource: type only (README)
-    try:
-        query = parse_criteria(criteria, event.resource_id)
-    except FhirError:
-        return False
-    if get_store().search(org_id, query).matches:
-        return True
-    # Matching reads the index, which holds the current version only: a version
-    # deleted since it was written is matched, like the delete, on its type (README).
+MATCH_CHUNK = 200
+
+
+def _matching_ids(org_id: UUID, criteria: str, ids: list[str]) -> set[str]:
+    """Which of these resources (of the criteria's type) the criteria match now: one
+    search per MATCH_CHUNK ids (`_id=a,b,c`), whatever the number of events."""
+    resource_type, _, query = criteria.partition("?")
+    params = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k != "_count"]
+    found: set[str] = set()
+    for start in range(0, len(ids), MATCH_CHUNK):
+        chunk = ids[start : start + MATCH_CHUNK]
+        extra = [("_id", ",".join(chunk)), ("_count", str(len(chunk))), ("_total", "none")]
+        try:
+            search = parse_search([*params, *extra], [resource_type], strict=True)
+        except FhirError:
+            return set()
+        found.update(v.id for v in get_store().search(org_id, search).matches)
+    return found
+
+
+def _deleted_now(org_id: UUID, event: OutboxEvent) -> bool:
     current = get_store().read(org_id, event.resource_type, event.resource_id)
     return current is not None and current.content is None
 
 
 def dispatch_org(org_id: UUID) -> int:
     """Turn one batch of the tenant's outbox, in commit order, into deliveries.
-    Returns the number of outbox rows consumed."""
+    Returns the number of outbox rows consumed (0 also when another dispatcher holds
+    the tenant: one dispatcher per tenant keeps the order of its deliveries)."""
     with tenant_transaction(org_id):
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_try_advisory_xact_lock(%s, hashtext(%s))", [LOCK, str(org_id)]
+            )
+            if not cursor.fetchone()[0]:
+                return 0
         events = list(
             OutboxEvent.objects.select_for_update(skip_locked=True)
             .filter(org_id=org_id)
@@ -159,27 +178,51 @@ def dispatch_org(org_id: UUID) -> int:
         )
         if not events:
             return 0
-        by_type: dict[str, list[tuple[Subscription, str]]] = defaultdict(list)
+        # A version deleted since it was written has left the search index: like the
+        # delete itself, it matches on its type (README). Deletes come later in commit
+        # order: in this batch, or (batch full) in one still waiting.
+        deleted_later = {(e.resource_type, e.resource_id) for e in events if e.deleted}
+        full = len(events) == OUTBOX_BATCH
+        deleted_cache: dict[int, bool] = {}
+
+        def deleted_since(event: OutboxEvent) -> bool:
+            if (event.resource_type, event.resource_id) in deleted_later:
+                return True
+            if not full:
+                return False
+            if event.pk not in deleted_cache:
+                deleted_cache[event.pk] = _deleted_now(org_id, event)
+            return deleted_cache[event.pk]
+
+        matched: dict[int, set[int]] = defaultdict(set)  # subscription pk -> event pks
         for subscription in Subscription.objects.filter(
             org_id=org_id, status=Subscription.Status.ACTIVE
         ).order_by("pk"):
+            mine = [e for e in events if e.resource_type == subscription.criteria_type]
+            if not mine:
+                continue
             criteria = read_criteria(org_id, subscription.resource_id)
-            if criteria:
-                by_type[subscription.criteria_type].append((subscription, criteria))
+            if not criteria:
+                continue
+            live = sorted({e.resource_id for e in mine if not e.deleted})
+            hits = _matching_ids(org_id, criteria, live) if live else set()
+            matched[subscription.pk] = {
+                e.pk for e in mine if e.deleted or e.resource_id in hits or deleted_since(e)
+            }
         now = timezone.now()
         deliveries = [
             Delivery(
                 org_id=org_id,
-                subscription=subscription,
+                subscription_id=subscription_pk,
                 resource_type=event.resource_type,
                 resource_id=event.resource_id,
                 version_id=event.version_id,
                 deleted=event.deleted,
                 next_attempt_at=now,
             )
-            for event in events
-            for subscription, criteria in by_type.get(event.resource_type, [])
-            if _matches(org_id, criteria, event)
+            for event in events  # commit order, hence delivery order
+            for subscription_pk in sorted(matched)
+            if event.pk in matched[subscription_pk]
         ]
         Delivery.objects.bulk_create(deliveries)
         OutboxEvent.objects.filter(pk__in=[e.pk for e in events]).delete()
@@ -201,17 +244,18 @@ def due_deliveries(org_id: UUID) -> list[int]:
     return due[: settings.SUBSCRIPTIONS_TENANT_CONCURRENCY]
 
 
-def tick() -> list[tuple[UUID, int]]:
-    """One round: check new subscriptions, drain every tenant's outbox, and return the
-    (org id, delivery id) pairs due now, for the caller to enqueue."""
+def tick() -> list[UUID]:
+    """Check new subscriptions; the organizations whose outbox and deliveries need a
+    look (each gets its own task: one tenant's backlog does not hold up another)."""
     check_subscriptions()
-    due: list[tuple[UUID, int]] = []
-    orgs = list(Subscription.objects.values_list("org_id", flat=True).distinct())
-    for org_id in orgs:
-        while dispatch_org(org_id) == OUTBOX_BATCH:
-            pass
-        due += [(org_id, pk) for pk in due_deliveries(org_id)]
-    return due
+    return list(Subscription.objects.values_list("org_id", flat=True).distinct())
+
+
+def run_tenant(org_id: UUID) -> list[int]:
+    """Drain the tenant's outbox; its deliveries due now, for the caller to enqueue."""
+    while dispatch_org(org_id) == OUTBOX_BATCH:
+        pass
+    return due_deliveries(org_id)
 
 
 def lease_until() -> Any:

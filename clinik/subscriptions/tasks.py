@@ -7,9 +7,17 @@ from clinik.subscriptions import delivery, dispatch
 
 @shared_task
 def dispatch_subscriptions() -> int:
-    due = dispatch.tick()
-    for org_id, delivery_id in due:
-        send_delivery.delay(str(org_id), delivery_id)
+    orgs = dispatch.tick()
+    for org_id in orgs:
+        dispatch_tenant.delay(str(org_id))
+    return len(orgs)
+
+
+@shared_task
+def dispatch_tenant(org_id: str) -> int:
+    due = dispatch.run_tenant(UUID(org_id))
+    for delivery_id in due:
+        send_delivery.delay(org_id, delivery_id)
     return len(due)
 
 

@@ -1,0 +1,209 @@
+"""What FHIR Subscriptions cost a write, and how fast a notification arrives.
+
+    DATABASE_URL=postgres://clinik@127.0.0.1:5432/clinik_<name> \
+    DATABASE_OWNER_URL=postgres://clinik_owner@127.0.0.1:5432/clinik_<name> \
+    REDIS_URL=redis://127.0.0.1:6379/<n> make db
+    (same env) .venv/bin/python bench/subscriptions_bench.py [--posts 200] [--rounds 5]
+
+1. Write cost, in process through the full middleware stack (django.test.Client),
+   alternating rounds of --posts `POST Observation` for three organizations:
+   `none` (no subscription), `other-type` (100 active subscriptions on Patient: the
+   trigger's index probe finds none for Observation) and `non-matching` (100 active
+   subscriptions on Observation whose criteria never match: every write also writes
+   an outbox row). Median wall time and process CPU per POST, ratios to `none`.
+2. Commit to delivery: a Celery worker with beat (subprocess, the shipped 1 s tick)
+   and a receiver on 127.0.0.1; an organization with 1 matching and 99 non-matching
+   subscriptions; --latency-posts POSTs, one every 0.3 s; latency = arrival at the
+   receiver - the POST's response (its commit). Then a burst of --burst POSTs and the
+   notifications per second until the last one arrives.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "clinik.settings")
+os.environ.setdefault("LOG_LEVEL", "WARNING")
+os.environ.setdefault("USAGE_FLUSH_THREAD", "false")
+os.environ.setdefault("RATE_LIMIT_KEY_REQUESTS", "1000000000")
+os.environ.setdefault("RATE_LIMIT_ORG_REQUESTS", "1000000000")
+os.environ.setdefault("RATE_LIMIT_IP_REQUESTS", "1000000000")
+
+from bench.common import create_org  # noqa: E402
+
+ARRIVALS: dict[str, float] = {}
+
+
+class Receiver(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        now = time.monotonic()
+        for entry in json.loads(body).get("entry", []):
+            ARRIVALS.setdefault(entry["fullUrl"].rsplit("/", 1)[1], now)
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def observation(code: str) -> str:
+    return json.dumps(
+        {
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+        }
+    )
+
+
+def subscription(endpoint: str, criteria: str) -> str:
+    return json.dumps(
+        {
+            "resourceType": "Subscription",
+            "status": "requested",
+            "reason": "bench",
+            "criteria": criteria,
+            "channel": {"type": "rest-hook", "endpoint": endpoint},
+        }
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--posts", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--latency-posts", type=int, default=30)
+    parser.add_argument("--burst", type=int, default=200)
+    args = parser.parse_args()
+
+    import django
+
+    django.setup()
+    from django.test import Client
+
+    from clinik.subscriptions.dispatch import check_subscriptions
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    stamp = str(int(time.time()))
+
+    def client_for(name: str) -> Client:
+        org = create_org(f"subs-bench-{name}-{stamp}", f"{name}-{stamp}@bench.test")
+        return Client(HTTP_AUTHORIZATION=f"Bearer {org['api_key']}")
+
+    def post(client: Client, path: str, body: str) -> Any:
+        response = client.post(f"/fhir/R4/{path}", body, content_type="application/fhir+json")
+        assert response.status_code == 201, response.content
+        return response
+
+    clients = {name: client_for(name) for name in ("none", "other-type", "non-matching")}
+    for i in range(100):
+        post(clients["other-type"], "Subscription", subscription(endpoint, f"Patient?name=x{i}"))
+        post(
+            clients["non-matching"],
+            "Subscription",
+            subscription(endpoint, f"Observation?code=http://x|never-{i}"),
+        )
+    check_subscriptions()
+
+    # --- 1. write cost -----------------------------------------------------------
+    for client in clients.values():  # warm up
+        for _ in range(20):
+            post(client, "Observation", observation("warm"))
+    wall: dict[str, list[float]] = {name: [] for name in clients}
+    cpu: dict[str, list[float]] = {name: [] for name in clients}
+    for _round in range(args.rounds):
+        for name, client in clients.items():
+            started, cpu_started = time.perf_counter(), time.process_time()
+            for _ in range(args.posts):
+                post(client, "Observation", observation("1234-5"))
+            wall[name].append((time.perf_counter() - started) / args.posts * 1000)
+            cpu[name].append((time.process_time() - cpu_started) / args.posts * 1000)
+    base_wall, base_cpu = statistics.median(wall["none"]), statistics.median(cpu["none"])
+    print(f"write cost: {args.rounds} alternating rounds of {args.posts} POST Observation")
+    for name in clients:
+        w, c = statistics.median(wall[name]), statistics.median(cpu[name])
+        print(
+            f"  {name:13s} {w:6.2f} ms/POST ({w / base_wall:5.1%} of none)"
+            f"  CPU {c:5.2f} ms ({c / base_cpu:5.1%})  rounds: "
+            + " ".join(f"{x:.2f}" for x in wall[name])
+        )
+
+    # --- 2. commit to delivery ---------------------------------------------------
+    live = client_for("latency")
+    post(live, "Subscription", subscription(endpoint, "Observation?code=http://loinc.org|8867-4"))
+    for i in range(99):
+        post(live, "Subscription", subscription(endpoint, f"Observation?code=http://x|never-{i}"))
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "clinik",
+            "worker",
+            "-B",
+            "--pool",
+            "threads",
+            "--concurrency",
+            "4",
+            "--loglevel",
+            "WARNING",
+            "--schedule",
+            f"/tmp/subs-bench-beat-{stamp}",
+        ],
+        cwd=ROOT,
+        env=os.environ.copy(),
+    )
+    try:
+        time.sleep(8)  # worker and beat up, subscriptions checked
+        sent: dict[str, float] = {}
+        for _ in range(args.latency_posts):
+            response = post(live, "Observation", observation("8867-4"))
+            sent[json.loads(response.content)["id"]] = time.monotonic()
+            time.sleep(0.3)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(k in ARRIVALS for k in sent):
+            time.sleep(0.05)
+        latencies = sorted((ARRIVALS[k] - t) * 1000 for k, t in sent.items() if k in ARRIVALS)
+        print(
+            f"commit to delivery ({len(latencies)}/{len(sent)} arrived, 1 matching +"
+            f" 99 non-matching subscriptions): p50 {statistics.median(latencies):.0f} ms,"
+            f" p95 {latencies[int(len(latencies) * 0.95) - 1]:.0f} ms,"
+            f" max {latencies[-1]:.0f} ms"
+        )
+        burst: list[str] = []
+        started = time.monotonic()
+        for _ in range(args.burst):
+            response = post(live, "Observation", observation("8867-4"))
+            burst.append(json.loads(response.content)["id"])
+        posted = time.monotonic() - started
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not all(k in ARRIVALS for k in burst):
+            time.sleep(0.05)
+        arrived = [ARRIVALS[k] for k in burst if k in ARRIVALS]
+        span = max(arrived) - started
+        print(
+            f"burst: {args.burst} POSTs in {posted:.1f} s; {len(arrived)} notifications,"
+            f" the last {span:.1f} s after the first POST ({len(arrived) / span:.0f}/s)"
+        )
+    finally:
+        worker.terminate()
+        worker.wait(30)
+        server.shutdown()
+
+
+if __name__ == "__main__":
+    main()
