@@ -7,13 +7,16 @@
 
 1. Write cost, in process through the full middleware stack (django.test.Client),
    alternating rounds of --posts `POST Observation` for three organizations:
-   `none` (no subscription), `other-type` (100 active subscriptions on Patient: the
-   trigger's index probe finds none for Observation) and `non-matching` (100 active
+   `none` (no subscription; also a `no-trigger` round for it with the outbox trigger
+   disabled through the owner role: the baseline before this feature), `other-type`
+   (100 active subscriptions on Patient: the trigger's index probe finds none for
+   Observation) and `non-matching` (100 active
    subscriptions on Observation whose criteria never match: every write also writes
-   an outbox row). Median wall time and process CPU per POST, ratios to `none`.
-2. Commit to delivery: a Celery worker with beat (subprocess, the shipped 1 s tick)
-   and a receiver on 127.0.0.1; an organization with 1 matching and 99 non-matching
-   subscriptions; --latency-posts POSTs, one every 0.3 s; latency = arrival at the
+   an outbox row). Median wall time and process CPU per POST, ratios to `no-trigger`.
+2. Commit to delivery: a Celery worker with beat (the 1 s tick) and the
+   `subscriptions_listen` waker (LISTEN/NOTIFY), as in the Procfile, and a receiver
+   on 127.0.0.1; the part-1 organizations' subscriptions turned off first (idle);
+   an organization with 1 matching and 99 non-matching subscriptions; --latency-posts POSTs, one every 0.3 s; latency = arrival at the
    receiver - the POST's response (its commit). Then a burst of --burst POSTs and the
    notifications per second until the last one arrives.
 """
@@ -24,6 +27,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -122,21 +126,38 @@ def main() -> None:
     for client in clients.values():  # warm up
         for _ in range(20):
             post(client, "Observation", observation("warm"))
-    wall: dict[str, list[float]] = {name: [] for name in clients}
-    cpu: dict[str, list[float]] = {name: [] for name in clients}
-    for _round in range(args.rounds):
-        for name, client in clients.items():
-            started, cpu_started = time.perf_counter(), time.process_time()
-            for _ in range(args.posts):
-                post(client, "Observation", observation("1234-5"))
-            wall[name].append((time.perf_counter() - started) / args.posts * 1000)
-            cpu[name].append((time.process_time() - cpu_started) / args.posts * 1000)
-    base_wall, base_cpu = statistics.median(wall["none"]), statistics.median(cpu["none"])
+    import psycopg
+
+    owner = psycopg.connect(os.environ["DATABASE_OWNER_URL"], autocommit=True)
+
+    def trigger(enabled: bool) -> None:
+        verb = "ENABLE" if enabled else "DISABLE"
+        owner.execute(f"ALTER TABLE fhir_history {verb} TRIGGER subscriptions_outbox")
+
+    modes = ["no-trigger", *clients]
+    wall: dict[str, list[float]] = {name: [] for name in modes}
+    cpu: dict[str, list[float]] = {name: [] for name in modes}
+    try:
+        for _round in range(args.rounds):
+            for name in modes:
+                client = clients["none" if name == "no-trigger" else name]
+                trigger(name != "no-trigger")
+                started, cpu_started = time.perf_counter(), time.process_time()
+                for _ in range(args.posts):
+                    post(client, "Observation", observation("1234-5"))
+                wall[name].append((time.perf_counter() - started) / args.posts * 1000)
+                cpu[name].append((time.process_time() - cpu_started) / args.posts * 1000)
+    finally:
+        trigger(True)
+    base_wall, base_cpu = (
+        statistics.median(wall["no-trigger"]),
+        statistics.median(cpu["no-trigger"]),
+    )
     print(f"write cost: {args.rounds} alternating rounds of {args.posts} POST Observation")
-    for name in clients:
+    for name in modes:
         w, c = statistics.median(wall[name]), statistics.median(cpu[name])
         print(
-            f"  {name:13s} {w:6.2f} ms/POST ({w / base_wall:5.1%} of none)"
+            f"  {name:13s} {w:6.2f} ms/POST ({w / base_wall:5.1%} of no-trigger)"
             f"  CPU {c:5.2f} ms ({c / base_cpu:5.1%})  rounds: "
             + " ".join(f"{x:.2f}" for x in wall[name])
         )
@@ -146,6 +167,20 @@ def main() -> None:
     post(live, "Subscription", subscription(endpoint, "Observation?code=http://loinc.org|8867-4"))
     for i in range(99):
         post(live, "Subscription", subscription(endpoint, f"Observation?code=http://x|never-{i}"))
+    # An idle system: the write-cost organizations' subscriptions (and every earlier
+    # run's) are turned off and their outbox backlog dropped.
+    from clinik.fhir.tenancy import tenant_transaction
+    from clinik.subscriptions.models import OutboxEvent, Subscription
+
+    live_org = Subscription.objects.filter(criteria_type="Observation").latest("pk").org_id
+    others = Subscription.objects.exclude(org_id=live_org)
+    for org_id in set(others.values_list("org_id", flat=True)):
+        with tenant_transaction(org_id):
+            OutboxEvent.objects.filter(org_id=org_id).delete()
+    others.update(status="off")
+    listener = subprocess.Popen(
+        [sys.executable, "manage.py", "subscriptions_listen"], cwd=ROOT, env=os.environ.copy()
+    )
     worker = subprocess.Popen(
         [
             sys.executable,
@@ -162,7 +197,7 @@ def main() -> None:
             "--loglevel",
             "WARNING",
             "--schedule",
-            f"/tmp/subs-bench-beat-{stamp}",
+            str(Path(tempfile.gettempdir()) / f"subs-bench-beat-{stamp}"),
         ],
         cwd=ROOT,
         env=os.environ.copy(),
@@ -200,7 +235,9 @@ def main() -> None:
             f" the last {span:.1f} s after the first POST ({len(arrived) / span:.0f}/s)"
         )
     finally:
+        listener.terminate()
         worker.terminate()
+        listener.wait(30)
         worker.wait(30)
         server.shutdown()
 

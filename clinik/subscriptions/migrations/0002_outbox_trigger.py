@@ -71,6 +71,8 @@ BEGIN
             (org_id, resource_type, resource_id, version_id, deleted, created_at)
         VALUES (NEW.org_id, NEW.resource_type, NEW.id, NEW.version_id,
                 NEW.content IS NULL, now());
+        -- Delivered at COMMIT (once per transaction and tenant): wakes the dispatcher.
+        PERFORM pg_notify('subscriptions_outbox', NEW.org_id::text);
     END IF;
     RETURN NULL;
 END
