@@ -16,7 +16,8 @@
 2. Commit to delivery: a Celery worker with beat (the 1 s tick) and the
    `subscriptions_listen` waker (LISTEN/NOTIFY), as in the Procfile, and a receiver
    on 127.0.0.1; the part-1 organizations' subscriptions turned off first (idle);
-   an organization with 1 matching and 99 non-matching subscriptions; --latency-posts POSTs, one every 0.3 s; latency = arrival at the
+   an organization with 1 matching and 99 non-matching subscriptions;
+   --latency-posts POSTs, one every 0.3 s; latency = arrival at the
    receiver - the POST's response (its commit). Then a burst of --burst POSTs and the
    notifications per second until the last one arrives.
 """
