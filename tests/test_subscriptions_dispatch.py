@@ -357,3 +357,40 @@ def test_writes_inside_a_transaction_bundle_notify_each(api, receiver):
         dispatch_subscriptions()
     assert len(receiver.requests) == 4
     assert len({r.headers["ClinikAPI-Event-Id"] for r in receiver.requests}) == 4
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_listener_wakes_the_dispatcher_at_commit(api, receiver, real_worker):
+    """No beat here: only the NOTIFY of the commit, through `subscriptions_listen` (a
+    real process) and a real worker, delivers the change."""
+    import os
+    import subprocess
+    import sys
+
+    from django.conf import settings
+    from django.db import connection
+
+    subscribe(api, receiver.url, "Observation")
+    db = connection.settings_dict
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}"
+        f"/{db['NAME']}",
+        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+        "CELERY_TASK_ALWAYS_EAGER": "false",
+    }
+    listener = subprocess.Popen(
+        [sys.executable, "manage.py", "subscriptions_listen"],
+        cwd=settings.BASE_DIR,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert listener.stdout is not None and listener.stdout.readline().strip() == "listening"
+        api.post("Observation", observation("1"))
+        assert wait_for(lambda: len(receiver.requests) == 1)
+    finally:
+        listener.terminate()
+        listener.wait(10)
+    assert deliveries(api.org)[0].status == "delivered"

@@ -25,6 +25,7 @@ USER_AGENT = "ClinikAPI-Webhooks/1"
 class Outcome:
     result: str  # delivered, retry, failed, skipped
     retry_in: float = 0.0
+    next_id: int | None = None  # the subscription's next delivery, due now
 
 
 def notification(delivery: Delivery, subscription: Subscription, content: str | None) -> bytes:
@@ -189,4 +190,18 @@ def deliver(org_id: UUID, delivery_id: int) -> Outcome:
                     Subscription.Status.ERROR,
                     f"delivery failed after {delivery.attempts} attempts",
                 )
+        if outcome.result != "retry" and delivery.kind == Delivery.Kind.CHANGE:
+            # Chain: the next one of this subscription goes now, not at the next tick.
+            following = (
+                Delivery.objects.filter(
+                    subscription_id=delivery.subscription_id,
+                    status=Delivery.Status.PENDING,
+                    kind=Delivery.Kind.CHANGE,
+                    next_attempt_at__lte=now,
+                )
+                .order_by("pk")
+                .values_list("pk", flat=True)
+                .first()
+            )
+            outcome.next_id = following
     return outcome

@@ -22,7 +22,10 @@ class Subscription(models.Model):
         ERROR = "error"
         OFF = "off"
 
-    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    # No database constraint: the trigger writes it for any tenant of the FHIR store.
+    org = models.ForeignKey(
+        Organization, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
     resource_id = models.CharField(max_length=64)
     version_id = models.IntegerField()
     checked_version = models.IntegerField(default=0)

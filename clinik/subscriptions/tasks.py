@@ -26,4 +26,6 @@ def send_delivery(org_id: str, delivery_id: int) -> str:
     outcome = delivery.deliver(UUID(org_id), delivery_id)
     if outcome.result == "retry":
         send_delivery.apply_async((org_id, delivery_id), countdown=outcome.retry_in)
+    if outcome.next_id is not None:
+        send_delivery.delay(org_id, outcome.next_id)
     return outcome.result

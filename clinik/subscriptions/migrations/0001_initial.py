@@ -69,7 +69,8 @@ class Migration(migrations.Migration):
                 (
                     "org",
                     models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE,
+                        db_constraint=False,
+                        on_delete=django.db.models.deletion.DO_NOTHING,
                         related_name="+",
                         to="accounts.organization",
                     ),

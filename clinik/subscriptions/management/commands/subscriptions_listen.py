@@ -21,6 +21,8 @@ class Command(BaseCommand):
         params = connection.get_connection_params()
         with psycopg.connect(**params, autocommit=True) as listener:
             listener.execute(f"LISTEN {CHANNEL}")
+            self.stdout.write("listening")
+            self.stdout.flush()
             while True:
                 # A burst of commits of one tenant becomes one task per 20 ms.
                 orgs = {n.payload for n in listener.notifies(timeout=1.0, stop_after=1)}
