@@ -84,6 +84,9 @@ def subscription(endpoint: str, criteria: str) -> str:
     )
 
 
+ORG_IDS: dict[str, str] = {}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--posts", type=int, default=200)
@@ -106,6 +109,7 @@ def main() -> None:
 
     def client_for(name: str) -> Client:
         org = create_org(f"subs-bench-{name}-{stamp}", f"{name}-{stamp}@bench.test")
+        ORG_IDS[name] = org["org_id"]
         return Client(HTTP_AUTHORIZATION=f"Bearer {org['api_key']}")
 
     def post(client: Client, path: str, body: str) -> Any:
@@ -162,6 +166,32 @@ def main() -> None:
             f"  CPU {c:5.2f} ms ({c / base_cpu:5.1%})  rounds: "
             + " ".join(f"{x:.2f}" for x in wall[name])
         )
+
+    # --- 1b. the trigger alone, in SQL: 20,000 history rows per statement --------
+    org_ids = {
+        "none": ORG_IDS["none"],
+        "other-type": ORG_IDS["other-type"],
+        "non-matching": ORG_IDS["non-matching"],
+    }
+    sql_times: dict[str, list[float]] = {name: [] for name in ["no-trigger", *org_ids]}
+    for _round in range(args.rounds):
+        for name in sql_times:
+            org_id = org_ids["none" if name == "no-trigger" else name]
+            with owner.transaction(force_rollback=True):
+                owner.execute("SELECT set_config('clinik.org_id', %s, true)", [org_id])
+                if name == "no-trigger":
+                    owner.execute("ALTER TABLE fhir_history DISABLE TRIGGER subscriptions_outbox")
+                started = time.perf_counter()
+                owner.execute(
+                    "INSERT INTO fhir_history (org_id, resource_type, id, version_id,"
+                    " last_updated, method, content) SELECT %s, 'Observation', 'b' || i, 1,"
+                    " now(), 'create', '{}' FROM generate_series(1, 20000) i",
+                    [org_id],
+                )
+                sql_times[name].append((time.perf_counter() - started) / 20000 * 1e6)
+    print("trigger alone: INSERT of 20,000 fhir_history rows, rolled back, per row:")
+    for name, values in sql_times.items():
+        print(f"  {name:13s} {statistics.median(values):6.2f} us/row")
 
     # --- 2. commit to delivery ---------------------------------------------------
     live = client_for("latency")

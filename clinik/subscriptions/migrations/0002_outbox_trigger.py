@@ -64,7 +64,7 @@ BEGIN
     END IF;
     IF EXISTS (
         SELECT 1 FROM subscriptions_subscription
-        WHERE org_id = NEW.org_id AND criteria_type = NEW.resource_type
+        WHERE org_id = NEW.org_id AND criteria_type = NEW.resource_type COLLATE "default"
         AND status IN ('requested', 'active')
     ) THEN
         INSERT INTO subscriptions_outbox
