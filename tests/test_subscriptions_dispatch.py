@@ -60,7 +60,7 @@ def subscribe(api: Any, endpoint: str, criteria: str, **channel: Any) -> dict[st
     response = api.post("Subscription", body)
     assert response.status_code == 201, response.content
     created = json.loads(response.content)
-    dispatch_subscriptions()  # checks it: requested -> active
+    dispatch.check_subscriptions()  # requested -> active (what beat's tick does first)
     return created
 
 
