@@ -49,6 +49,7 @@ INSTALLED_APPS = [
     "clinik.usage",
     "clinik.notify",
     "clinik.billing",
+    "clinik.subscriptions",
 ]
 
 MIDDLEWARE = [
@@ -507,3 +508,22 @@ LOGGING = {
 # excluded: an oversized key is the 401 of any bad key) with an OperationOutcome.
 FHIR_MAX_URL_BYTES = env_int("FHIR_MAX_URL_BYTES", 16384, minimum=8192)
 FHIR_MAX_HEADER_BYTES = env_int("FHIR_MAX_HEADER_BYTES", 16384, minimum=4096)
+
+# --- FHIR Subscriptions, rest-hook (clinik.subscriptions) ----------------------------
+# Endpoints on private, loopback or link-local addresses (and plain http to loopback)
+# are allowed only here: on by default in development, off in production.
+SUBSCRIPTIONS_ALLOW_PRIVATE_ENDPOINTS = env_bool("SUBSCRIPTIONS_ALLOW_PRIVATE_ENDPOINTS", DEBUG)
+SUBSCRIPTIONS_CONNECT_TIMEOUT = env_int("SUBSCRIPTIONS_CONNECT_TIMEOUT", 5, minimum=1)
+SUBSCRIPTIONS_READ_TIMEOUT = env_int("SUBSCRIPTIONS_READ_TIMEOUT", 10, minimum=1)
+# Retries: base * 2^(attempt-1), +0-50 % jitter, capped; ~24 h with the defaults.
+SUBSCRIPTIONS_RETRY_BASE_MS = env_int("SUBSCRIPTIONS_RETRY_BASE_MS", 15000, minimum=1)
+SUBSCRIPTIONS_RETRY_MAX_MS = env_int("SUBSCRIPTIONS_RETRY_MAX_MS", 3600000, minimum=1)
+SUBSCRIPTIONS_MAX_ATTEMPTS = env_int("SUBSCRIPTIONS_MAX_ATTEMPTS", 30, minimum=1)
+# A delivery claimed by a worker that died is sent again after this lease.
+SUBSCRIPTIONS_LEASE_SECONDS = env_int("SUBSCRIPTIONS_LEASE_SECONDS", 120, minimum=1)
+# Deliveries in flight per tenant (one slow endpoint cannot starve other tenants).
+SUBSCRIPTIONS_TENANT_CONCURRENCY = env_int("SUBSCRIPTIONS_TENANT_CONCURRENCY", 4, minimum=1)
+CELERY_BEAT_SCHEDULE["dispatch-subscriptions"] = {
+    "task": "clinik.subscriptions.tasks.dispatch_subscriptions",
+    "schedule": 1.0,
+}

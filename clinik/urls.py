@@ -26,6 +26,7 @@ org_patterns: list[URLPattern | URLResolver] = [
     path("usage/", include("clinik.usage.urls")),
     path("audit/", include("clinik.audit.urls")),
     path("billing/", include(billing_urls.org_patterns)),
+    path("webhooks/", include("clinik.subscriptions.urls")),
 ]
 
 urlpatterns = [

@@ -10,16 +10,19 @@ from typing import Any
 
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
+from django.utils import timezone
 
 from clinik.accounts.actions import do_invite
 from clinik.accounts.models import Invitation, Membership, Organization, OrganizationReadOnly
 from clinik.audit.models import AuditEvent, AuditExport
+from clinik.fhir.tenancy import tenant_transaction
 from clinik.gateway.actions import do_allow_origin
 from clinik.gateway.models import AllowedOrigin
 from clinik.keys.actions import do_create_key
 from clinik.keys.models import ApiKey
 from clinik.privacy.closure import do_request_closure
 from clinik.privacy.models import ExportJob
+from clinik.subscriptions.models import Delivery, Subscription
 from tests.conftest import Persona
 
 pytestmark = pytest.mark.django_db
@@ -40,9 +43,13 @@ REFUSED: dict[str, dict[str, str]] = {
     "privacy_export_cancel": {},
     "privacy_close": {"confirm_name": "Acme Health"},
     "billing_checkout": {"plan": "developer"},
+    "webhooks_ping": {},
+    "webhooks_rotate": {},
+    "webhooks_replay": {},
 }
 # the one way back, and Stripe's portal (invoices, cards, cancelling stay reachable)
-ALLOWED = {"privacy_close_cancel", "billing_portal"}
+# and showing a webhook secret once (the only place it can be read)
+ALLOWED = {"privacy_close_cancel", "billing_portal", "webhooks_secret"}
 
 
 @pytest.fixture(autouse=True)
@@ -77,7 +84,16 @@ def _state(org: Organization) -> dict[str, Any]:
         "exports": sorted(ExportJob.objects.filter(org=org).values_list("pk", "status")),
         "audit_exports": AuditExport.objects.filter(org_id=org.pk).count(),
         "audit": AuditEvent.objects.filter(org_id=org.pk).count(),
+        "webhooks": _webhooks(org),
     }
+
+
+def _webhooks(org: Organization) -> Any:
+    with tenant_transaction(org.pk):
+        return (
+            sorted(Subscription.objects.filter(org=org).values_list("pk", "secret")),
+            sorted(Delivery.objects.filter(org=org).values_list("pk", flat=True)),
+        )
 
 
 @pytest.fixture
@@ -95,6 +111,23 @@ def closing(owner: Persona, teammate: Persona, rf: Any) -> dict[str, Any]:
     event = AuditEvent.objects.filter(org_id=org.pk).first()
     assert event is not None
     audit_export = AuditExport.objects.create(org_id=org.pk, format="csv", filters={})
+    now = timezone.now()
+    with tenant_transaction(org.pk):
+        subscription = Subscription.objects.create(
+            org=org,
+            resource_id="sub-1",
+            version_id=1,
+            criteria_type="Observation",
+            channel_type="rest-hook",
+            endpoint="https://hooks.example/in",
+            status="active",
+            secret="whsec_test",
+            created_at=now,
+            updated_at=now,
+        )
+        delivery = Delivery.objects.create(
+            org=org, subscription=subscription, status="failed", next_attempt_at=now
+        )
     do_request_closure(org=org, actor=owner.user, request=None)
     return {
         "org_id": org.pk,
@@ -106,6 +139,8 @@ def closing(owner: Persona, teammate: Persona, rf: Any) -> dict[str, Any]:
         "event_id": event.pk,
         "export_id": audit_export.pk,
         "section": "billing",
+        "subscription_id": subscription.pk,
+        "delivery_id": delivery.pk,
     }
 
 

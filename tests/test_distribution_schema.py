@@ -68,6 +68,9 @@ SURROGATE_KEYS = {
     "billing_account": "id (serial); also UNIQUE (org_id), one account per organization",
     "billing_invoice": "id (serial); UNIQUE stripe_invoice_id, an id Stripe makes unique",
     "billing_meterreport": "id (serial); UNIQUE identifier, Stripe's idempotency identifier",
+    "subscriptions_subscription": "id (serial); also UNIQUE (org_id, resource_id)",
+    "subscriptions_outbox": "id (bigserial): the commit order the dispatcher claims in",
+    "subscriptions_delivery": "id (bigserial); UNIQUE event_id (uuid4), the receivers' dedup key",
 }
 
 # The API key table is read by key hash before any tenant is known (the gateway's

@@ -4,13 +4,13 @@ searches the search index (never the rows-by-id index, whatever the statistics),
 the FHIR tables are analyzed again after a fixed number of changed rows."""
 
 from collections.abc import Iterator
+from typing import Any
 from uuid import UUID, uuid4
 
 import psycopg
 import pytest
 from django.conf import settings
 from django.db import connection
-from django.test.utils import CaptureQueriesContext
 
 from clinik.fhir.search.query import parse_search
 from clinik.fhir.store import get_store
@@ -91,12 +91,21 @@ def test_the_fhir_tables_are_analyzed_after_a_fixed_number_of_changes() -> None:
 def _search_plan(tenant: UUID, params: list[tuple[str, str]]) -> str:
     """The plan of the statement a search runs (EXPLAIN ANALYZE: the real row counts)."""
     query = parse_search(params, ["Patient"])
+    sent: list[tuple[str, Any]] = []
+
+    def capture(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        sent.append((sql, params))
+        return execute(sql, params, many, context)
+
     with tenant_transaction(tenant):
-        with CaptureQueriesContext(connection) as captured:
+        with connection.execute_wrapper(capture):
             result = STORE.search(tenant, query)
-        sql = next(q["sql"] for q in captured.captured_queries if "WITH m AS" in q["sql"])
+        sql, params = next((s, p) for s, p in sent if "WITH m AS" in s)
+        start = sql.index("WITH m AS")
+        # the values travel as bind parameters: drop those of anything before the WITH
+        params = list(params or [])[sql[:start].count("%s") :]
         with connection.cursor() as cursor:
-            cursor.execute(f"EXPLAIN (ANALYZE, COSTS OFF) {sql[sql.index('WITH m AS') :]}")
+            cursor.execute(f"EXPLAIN (ANALYZE, COSTS OFF) {sql[start:]}", params)
             plan = "\n".join(row[0] for row in cursor.fetchall())
     assert result.total == 120
     return plan

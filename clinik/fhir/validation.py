@@ -63,6 +63,12 @@ class Issue:
         return issue
 
 
+# Checks beyond the structure for one resource type, registered by the app that owns
+# them (clinik.subscriptions: a Subscription's criteria and endpoint). A check returns
+# (issue code, expression, diagnostics) triples that quote no value.
+RESOURCE_CHECKS: dict[str, Callable[[dict[str, Any]], list[tuple[str, str, str]]]] = {}
+
+
 class _TooManyIssues(Exception):
     pass
 
@@ -291,6 +297,9 @@ def _validate_root(
         elif body_id != resource_id:
             issues.add("invalid", f"{actual_type}.id", "The body's id does not match the URL's id")
     _walk(resource, _STRUCTURES[actual_type], actual_type, issues, 0, True)
+    if not issues and (check := RESOURCE_CHECKS.get(actual_type)) is not None:
+        for code, expression, diagnostics in check(resource):
+            issues.add(code, expression, diagnostics)
 
 
 def _known_resource_type(resource: dict[str, Any], path: str, issues: _Issues) -> str | None:

@@ -38,6 +38,8 @@ from clinik.notify.emails import send, send_now
 from clinik.privacy.erasure import tombstone_user
 from clinik.privacy.models import LEASE, Closure, ExportJob, schedule_for
 from clinik.privacy.storage import delete_org_files
+from clinik.subscriptions.actions import purge_org as purge_subscriptions
+from clinik.subscriptions.models import Delivery, OutboxEvent, Subscription
 from clinik.usage.models import DailyUsage, ErrorLog, HourlyUsage, RequestLog
 
 logger = logging.getLogger(__name__)
@@ -55,6 +57,9 @@ DELETED_WITH_ACCOUNT: tuple[type[Any], ...] = (
     Membership,
     HourlyUsage,
     DailyUsage,
+    Subscription,  # these three in the fhir step, under the tenant (row-level security)
+    OutboxEvent,
+    Delivery,
 )
 # API request and error logs: PHI-free, purged after 90 days like everyone's (§6).
 AGING_OUT: tuple[type[Any], ...] = (RequestLog, ErrorLog)
@@ -228,7 +233,7 @@ def _exports(closure: Closure, check: Checkpoint) -> dict[str, int]:
 
 
 def _fhir(closure: Closure, check: Checkpoint) -> dict[str, int]:
-    return get_store().purge_tenant(closure.org_id)
+    return {**purge_subscriptions(closure.org_id), **get_store().purge_tenant(closure.org_id)}
 
 
 def _cache(closure: Closure, check: Checkpoint) -> dict[str, int]:
@@ -254,8 +259,8 @@ def _account(closure: Closure, check: Checkpoint) -> dict[str, int]:
     counts: dict[str, int] = {}
     org = closure.org
     for model in DELETED_WITH_ACCOUNT:
-        if model is ExportJob:
-            continue  # done with their files
+        if model in (ExportJob, Subscription, OutboxEvent, Delivery):
+            continue  # done with their files, or in the fhir step
         counts[model._meta.label_lower] = _delete_in_batches(model, org.pk)
         check(f"account:{model._meta.model_name}")
     erased = 0

@@ -1,0 +1,262 @@
+"""The dispatcher: subscriptions checked, outbox rows turned into deliveries.
+
+Runs every second from beat (`tick`). Each step is its own transaction and can be
+killed at any point: outbox rows are deleted in the transaction that creates their
+deliveries, claimed with FOR UPDATE SKIP LOCKED so two dispatchers never share one."""
+
+from collections import defaultdict
+from datetime import timedelta
+from typing import Any
+from urllib.parse import parse_qsl
+from uuid import UUID
+
+import orjson
+from django.conf import settings
+from django.db import connection
+from django.utils import timezone
+
+from clinik.fhir.http import FhirError
+from clinik.fhir.search.query import parse_search
+from clinik.fhir.spec import RESOURCE_TYPES
+from clinik.fhir.store import get_store
+from clinik.fhir.tenancy import tenant_transaction
+from clinik.lib.webhooks import EndpointRefused, check_url
+from clinik.subscriptions.models import Delivery, OutboxEvent, Subscription
+
+OUTBOX_BATCH = 500
+LOCK = 0x5B5C  # advisory lock namespace: one dispatcher per tenant
+PAYLOADS = ("", "application/fhir+json")
+# Headers a channel may not set: ours, and those that change how the request travels.
+RESERVED_HEADERS = {
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "clinikapi-signature",
+    "clinikapi-event-id",
+    "clinikapi-event-type",
+}
+
+
+def read_criteria(org_id: UUID, resource_id: str) -> str | None:
+    """The criteria of a Subscription resource, read from the store (it holds search
+    values, so it lives only there)."""
+    version = get_store().read(org_id, "Subscription", resource_id)
+    if version is None or version.content is None:
+        return None
+    criteria = orjson.loads(version.content).get("criteria")
+    return criteria if isinstance(criteria, str) else None
+
+
+def parse_criteria(criteria: str, resource_id: str | None = None) -> Any:
+    """The SearchQuery of a criteria URL (strict: an unknown parameter is an error),
+    restricted to one resource when resource_id is given."""
+    resource_type, _, query = criteria.partition("?")
+    if resource_type not in RESOURCE_TYPES:
+        raise FhirError(400, "value", "criteria must start with a FHIR resource type")
+    params = parse_qsl(query, keep_blank_values=True)
+    if resource_id is not None:
+        params.append(("_id", resource_id))
+    return parse_search(params, [resource_type], strict=True)
+
+
+def problem(
+    *, channel_type: object, criteria: object, payload: object, headers: object, endpoint: object
+) -> tuple[str, str]:
+    """(element, why) when a subscription with these values cannot be active, in words
+    that quote no value; ("", "") when it can."""
+    if channel_type != "rest-hook":
+        return "channel.type", "channel.type must be rest-hook"
+    if not isinstance(criteria, str) or not criteria:
+        return "criteria", "criteria is missing"
+    try:
+        parse_criteria(criteria)
+    except FhirError as error:
+        return "criteria", f"criteria is not a valid search ({error.code})"
+    if payload not in PAYLOADS:
+        return "channel.payload", "channel.payload must be empty or application/fhir+json"
+    if not isinstance(headers, list) or not all(isinstance(h, str) for h in headers):
+        return "channel.header", "channel.header must be a list of strings"
+    for header in headers:
+        name, colon, _value = header.partition(":")
+        if (
+            not colon
+            or not name.strip()
+            or any(c in header for c in "\r\n\0")
+            or name.strip().lower() in RESERVED_HEADERS
+        ):
+            return "channel.header", (
+                "channel.header entries must be 'Name: value' and not a reserved header"
+            )
+    if not isinstance(endpoint, str):
+        return "channel.endpoint", "channel.endpoint is missing"
+    try:
+        check_url(endpoint, allow_private=settings.SUBSCRIPTIONS_ALLOW_PRIVATE_ENDPOINTS)
+    except EndpointRefused as refused:
+        return "channel.endpoint", str(refused)
+    return "", ""
+
+
+def check_resource(resource: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The FHIR validator's check of a Subscription (a 400 at create and update time)."""
+    channel = resource.get("channel") or {}
+    where, why = problem(
+        channel_type=channel.get("type"),
+        criteria=resource.get("criteria"),
+        payload=channel.get("payload", ""),
+        headers=channel.get("header", []),
+        endpoint=channel.get("endpoint"),
+    )
+    return [("value", f"Subscription.{where}", why)] if why else []
+
+
+def check_subscriptions() -> int:
+    """Activate (or put in error) the subscriptions written since they were checked."""
+    checked = 0
+    pending = Subscription.objects.filter(status=Subscription.Status.REQUESTED)
+    for subscription in pending.order_by("pk")[:OUTBOX_BATCH]:
+        with tenant_transaction(subscription.org_id):
+            criteria = read_criteria(subscription.org_id, subscription.resource_id)
+            _where, error = problem(
+                channel_type=subscription.channel_type,
+                criteria=criteria,
+                payload=subscription.payload,
+                headers=subscription.headers,
+                endpoint=subscription.endpoint,
+            )
+            status = Subscription.Status.ERROR if error else Subscription.Status.ACTIVE
+            # Only the version checked: a write since then asks again.
+            checked += Subscription.objects.filter(
+                pk=subscription.pk,
+                version_id=subscription.version_id,
+                status=Subscription.Status.REQUESTED,
+            ).update(status=status, error=error, checked_version=subscription.version_id)
+    return checked
+
+
+MATCH_CHUNK = 200
+
+
+def _matching_ids(org_id: UUID, criteria: str, ids: list[str]) -> set[str]:
+    """Which of these resources (of the criteria's type) the criteria match now: one
+    search per MATCH_CHUNK ids (`_id=a,b,c`), whatever the number of events."""
+    resource_type, _, query = criteria.partition("?")
+    params = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k != "_count"]
+    found: set[str] = set()
+    for start in range(0, len(ids), MATCH_CHUNK):
+        chunk = ids[start : start + MATCH_CHUNK]
+        extra = [("_id", ",".join(chunk)), ("_count", str(len(chunk))), ("_total", "none")]
+        try:
+            search = parse_search([*params, *extra], [resource_type], strict=True)
+        except FhirError:
+            return set()
+        found.update(v.id for v in get_store().search(org_id, search).matches)
+    return found
+
+
+def _deleted_now(org_id: UUID, event: OutboxEvent) -> bool:
+    current = get_store().read(org_id, event.resource_type, event.resource_id)
+    return current is not None and current.content is None
+
+
+def dispatch_org(org_id: UUID) -> int:
+    """Turn one batch of the tenant's outbox, in commit order, into deliveries.
+    Returns the number of outbox rows consumed (0 also when another dispatcher holds
+    the tenant: one dispatcher per tenant keeps the order of its deliveries)."""
+    with tenant_transaction(org_id):
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_try_advisory_xact_lock(%s, hashtext(%s))", [LOCK, str(org_id)]
+            )
+            if not cursor.fetchone()[0]:
+                return 0
+        events = list(
+            OutboxEvent.objects.select_for_update(skip_locked=True)
+            .filter(org_id=org_id)
+            .order_by("pk")[:OUTBOX_BATCH]
+        )
+        if not events:
+            return 0
+        # A version deleted since it was written has left the search index: like the
+        # delete itself, it matches on its type (README). Deletes come later in commit
+        # order: in this batch, or (batch full) in one still waiting.
+        deleted_later = {(e.resource_type, e.resource_id) for e in events if e.deleted}
+        full = len(events) == OUTBOX_BATCH
+        deleted_cache: dict[int, bool] = {}
+
+        def deleted_since(event: OutboxEvent) -> bool:
+            if (event.resource_type, event.resource_id) in deleted_later:
+                return True
+            if not full:
+                return False
+            if event.pk not in deleted_cache:
+                deleted_cache[event.pk] = _deleted_now(org_id, event)
+            return deleted_cache[event.pk]
+
+        matched: dict[int, set[int]] = defaultdict(set)  # subscription pk -> event pks
+        for subscription in Subscription.objects.filter(
+            org_id=org_id, status=Subscription.Status.ACTIVE
+        ).order_by("pk"):
+            mine = [e for e in events if e.resource_type == subscription.criteria_type]
+            if not mine:
+                continue
+            criteria = read_criteria(org_id, subscription.resource_id)
+            if not criteria:
+                continue
+            live = sorted({e.resource_id for e in mine if not e.deleted})
+            hits = _matching_ids(org_id, criteria, live) if live else set()
+            matched[subscription.pk] = {
+                e.pk for e in mine if e.deleted or e.resource_id in hits or deleted_since(e)
+            }
+        now = timezone.now()
+        deliveries = [
+            Delivery(
+                org_id=org_id,
+                subscription_id=subscription_pk,
+                resource_type=event.resource_type,
+                resource_id=event.resource_id,
+                version_id=event.version_id,
+                deleted=event.deleted,
+                next_attempt_at=now,
+            )
+            for event in events  # commit order, hence delivery order
+            for subscription_pk in sorted(matched)
+            if event.pk in matched[subscription_pk]
+        ]
+        Delivery.objects.bulk_create(deliveries)
+        OutboxEvent.objects.filter(pk__in=[e.pk for e in events]).delete()
+    return len(events)
+
+
+def due_deliveries(org_id: UUID) -> list[int]:
+    """The deliveries to send now: per subscription only its oldest pending one (order
+    follows commit order), at most SUBSCRIPTIONS_TENANT_CONCURRENCY per tenant."""
+    now = timezone.now()
+    with tenant_transaction(org_id):
+        heads = (
+            Delivery.objects.filter(org_id=org_id, status=Delivery.Status.PENDING)
+            .order_by("subscription_id", "pk")
+            .distinct("subscription_id")
+            .values_list("pk", "next_attempt_at")
+        )
+        due = sorted(pk for pk, when in heads if when <= now)
+    return due[: settings.SUBSCRIPTIONS_TENANT_CONCURRENCY]
+
+
+def tick() -> list[UUID]:
+    """Check new subscriptions; the organizations whose outbox and deliveries need a
+    look (each gets its own task: one tenant's backlog does not hold up another)."""
+    check_subscriptions()
+    return list(Subscription.objects.values_list("org_id", flat=True).distinct())
+
+
+def run_tenant(org_id: UUID) -> list[int]:
+    """Drain the tenant's outbox; its deliveries due now, for the caller to enqueue."""
+    while dispatch_org(org_id) == OUTBOX_BATCH:
+        pass
+    return due_deliveries(org_id)
+
+
+def lease_until() -> Any:
+    return timezone.now() + timedelta(seconds=settings.SUBSCRIPTIONS_LEASE_SECONDS)
