@@ -282,3 +282,11 @@ def test_request_ids_are_returned_on_every_response(
     assert len(refused["X-Request-ID"]) == 32 and "Set-Cookie" not in refused
     guarded = client.get("/fhir/R4/Patient/..", HTTP_X_REQUEST_ID="client-req-0002")
     assert guarded.status_code == 400 and guarded["X-Request-ID"] == "client-req-0002"
+
+
+@pytest.mark.parametrize("path", ["metadata", "Patient", "Patient?family=x"])
+def test_a_host_outside_allowed_hosts_is_a_400_outcome(api: Any, path: str) -> None:
+    response = api.get(path, HTTP_HOST="evil.example")
+    assert response.status_code == 400
+    assert response["Content-Type"].startswith("application/fhir+json")
+    assert "Host header" in response.json()["issue"][0]["diagnostics"]

@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from django.conf import settings
+from django.core.exceptions import DisallowedHost
 from django.http import HttpRequest, HttpResponse
 
 from clinik.accounts.models import Organization
@@ -265,6 +266,18 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Headers whose values reach the database: stored (the audit trail keeps the
 # User-Agent) or looked up (Origin, among the key's allowed origins).
 _STORED_HEADERS = (("HTTP_USER_AGENT", "User-Agent"), ("HTTP_ORIGIN", "Origin"))
+
+
+def check_host(request: HttpRequest) -> None:
+    """A Host outside ALLOWED_HOSTS is the client's mistake: 400 with an OperationOutcome
+    here, before a view builds an absolute URL (Django's DisallowedHost would surface
+    from inside the view as a 500)."""
+    try:
+        request.get_host()
+    except DisallowedHost:
+        raise Refused(
+            400, "invalid", "The Host header names a host this API does not serve."
+        ) from None
 
 
 def check_text(meta: dict[str, Any]) -> None:

@@ -94,6 +94,7 @@ class GatewayMiddleware:
     def admit(self, request: ApiHttpRequest, passage: Passage) -> HttpResponseBase:
         """The checks in order; then the preflight's answer or the view's."""
         meta, method = request.META, request.method or "GET"
+        checks.check_host(request)
         checks.check_request_head(meta, request.path)
         checks.check_body(method, request.path_info, meta)
         route = checks.guard_path(checks.api_path(meta, request.path))
