@@ -498,6 +498,9 @@ LOGGING = {
         # urllib3 logs request lines (a HealthLake paging URL carries search values) at
         # DEBUG: never below WARNING, whatever LOG_LEVEL says.
         "urllib3": {"level": "WARNING"},
+        # the Stripe SDK logs each request (paths, object ids) at INFO: billing's own
+        # audit rows say what changed; its request lines stay out of the logs.
+        "stripe": {"level": "WARNING"},
     },
 }
 
