@@ -15,10 +15,6 @@ from clinik.billing.models import Account, Plan, announce_limits_changed
 from clinik.billing.plans import default_plan
 
 
-class PlanLimitReached(Exception):
-    """Creating one more key, member or export would exceed the plan."""
-
-
 def locked_account(org: Organization) -> Account:
     """The organization's billing account, created on the default plan, locked."""
     account = Account.objects.select_for_update().filter(org=org).first()

@@ -51,14 +51,26 @@ class Limits:
 
 
 class PlanLimitReached(Exception):
-    """One more key or member would exceed the organization's plan."""
+    """One more key, member or concurrent bulk export would exceed the organization's
+    plan. `str()` is the dashboard's form error; `api_message(org_id)` adds the
+    Billing page's URL for an API answer (an OperationOutcome)."""
 
-    def __init__(self, what: str, limit: int, plan: str) -> None:
-        name = plan.capitalize() if plan else "This installation's"
-        super().__init__(
-            f"The {name} plan allows {limit} {what}: remove one, or upgrade the plan on the"
-            " Billing page."
-        )
+    def __init__(self, what: str, limit: int, plan: str, hint: str = "remove one") -> None:
+        self.what, self.limit, self.plan, self.hint = what, limit, plan, hint
+        super().__init__(f"{self._allows()}: {hint}, or upgrade the plan on the Billing page.")
+
+    def _allows(self) -> str:
+        if not self.plan:  # billing is off: the environment's defaults
+            return f"This installation allows {self.limit} {self.what}"
+        return f"The {self.plan.capitalize()} plan allows {self.limit} {self.what}"
+
+    def api_message(self, org_id: Any) -> str:
+        return f"{self._allows()}: {self.hint}, or upgrade the plan: {upgrade_url(org_id)}"
+
+
+def upgrade_url(org_id: Any) -> str:
+    """The organization's Billing page, where a plan is upgraded."""
+    return f"{settings.SITE_URL}/o/{org_id}/billing/"
 
 
 def check_room(org: Any, what: str, used: int) -> None:
@@ -75,6 +87,7 @@ def environment_defaults() -> Limits:
         org_requests=settings.RATE_LIMIT_ORG_REQUESTS,
         key_requests=settings.RATE_LIMIT_KEY_REQUESTS,
         window=settings.RATE_LIMIT_WINDOW_SECONDS,
+        max_exports=1,  # as before plans existed: one export at a time per organization
     )
 
 
