@@ -33,7 +33,7 @@ def test_the_page_shows_plan_usage_projection_and_upgrades(owner, stripe_fake) -
     assert response.status_code == 200
     body = response.content.decode()
     assert "Current plan: Free" in body
-    assert "10000 requests per month included" in body
+    assert "10000 requests per billing period included" in body
     assert "<progress" in body and 'id="chart-billing-title"' in body
     assert body.count(">Upgrade</button>") == 2  # Developer and Scale; Enterprise is staff's
     assert "Enterprise" not in body.split("<h2>Plans</h2>")[1].split("</table>")[0]

@@ -51,10 +51,12 @@ def period_of(account: Account | None, now: datetime | None = None) -> Period:
     start, end = account.current_period_start, account.current_period_end
     if now < end:
         return start, end
-    anchor, months = start, 1
-    while add_months(anchor, months) <= now:  # renewed at Stripe, not yet told to us
-        months += 1
-    return add_months(anchor, months - 1), add_months(anchor, months)
+    # Renewed at Stripe, not yet told to us: the next periods start at `end`, then
+    # every month from the anchor (`start`).
+    months = 2
+    while add_months(start, months) <= now:
+        end, months = add_months(start, months), months + 1
+    return end, add_months(start, months)
 
 
 def current_period(org_id: Any, now: datetime | None = None) -> Period:
