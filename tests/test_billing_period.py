@@ -192,7 +192,7 @@ def test_the_billing_page_counts_the_stripe_period(owner, stripe_fake) -> None:
     with time_machine.travel(_at("2027-03-30T14:00:00"), tick=False):  # half the period
         body = owner.client().get(f"/o/{owner.org.pk}/billing/").content.decode()
     assert "Usage this billing period" in body
-    assert "15 Mar 2027, 14:00 – 15 Apr 2027, 14:00 (UTC)" in body
+    assert "15 Mar 2027, 14:00 \u2013 15 Apr 2027, 14:00 (UTC)" in body
     assert "<strong>150</strong> requests of 100 included" in body
     assert "Overage so far: $0.25" in body
     # 150 in half the period: about 310 by its end (31 days), 210 beyond the plan.
@@ -200,7 +200,7 @@ def test_the_billing_page_counts_the_stripe_period(owner, stripe_fake) -> None:
     # Past the period's end (the renewal's webhook late): a new period, nothing used.
     with time_machine.travel(_at("2027-04-16T00:00:00"), tick=False):
         body = owner.client().get(f"/o/{owner.org.pk}/billing/").content.decode()
-    assert "15 Apr 2027, 14:00 – 15 May 2027, 14:00 (UTC)" in body
+    assert "15 Apr 2027, 14:00 \u2013 15 May 2027, 14:00 (UTC)" in body
     assert "<strong>0</strong> requests of 100 included" in body
 
 
@@ -211,5 +211,5 @@ def test_a_free_organization_counts_the_calendar_month(owner, paid_plans) -> Non
     with time_machine.travel(_at("2027-03-10T00:00:00"), tick=False):
         body = owner.client().get(f"/o/{owner.org.pk}/billing/").content.decode()
         assert limits.load(owner.org.pk)[0].period_end == int(_at("2027-04-01").timestamp())
-    assert "1 Mar 2027, 00:00 – 1 Apr 2027, 00:00 (UTC), the calendar month" in body
+    assert "1 Mar 2027, 00:00 \u2013 1 Apr 2027, 00:00 (UTC), the calendar month" in body
     assert "<strong>7</strong> requests" in body
