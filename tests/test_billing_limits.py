@@ -167,3 +167,17 @@ def test_the_api_kickoff_beyond_the_plan_is_an_operation_outcome(owner, paid_pla
     assert "The Free plan allows 1 concurrent bulk exports" in text
     assert f"/o/{owner.org.pk}/billing/" in text
     assert refused["Retry-After"] == "60"
+
+
+def test_the_per_minute_limit_says_whose_it_is_and_where_to_upgrade(owner, paid_plans) -> None:
+    Plan.objects.filter(slug="free").update(key_requests_per_minute=2)
+    do_assign_plan(org=owner.org, plan=Plan.objects.get(slug="free"), actor=None)
+    limits.forget(owner.org.pk)
+    api = _api_for(owner)
+    assert [api.get("Patient").status_code for _ in range(2)] == [200, 200]
+    refused = api.get("Patient")
+    assert refused.status_code == 429
+    text = refused.json()["issue"][0]["diagnostics"]
+    assert "the plan allows 2 requests per 60 s for this API key" in text
+    assert f"/o/{owner.org.pk}/billing/" in text
+    assert int(refused["Retry-After"]) > 0

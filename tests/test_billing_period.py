@@ -94,6 +94,7 @@ def test_the_webhook_keeps_the_period_and_the_quota_follows_it(
         assert deliver(Client(), event).status_code == 200
     item = stripe_fake.subscriptions[sub_id]["items"]["data"][0]
     account = Account.objects.get(org=owner.org)
+    assert account.current_period_end is not None
     assert int(account.current_period_end.timestamp()) == item["current_period_end"]
     assert limits.limits_for(owner.org).period_end == item["current_period_end"]
     # Stripe renews: the period moves; the cached limits follow at once.

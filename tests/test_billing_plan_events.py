@@ -104,7 +104,7 @@ def test_nothing_is_sent_when_the_transaction_rolls_back(posthog, owner, paid_pl
 @pytest.fixture
 def staff_client(client: Client) -> Client:
     staff = UserFactory(email="staff@clinikapi.test", is_staff=True, is_superuser=True)
-    client.force_login(staff)
+    client.force_login(staff)  # type: ignore[arg-type]
     return client
 
 

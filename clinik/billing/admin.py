@@ -47,7 +47,7 @@ class AccountAdmin(admin.ModelAdmin[Account]):
     list_filter = ("plan", "subscription_status")
     raw_id_fields = ("org",)
 
-    def get_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         return ["org", "plan"] if obj is None else ["org", "plan", *_STRIPE_STATE]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:

@@ -170,10 +170,10 @@ def load(org_id: Any) -> tuple[Limits, int]:
     plan, holds_for = effective_plan(org_id)
     now = time.time()
     start, end = current_period(org_id)
-    period = {"period_start": int(start.timestamp()), "period_end": int(end.timestamp())}
     holds_for = min(holds_for, math.ceil(end.timestamp() - now))
     limits = environment_defaults() if plan is None else _of_plan(plan)
-    return replace(limits, **period), max(1, min(TTL_SECONDS, holds_for))
+    limits = replace(limits, period_start=int(start.timestamp()), period_end=int(end.timestamp()))
+    return limits, max(1, min(TTL_SECONDS, holds_for))
 
 
 def _of_plan(plan: Any) -> Limits:
