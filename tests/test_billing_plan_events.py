@@ -162,3 +162,18 @@ def test_opening_the_portal_is_audited(owner, stripe_fake) -> None:
     assert response.status_code == 303
     event = AuditEvent.objects.get(org_id=owner.org.pk, action="billing.portal")
     assert (event.actor_type, event.actor_id) == ("user", str(owner.user.pk))
+
+
+def test_a_stripe_customer_made_elsewhere_is_linked_and_audited(
+    owner, stripe_fake, django_capture_on_commit_callbacks
+) -> None:
+    metadata = {"metadata": {"org_id": str(owner.org.pk)}}
+    customer = stripe_fake.route("POST", ["customers"], metadata)[1]
+    with django_capture_on_commit_callbacks(execute=True):
+        event = stripe_fake.event("customer.updated", stripe_fake.customers[customer["id"]])
+        assert deliver(Client(), event).status_code == 200
+    assert Account.objects.get(org=owner.org).stripe_customer_id == customer["id"]
+    linked = AuditEvent.objects.get(
+        org_id=owner.org.pk, action="billing.details_change", target_id="linked"
+    )
+    assert linked.actor_type == "system"

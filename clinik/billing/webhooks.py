@@ -113,6 +113,7 @@ def _account_for(customer_id: str, org_hint: str | None) -> Account | None:
         return None
     account.stripe_customer_id = customer_id
     account.save(update_fields=["stripe_customer_id", "updated_at"])
+    audit.record("billing.details_change", org=org, actor=None, target=("customer", "linked"))
     return account
 
 

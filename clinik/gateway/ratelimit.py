@@ -79,9 +79,10 @@ for i = 1, n do
     if ends <= now then
       state, window, fresh = 0, 0, false  -- an outdated fallback period: not counted
     else
-      fresh = tonumber(redis.call('HGET', KEYS[i], 'p')) ~= ends
+      local held = redis.call('HMGET', KEYS[i], 'p', 'n')
+      fresh = tonumber(held[1]) ~= ends
       state = 0
-      if not fresh then state = tonumber(redis.call('HGET', KEYS[i], 'n')) or 0 end
+      if not fresh then state = tonumber(held[2]) or 0 end
       window = ends
       if limit >= 0 and state >= limit then allowed = 0 end
     end
