@@ -33,7 +33,7 @@ def test_the_page_shows_plan_usage_projection_and_upgrades(owner, stripe_fake) -
     assert response.status_code == 200
     body = response.content.decode()
     assert "Current plan: Free" in body
-    assert "10000 requests per month included" in body
+    assert "10000 requests per billing period included" in body
     assert "<progress" in body and 'id="chart-billing-title"' in body
     assert body.count(">Upgrade</button>") == 2  # Developer and Scale; Enterprise is staff's
     assert "Enterprise" not in body.split("<h2>Plans</h2>")[1].split("</table>")[0]
@@ -115,3 +115,47 @@ def test_the_plan_limits_members_with_a_form_error(owner, paid_plans) -> None:
     assert refused.status_code == 400
     assert "The Free plan allows 2 members" in refused.content.decode()
     assert not owner.org.invitations.exists()
+
+
+def test_the_page_shows_everything_the_issue_lists(
+    owner, stripe_fake, django_capture_on_commit_callbacks
+) -> None:
+    from django.test import Client
+
+    from tests.stripe_fake import deliver
+
+    response = owner.client().post(_url(owner.org, "checkout/"), {"plan": "developer"})
+    session_id = response["Location"].rsplit("/", 1)[1]
+    sub_id = stripe_fake.complete_checkout(session_id)
+    customer = stripe_fake.subscriptions[sub_id]["customer"]
+    invoice_id = stripe_fake.add_invoice(customer, "paid", 2900)
+    with django_capture_on_commit_callbacks(execute=True):
+        for event in (
+            stripe_fake.event("checkout.session.completed", stripe_fake.sessions[session_id]),
+            stripe_fake.event("invoice.paid", stripe_fake.invoices[invoice_id]),
+        ):
+            assert deliver(Client(), event).status_code == 200
+    stripe_fake.set_subscription(sub_id, status="past_due")
+    with django_capture_on_commit_callbacks(execute=True):
+        event = stripe_fake.event(
+            "customer.subscription.updated", stripe_fake.subscriptions[sub_id]
+        )
+        assert deliver(Client(), event).status_code == 200
+    body = owner.client().get(_url(owner.org)).content.decode()
+    developer = Plan.objects.get(slug="developer")
+    # current plan and its limits
+    assert "Current plan: Developer" in body
+    assert f"{developer.key_requests_per_minute} requests per minute per key" in body
+    assert f"{developer.max_exports} concurrent exports" in body
+    # usage this period against the included amount: progress bar, daily chart
+    assert "Usage this billing period" in body and "the subscription's period at Stripe" in body
+    assert "<progress" in body and 'id="chart-billing-title"' in body
+    # projected cost at the period's end
+    assert "Projected cost at the end of the period: $29.00" in body
+    # upgrade / downgrade (with a subscription: through the portal)
+    assert ">Upgrade</button>" in body and ">Downgrade</button>" in body
+    # invoice history with the PDF link
+    assert f'href="https://invoice.stripe.test/{invoice_id}/pdf"' in body
+    assert "CLNK-0001" in body and "$29.00" in body
+    # the past-due banner
+    assert "The last payment failed" in body

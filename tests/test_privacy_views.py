@@ -98,7 +98,7 @@ def test_admin_starts_an_export(admin, django_capture_on_commit_callbacks) -> No
 def test_one_export_at_a_time_from_the_dashboard(owner) -> None:
     _job(owner, status="running")
     response = owner.client().post(_url(owner.org, "exports/start/"), follow=True)
-    assert "already running" in response.content.decode()
+    assert "allows 1 concurrent bulk exports" in response.content.decode()
     assert ExportJob.objects.filter(org=owner.org).count() == 1
 
 

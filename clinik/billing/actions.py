@@ -9,14 +9,11 @@ from django.http import HttpRequest
 from django.urls import reverse
 
 from clinik import audit
-from clinik.accounts.models import Organization, User
+from clinik.accounts.models import Membership, Organization, User
 from clinik.billing import stripe_api
 from clinik.billing.models import Account, Plan, announce_limits_changed
-from clinik.billing.plans import default_plan
-
-
-class PlanLimitReached(Exception):
-    """Creating one more key, member or export would exceed the plan."""
+from clinik.billing.plans import FREE, default_plan
+from clinik.privacy import analytics
 
 
 def locked_account(org: Organization) -> Account:
@@ -46,7 +43,49 @@ def do_assign_plan(
             request=request,
         )
         announce_limits_changed(org.pk)
+        _plan_changed(org, old, plan)
     return account
+
+
+def direction(old: Plan, new: Plan) -> str:
+    """upgrade, downgrade, or cancel (a paid subscription ended: back to Free). Plans
+    rank by their order on the Billing page (tiers, Free first; Enterprise's custom
+    price is 0), then by price."""
+    if old.is_paid and new.slug == FREE:
+        return "cancel"
+    rank = (new.sort_order, new.monthly_price_cents) > (old.sort_order, old.monthly_price_cents)
+    return "upgrade" if rank else "downgrade"
+
+
+def _billing_user(org: Organization) -> User | None:
+    """Whom a plan change is attributed to in product analytics: the member who last
+    started a checkout or opened the billing portal, else the first owner. (A plan
+    changes through Stripe's webhooks or staff, never in a member's own request.)"""
+    from clinik.audit.models import AuditEvent
+
+    last = (
+        AuditEvent.objects.filter(
+            org_id=org.pk, action__in=("billing.checkout", "billing.portal"), actor_type="user"
+        )
+        .order_by("-time", "-id")
+        .values_list("actor_id", flat=True)
+        .first()
+    )
+    members = Membership.objects.filter(org=org, user__is_active=True).select_related("user")
+    found = members.filter(user_id=last).first() if last else None
+    if found is None:
+        found = members.filter(role=Membership.Role.OWNER).order_by("created_at", "id").first()
+    return found.user if found is not None else None
+
+
+def _plan_changed(org: Organization, old: Plan, new: Plan) -> None:
+    """The `plan_changed` analytics event, after commit: the direction and the new
+    plan's slug when it is one of the catalogue's (no org id, no name)."""
+    if not analytics.enabled():
+        return
+    user = _billing_user(org)
+    if user is not None:
+        analytics.capture(user, "plan_changed", direction=direction(old, new), plan=new.slug)
 
 
 def _customer(account: Account) -> str:
@@ -98,10 +137,13 @@ def do_start_checkout(
 
 
 @transaction.atomic
-def do_open_portal(*, org: Organization, actor: User) -> str:
+def do_open_portal(*, org: Organization, actor: User, request: HttpRequest | None = None) -> str:
     """A Stripe Customer Portal session: cards, invoices, plan changes, cancellation."""
     account = locked_account(org)
     session = stripe_api.client().v1.billing_portal.sessions.create(
         params={"customer": _customer(account), "return_url": _billing_url(org)}
+    )
+    audit.record(
+        "billing.portal", org=org, actor=actor, target=("customer", "portal"), request=request
     )
     return str(session.url)

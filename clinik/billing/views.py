@@ -1,7 +1,7 @@
 """The Billing page (owners and billing members), Checkout and Portal redirects, and
 the Stripe webhook endpoint."""
 
-from datetime import timedelta
+from datetime import UTC
 from typing import Any
 from uuid import UUID
 
@@ -21,8 +21,8 @@ from clinik.accounts.models import Membership, Organization, OrganizationReadOnl
 from clinik.billing import stripe_api, webhooks
 from clinik.billing.actions import do_open_portal, do_start_checkout
 from clinik.billing.forms import PlanChoiceForm
-from clinik.billing.meters import month_start
 from clinik.billing.models import Account, Invoice, Plan
+from clinik.billing.periods import period_of
 from clinik.billing.plans import effective_plan
 from clinik.lib.http import AuthedHttpRequest
 from clinik.lib.money import money
@@ -40,13 +40,20 @@ def get_billing_membership(request: AuthedHttpRequest, org_id: UUID) -> Membersh
     return membership
 
 
-def _usage(org_id: UUID, plan: Plan | None) -> dict[str, Any]:
+def _usage(org_id: UUID, plan: Plan | None, account: Account | None) -> dict[str, Any]:
+    """Usage in the billing period (clinik.billing.periods) against the included
+    amount, a daily chart, and the cost projected to the period's end."""
     now = timezone.now()
-    start = month_start(now)
-    end = month_start(start + timedelta(days=32))
-    rng = queries.Range("month", "This month", start, end, "day")
-    summary = queries.summary(org_id, rng)
-    used = summary.total - summary.throttled
+    start, end = period_of(account, now)
+    # Counted from the hourly rollups (a Stripe period starts at any hour); the chart
+    # has one bar per UTC day of the period.
+    first_hour = start.replace(minute=0, second=0, microsecond=0)
+    hours = queries.Range("period", "This period", first_hour, end, "hour")
+    used_summary = queries.summary(org_id, hours)
+    used = used_summary.total - used_summary.throttled
+    first_day = start.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    days = queries.Range("period", "This period", first_day, end, "day")
+    daily = queries.summary(org_id, days)
     included = plan.included_requests if plan else None
     elapsed = max((now - start).total_seconds(), 3600.0)
     projected_requests = int(used * (end - start).total_seconds() / elapsed)
@@ -57,8 +64,11 @@ def _usage(org_id: UUID, plan: Plan | None) -> dict[str, Any]:
         "used": used,
         "included": included,
         "percent": min(100, round(used * 100 / included)) if included else None,
-        "chart": charts.requests_chart(summary.buckets, rng),
+        "chart": charts.requests_chart(daily.buckets, days),
+        "starts": start,
         "resets": end,
+        "overage": plan.overage_cents(used) if plan is not None else 0,
+        "overage_display": money(plan.overage_cents(used), plan.currency) if plan else "",
         "projected_requests": projected_requests,
         "projected": money(projected, plan.currency) if plan and projected is not None else None,
     }
@@ -80,7 +90,7 @@ def _page(
         fallback=account is not None and account.in_fallback(),
         plans=Plan.objects.filter(is_public=True),
         invoices=Invoice.objects.filter(org_id=org.pk)[:24],
-        usage=_usage(org.pk, plan),
+        usage=_usage(org.pk, plan, account),
         form=extra.pop("form", None) or PlanChoiceForm(),
         **extra,
     )
@@ -109,7 +119,7 @@ def billing_checkout(request: AuthedHttpRequest, org_id: UUID) -> HttpResponse:
     account = Account.objects.filter(org=membership.org).first()
     if account is not None and account.stripe_subscription_id:
         # An existing subscription changes plan in the portal (proration is Stripe's).
-        url = do_open_portal(org=membership.org, actor=request.user)
+        url = do_open_portal(org=membership.org, actor=request.user, request=request)
     else:
         url = do_start_checkout(
             org=membership.org,
@@ -125,7 +135,8 @@ def billing_portal(request: AuthedHttpRequest, org_id: UUID) -> HttpResponse:
     membership = get_billing_membership(request, org_id)
     if not settings.BILLING_ENABLED:
         return _page(request, membership, error=BILLING_OFF, status=400)
-    return _redirect(request, do_open_portal(org=membership.org, actor=request.user))
+    url = do_open_portal(org=membership.org, actor=request.user, request=request)
+    return _redirect(request, url)
 
 
 def _redirect(request: AuthedHttpRequest, url: str) -> HttpResponse:

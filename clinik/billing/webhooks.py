@@ -113,6 +113,7 @@ def _account_for(customer_id: str, org_hint: str | None) -> Account | None:
         return None
     account.stripe_customer_id = customer_id
     account.save(update_fields=["stripe_customer_id", "updated_at"])
+    audit.record("billing.details_change", org=org, actor=None, target=("customer", "linked"))
     return account
 
 
@@ -150,6 +151,7 @@ def sync_customer(customer_id: str, org_hint: str | None = None) -> Account | No
     do_assign_plan(org=org, plan=plan or Plan.objects.get(slug=FREE), actor=None)
     account.refresh_from_db()
     previous = account.subscription_status
+    previous_period = (account.current_period_start, account.current_period_end)
     account.stripe_subscription_id = subscription["id"] if subscription is not None else ""
     account.subscription_status = status
     if subscription is not None:
@@ -165,6 +167,10 @@ def sync_customer(customer_id: str, org_hint: str | None = None) -> Account | No
     account.save()
     if previous != status:
         audit.record("billing.status_change", org=org, actor=None, target=("subscription", status))
+    if previous != status or previous_period != (
+        account.current_period_start,
+        account.current_period_end,
+    ):  # the quota counts over the period (clinik.billing.periods)
         announce_limits_changed(org.pk)
     if became_due:
         receipts.send_payment_failed(account)

@@ -37,6 +37,7 @@ from clinik.fhir.search.query import parse_search
 from clinik.fhir.spec import RESOURCE_TYPES
 from clinik.fhir.store import Version, get_store
 from clinik.fhir.tenancy import format_instant
+from clinik.gateway.limits import PlanLimitReached
 from clinik.privacy.models import ExportJob
 from clinik.privacy.storage import ExportStorage, PartWriter, get_storage
 
@@ -47,8 +48,11 @@ CHECK_EVERY = 1000  # rows between progress reports and cancellation checks
 _PROGRESS_TTL = 24 * 3600
 
 
-class ExportBusy(Exception):
-    """The organization already has an export queued or running."""
+class ExportBusy(PlanLimitReached):
+    """The organization's plan allows no more concurrent exports (queued or running)."""
+
+    def __init__(self, limit: int, plan: str) -> None:
+        super().__init__("concurrent bulk exports", limit, plan, "wait for one to finish")
 
 
 class ExportStopped(Exception):

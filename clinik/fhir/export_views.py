@@ -171,11 +171,11 @@ def _kickoff(request: ApiHttpRequest, kind: str, group_id: str = "") -> HttpResp
         )
     except OrganizationReadOnly:
         raise _closing() from None
-    except export.ExportBusy:
+    except export.ExportBusy as busy:
         raise FhirError(
             429,
             "throttled",
-            "An export of this organization is already running: wait for it, or cancel it.",
+            busy.api_message(request.org.pk),
             headers={"Retry-After": str(BUSY_RETRY_SECONDS)},
         ) from None
     return outcome_response(

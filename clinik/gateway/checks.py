@@ -7,6 +7,7 @@ Regular expressions are compiled once, at import; no check reads the request bod
 import ipaddress
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,6 +20,7 @@ from django.http import HttpRequest, HttpResponse
 from clinik.accounts.models import Organization
 from clinik.fhir.outcomes import outcome_response
 from clinik.fhir.spec import RESOURCE_TYPES
+from clinik.gateway import limits
 from clinik.gateway.ratelimit import Verdict
 from clinik.keys import tokens
 from clinik.keys.models import ApiKey
@@ -372,34 +374,49 @@ def authorize(key: ApiKey, method: str, route: Route) -> None:
 
 
 def check_quota(verdict: Verdict, buckets: list[Any]) -> None:
-    """A plan's monthly quota used up: 429 saying so, when it resets, and where to
-    upgrade. Checked before the request reaches any view, so a write is never cut."""
+    """A plan's quota for the billing period used up: 429 saying so, when it resets
+    (the period's end, clinik.billing.periods), and where to upgrade. Checked before
+    the request reaches any view, so a write is never cut."""
     if verdict.allowed:
         return
     for state in verdict.states:
         if state.policy.kind == "q" and state.retry_after > 0:
             org_id = next(ident for policy, ident in buckets if policy.name == "quota")
-            month = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-            resets = (month + timedelta(days=32)).replace(day=1)
-            upgrade = f"{settings.SITE_URL}/o/{org_id}/billing/"
+            terms = limits.limits_for(org_id)  # (a refusal only: the period's exact end)
+            resets = datetime.fromtimestamp(terms.period_end, UTC) if terms.period_end else None
+            if resets is None or resets <= datetime.now(UTC):
+                resets = datetime.now(UTC) + timedelta(seconds=state.retry_after)
+            plan = f"{terms.plan.capitalize()} plan" if terms.plan else "organization's plan"
             raise Refused(
                 429,
                 "throttled",
                 f"The monthly quota of {state.policy.limit} API requests of this"
-                f" organization's plan is used up. It resets at {resets:%Y-%m-%dT%H:%MZ}."
-                f" Upgrade the plan to continue now: {upgrade}",
+                f" organization's {plan} is used up for the billing period. It resets at"
+                f" {resets:%Y-%m-%dT%H:%M:%SZ}. Upgrade the plan to continue now:"
+                f" {limits.upgrade_url(org_id)}",
                 {"Retry-After": str(max(1, state.retry_after))},
             )
 
 
-def check_rate(verdict: Verdict) -> None:
-    if not verdict.allowed:
-        raise Refused(
-            429,
-            "throttled",
-            "Too many requests: slow down and retry after the time in Retry-After.",
-            {"Retry-After": str(max(1, verdict.retry_after))},
+_RATE_OF = {"key": "this API key", "org": "this organization (all its keys)"}
+
+
+def check_rate(verdict: Verdict, buckets: Sequence[Any] = ()) -> None:
+    """Too many requests for a bucket: 429 naming the limit that was hit; for a key's
+    or its organization's (the plan's), also where to upgrade."""
+    if verdict.allowed:
+        return
+    diagnostics = "Too many requests: slow down and retry after the time in Retry-After."
+    hit = [s for s in verdict.states if s.retry_after > 0 and s.policy.name in _RATE_OF]
+    org_id = next((ident for policy, ident in buckets if policy.name == "org"), None)
+    if hit and org_id is not None:
+        policy = hit[0].policy
+        diagnostics = (
+            f"Too many requests: the plan allows {policy.limit} requests per"
+            f" {policy.window} s for {_RATE_OF[policy.name]}. Slow down and retry after"
+            f" the time in Retry-After, or upgrade the plan: {limits.upgrade_url(org_id)}"
         )
+    raise Refused(429, "throttled", diagnostics, {"Retry-After": str(max(1, verdict.retry_after))})
 
 
 def client_id(request: HttpRequest) -> str:

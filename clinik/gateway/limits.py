@@ -13,8 +13,10 @@ answer depends on, so a configuration change cannot serve stale limits either.
 """
 
 import logging
+import math
+import time
 import zlib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 from uuid import UUID
 
@@ -38,27 +40,44 @@ class Limits:
     window: int
     """The window, in seconds."""
     quota: int = -1
-    """Requests per calendar month refused beyond (429); -1: none (a paid plan bills
+    """Requests per billing period refused beyond (429); -1: none (a paid plan bills
     requests beyond its included amount as overage instead)."""
     included: int = -1
-    """Requests per month included in the plan; -1: unlimited."""
+    """Requests per billing period included in the plan; -1: unlimited."""
     max_keys: int = -1
     max_members: int = -1
     max_exports: int = -1
     """Usable API keys, members and concurrent bulk exports; -1: unlimited."""
     plan: str = ""
     """The plan's slug ("" for the environment's defaults)."""
+    period_start: int = 0
+    period_end: int = 0
+    """The billing period the quota counts over (clinik.billing.periods), as Unix
+    seconds; the cached limits expire when it ends (and the rate-limit script drops
+    them if they outlive it), so the next request counts in the next period."""
 
 
 class PlanLimitReached(Exception):
-    """One more key or member would exceed the organization's plan."""
+    """One more key, member or concurrent bulk export would exceed the organization's
+    plan. `str()` is the dashboard's form error; `api_message(org_id)` adds the
+    Billing page's URL for an API answer (an OperationOutcome)."""
 
-    def __init__(self, what: str, limit: int, plan: str) -> None:
-        name = plan.capitalize() if plan else "This installation's"
-        super().__init__(
-            f"The {name} plan allows {limit} {what}: remove one, or upgrade the plan on the"
-            " Billing page."
-        )
+    def __init__(self, what: str, limit: int, plan: str, hint: str = "remove one") -> None:
+        self.what, self.limit, self.plan, self.hint = what, limit, plan, hint
+        super().__init__(f"{self._allows()}: {hint}, or upgrade the plan on the Billing page.")
+
+    def _allows(self) -> str:
+        if not self.plan:  # billing is off: the environment's defaults
+            return f"This installation allows {self.limit} {self.what}"
+        return f"The {self.plan.capitalize()} plan allows {self.limit} {self.what}"
+
+    def api_message(self, org_id: Any) -> str:
+        return f"{self._allows()}: {self.hint}, or upgrade the plan: {upgrade_url(org_id)}"
+
+
+def upgrade_url(org_id: Any) -> str:
+    """The organization's Billing page, where a plan is upgraded."""
+    return f"{settings.SITE_URL}/o/{org_id}/billing/"
 
 
 def check_room(org: Any, what: str, used: int) -> None:
@@ -75,6 +94,7 @@ def environment_defaults() -> Limits:
         org_requests=settings.RATE_LIMIT_ORG_REQUESTS,
         key_requests=settings.RATE_LIMIT_KEY_REQUESTS,
         window=settings.RATE_LIMIT_WINDOW_SECONDS,
+        max_exports=1,  # as before plans existed: one export at a time per organization
     )
 
 
@@ -86,6 +106,7 @@ def _fingerprint() -> str:
         settings.BILLING_ENABLED,
         settings.BILLING_DEFAULT_PLAN,
         settings.BILLING_GRACE_DAYS,
+        2,  # the layout of the hash: 2 added the billing period
     )
     return format(zlib.crc32(repr(parts).encode()), "08x")
 
@@ -140,13 +161,19 @@ def limits_for(org: Any) -> Limits:
 
 
 def load(org_id: Any) -> tuple[Limits, int]:
-    """The limits from the database, and how long they hold (seconds)."""
-    from clinik.billing.plans import effective_plan  # (billing imports no gateway module)
+    """The limits from the database, and how long they hold (seconds): until the
+    plan may change by itself (a grace period's end) or the billing period ends."""
+    # (billing imports no gateway module)
+    from clinik.billing.periods import current_period
+    from clinik.billing.plans import effective_plan
 
     plan, holds_for = effective_plan(org_id)
-    if plan is None:
-        return environment_defaults(), TTL_SECONDS
-    return _of_plan(plan), max(1, min(TTL_SECONDS, holds_for))
+    now = time.time()
+    start, end = current_period(org_id)
+    holds_for = min(holds_for, math.ceil(end.timestamp() - now))
+    limits = environment_defaults() if plan is None else _of_plan(plan)
+    limits = replace(limits, period_start=int(start.timestamp()), period_end=int(end.timestamp()))
+    return limits, max(1, min(TTL_SECONDS, holds_for))
 
 
 def _of_plan(plan: Any) -> Limits:

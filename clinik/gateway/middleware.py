@@ -147,7 +147,7 @@ class GatewayMiddleware:
                 verdict = limiter.hit([(replace(p, source=""), i) for p, i in buckets])
         passage.limits += verdict.states
         checks.check_quota(verdict, buckets)
-        checks.check_rate(verdict)
+        checks.check_rate(verdict, buckets)
         return buckets
 
 
@@ -210,5 +210,5 @@ def _key_buckets(key: ApiKey) -> list[Bucket]:
     return [
         (Policy("key", limits.key_requests, limits.window, source=source), str(key.pk)),
         (Policy("org", limits.org_requests, limits.window, source=source), str(key.org_id)),
-        (Policy("quota", limits.quota, 0, "q", source), str(key.org_id)),
+        (Policy("quota", limits.quota, 0, "q", source, limits.period_end), str(key.org_id)),
     ]

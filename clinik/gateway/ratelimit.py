@@ -34,11 +34,15 @@ KEY_PREFIX = "clinik:rl:"
 # KEYS: one per bucket, then (when a bucket reads its limit from it) the
 # organization's limits hash (clinik.gateway.limits). ARGV[1]: the number of buckets;
 # then per bucket: kind, limit, window (ms), field.
-#   kind 'g': a token bucket (GCRA); 'q': a counter until the window ends (the
-#   monthly quota; the key names the month). field: when not '', the limit (and a
-#   token bucket's window) comes from the limits hash; a limit below 0 means none.
-# Returns {-1} when the limits hash is missing (the caller fills it and asks again),
-# else {allowed, then limit, remaining, ms until full, ms until retry per bucket}.
+#   kind 'g': a token bucket (GCRA); 'q': a counter over the billing period (the
+#   quota), kept as a hash {p: the period's end (Unix ms), n: the count}: a count of
+#   another period is a count of 0. A quota's window is the end of its period (Unix
+#   ms), read from the limits hash's period_end when it has one. field: when not '',
+#   the limit (and a token bucket's window) comes from the limits hash; a limit below
+#   0 means none.
+# Returns {-1} when the limits hash is missing, or outlived its billing period (then
+# it is deleted): the caller fills it and asks again. Else {allowed, then limit,
+# remaining, ms until full, ms until retry per bucket}.
 GCRA_LUA = """
 local n = tonumber(ARGV[1])
 local conf = {}
@@ -62,16 +66,33 @@ for i = 1, n do
     if kind == 'g' and conf['window'] then window = conf['window'] * 1000 end
   end
   local state
+  local fresh = false
   if kind == 'q' then
-    state = tonumber(redis.call('GET', KEYS[i])) or 0
-    if limit >= 0 and state >= limit then allowed = 0 end
+    local ends = window
+    if field ~= '' and (conf['period_end'] or 0) > 0 then
+      ends = conf['period_end'] * 1000
+      if ends <= now then
+        redis.call('DEL', KEYS[n + 1])
+        return {-1}
+      end
+    end
+    if ends <= now then
+      state, window, fresh = 0, 0, false  -- an outdated fallback period: not counted
+    else
+      local held = redis.call('HMGET', KEYS[i], 'p', 'n')
+      fresh = tonumber(held[1]) ~= ends
+      state = 0
+      if not fresh then state = tonumber(held[2]) or 0 end
+      window = ends
+      if limit >= 0 and state >= limit then allowed = 0 end
+    end
   else
     local tat = tonumber(redis.call('GET', KEYS[i])) or now
     if tat < now then tat = now end
     state = tat
     if tat + window / limit - now > window then allowed = 0 end
   end
-  specs[i] = {kind, limit, window, state}
+  specs[i] = {kind, limit, window, state, fresh}
 end
 local out = {allowed}
 for i = 1, n do
@@ -80,14 +101,23 @@ for i = 1, n do
   out[#out + 1] = limit
   if kind == 'q' then
     local count = state
-    if allowed == 1 then
-      count = redis.call('INCR', KEYS[i])
-      if count == 1 then redis.call('PEXPIRE', KEYS[i], window + 86400000) end
+    local ends = window
+    local left = math.max(0, ends - now)
+    if ends == 0 then
+      left = 0
+    elseif allowed == 1 then
+      if specs[i][5] then
+        redis.call('HSET', KEYS[i], 'p', ends, 'n', 1)
+        redis.call('PEXPIRE', KEYS[i], left + 86400000)
+        count = 1
+      else
+        count = redis.call('HINCRBY', KEYS[i], 'n', 1)
+      end
     elseif limit >= 0 and count >= limit then
-      retry = window
+      retry = left
     end
     out[#out + 1] = math.max(0, limit - count)
-    out[#out + 1] = window
+    out[#out + 1] = left
   else
     local interval = window / limit
     local tat = state
@@ -117,12 +147,15 @@ class Policy:
     window: int
     """Seconds."""
     kind: str = "g"
-    """"g": a token bucket over `window`; "q": a monthly quota (a counter per
-    calendar month, UTC), identified by the organization."""
+    """"g": a token bucket over `window`; "q": a quota (a counter per billing
+    period, clinik.billing.periods), identified by the organization."""
     source: str = ""
     """The Redis hash (clinik.gateway.limits) the limit is read from at every check,
     so a plan change applies on the next request; `limit` and `window` are then the
     values when the key authenticated, used only when Redis is away."""
+    ends: int = 0
+    """A quota's period end (Unix seconds) when the key authenticated, used only
+    when the limits hash is away (0 or past: the calendar month's end)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,11 +278,10 @@ class Limiter:
         keys: list[str] = []
         args: list[int | str] = [len(buckets)]
         source = ""
-        month, until_month_end = _month()
         for policy, ident in buckets:
             if policy.kind == "q":
-                keys.append(f"{KEY_PREFIX}{policy.name}:{ident}:{month}")
-                args += ["q", policy.limit, until_month_end]
+                keys.append(f"{KEY_PREFIX}{policy.name}:{ident}")
+                args += ["q", policy.limit, _period_end_ms(policy.ends)]
             else:
                 keys.append(f"{KEY_PREFIX}{policy.name}:{ident}")
                 args += ["g", policy.limit, policy.window * 1000]
@@ -264,8 +296,7 @@ class Limiter:
         for i, (policy, _) in enumerate(buckets):
             limit, remaining, until_full, retry = out[1 + 4 * i : 5 + 4 * i]
             if policy.kind == "q":
-                window = math.ceil(until_month_end / 1000)
-                effective = Policy(policy.name, int(limit), window, "q")
+                effective = Policy(policy.name, int(limit), math.ceil(until_full / 1000), "q")
             elif policy.source:
                 effective = Policy(policy.name, int(limit), policy.window)
             else:
@@ -339,12 +370,16 @@ limiter = Limiter()
 known_keys = KnownKeys()
 
 
-def _month(now: float | None = None) -> tuple[str, int]:
-    """The current calendar month (UTC) as YYYYMM, and milliseconds until it ends."""
-    moment = datetime.fromtimestamp(time.time() if now is None else now, UTC)
-    start = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    end = (start + timedelta(days=32)).replace(day=1)
-    return f"{start:%Y%m}", max(1, math.ceil((end - moment).total_seconds() * 1000))
+def _period_end_ms(ends: int, now: float | None = None) -> int:
+    """A quota's period end in Unix ms: `ends` (seconds) if still ahead, else the end
+    of the calendar month (UTC)."""
+    now = time.time() if now is None else now
+    if ends > now:
+        return ends * 1000
+    start = datetime.fromtimestamp(now, UTC).replace(
+        day=1, hour=0, minute=0, second=0, microsecond=0
+    )
+    return int((start + timedelta(days=32)).replace(day=1).timestamp() * 1000)
 
 
 def headers(states: tuple[BucketState, ...]) -> dict[str, str]:

@@ -37,7 +37,11 @@ EVENTS: dict[str, dict[str, Allowed]] = {
     "key_created": {"scopes": frozenset({"read", "read-write"}), "expires": bool},
     "key_revoked": {},
     "plan_viewed": {},
-    "plan_changed": {"direction": frozenset({"upgrade", "downgrade", "cancel"})},
+    # plan: the seeded plans' slugs only (a custom plan's slug is dropped)
+    "plan_changed": {
+        "direction": frozenset({"upgrade", "downgrade", "cancel"}),
+        "plan": frozenset({"free", "developer", "scale", "enterprise"}),
+    },
     "export_started": {},
     "usage_page_viewed": {"range": frozenset({"24h", "7d", "30d", "90d"})},
     "audit_log_viewed": {},

@@ -96,15 +96,14 @@ class ExportJob(models.Model):
     objects = ExportJobQuerySet.as_manager()
 
     class Meta:
-        constraints = [
-            # A second concurrent export of one organization is refused (429).
-            models.UniqueConstraint(
+        indexes = [
+            # The active exports of an organization, counted against its plan's
+            # concurrent exports (clinik.fhir.export_actions.start_export).
+            models.Index(
                 fields=["org"],
                 condition=Q(status__in=["queued", "running"]),
-                name="one_active_export_per_org",
-            )
-        ]
-        indexes = [
+                name="export_active_by_org",
+            ),
             models.Index(fields=["org", "created_at"]),
             models.Index(fields=["status", "expires_at"]),
         ]

@@ -148,8 +148,8 @@ def privacy_export_start(request: AuthedHttpRequest, org_id: UUID) -> HttpRespon
     except OrganizationReadOnly:
         messages.error(request, "This organization is closing: no new exports can start.")
         return redirect("data_privacy", org_id)
-    except ExportBusy:
-        messages.error(request, "An export is already running. Wait for it, or cancel it.")
+    except ExportBusy as busy:
+        messages.error(request, str(busy))
         return redirect("data_privacy", org_id)
     analytics.capture(request.user, "export_started")
     messages.success(request, "Export started. Its files are downloaded with an API key.")
