@@ -15,7 +15,7 @@ from django.utils import timezone
 from clinik.fhir.store import get_store
 from clinik.fhir.tenancy import format_instant, tenant_transaction
 from clinik.lib import webhooks
-from clinik.subscriptions.dispatch import lease_until
+from clinik.subscriptions.dispatch import lease_until, write_status
 from clinik.subscriptions.models import Delivery, Subscription
 
 USER_AGENT = "ClinikAPI-Webhooks/1"
@@ -125,12 +125,6 @@ def _claim(org_id: UUID, delivery_id: int) -> tuple[Delivery, Subscription, byte
     return delivery, subscription, notification(delivery, subscription, content)
 
 
-def _set_subscription(subscription: Subscription, status: str, error: str) -> None:
-    Subscription.objects.filter(pk=subscription.pk, version_id=subscription.version_id).update(
-        status=status, error=error, updated_at=timezone.now()
-    )
-
-
 def deliver(org_id: UUID, delivery_id: int) -> Outcome:
     claimed = _claim(org_id, delivery_id)
     if claimed is None:
@@ -177,19 +171,6 @@ def deliver(org_id: UUID, delivery_id: int) -> Outcome:
             )
             fields["finished_at"] = now
         Delivery.objects.filter(pk=delivery.pk).update(**fields)
-        if delivery.kind == Delivery.Kind.CHANGE:
-            if refused:
-                _set_subscription(subscription, Subscription.Status.ERROR, refused)
-            elif code == 410:
-                _set_subscription(
-                    subscription, Subscription.Status.OFF, "the endpoint answered 410"
-                )
-            elif outcome.result == "failed" and (code is None or code >= 500 or code == 429):
-                _set_subscription(
-                    subscription,
-                    Subscription.Status.ERROR,
-                    f"delivery failed after {delivery.attempts} attempts",
-                )
         if outcome.result != "retry" and delivery.kind == Delivery.Kind.CHANGE:
             # Chain: the next one of this subscription goes now, not at the next tick.
             following = (
@@ -204,4 +185,16 @@ def deliver(org_id: UUID, delivery_id: int) -> Outcome:
                 .first()
             )
             outcome.next_id = following
+    if delivery.kind == Delivery.Kind.CHANGE:
+        # The resource shows it: a new version by the system (dispatch.write_status).
+        if refused:
+            write_status(subscription, Subscription.Status.ERROR, refused)
+        elif code == 410:
+            write_status(subscription, Subscription.Status.OFF, "the endpoint answered 410 Gone")
+        elif outcome.result == "failed" and (code is None or code >= 500 or code == 429):
+            write_status(
+                subscription,
+                Subscription.Status.ERROR,
+                f"delivery failed after {delivery.attempts} attempts",
+            )
     return outcome

@@ -15,10 +15,12 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
+from clinik import audit
 from clinik.fhir.http import FhirError
 from clinik.fhir.search.query import parse_search
 from clinik.fhir.spec import RESOURCE_TYPES
 from clinik.fhir.store import get_store
+from clinik.fhir.store.base import VersionConflict
 from clinik.fhir.tenancy import tenant_transaction
 from clinik.lib.webhooks import EndpointRefused, check_url
 from clinik.subscriptions.models import Delivery, OutboxEvent, Subscription
@@ -111,27 +113,83 @@ def check_resource(resource: dict[str, Any]) -> list[tuple[str, str, str]]:
     return [("value", f"Subscription.{where}", why)] if why else []
 
 
+SYSTEM_WRITE = "SELECT set_config('clinik.subscription_system', %s, true)"
+
+
+def write_status(subscription: Subscription, status: str, error: str = "") -> bool:
+    """Write the live status into the Subscription resource: a new version (audited as
+    the system), only if the resource is still at the version the decision was made on
+    (If-Match: a client's write since then wins, and is checked again). The trigger
+    copies the status into the mirror row (migration 0003). False if it lost."""
+    org_id = subscription.org_id
+    store = get_store()
+    try:
+        with tenant_transaction(org_id):
+            current = store.read(org_id, "Subscription", subscription.resource_id)
+            if current is None or current.content is None:
+                return False
+            if current.version_id != subscription.version_id:
+                return False
+            document = orjson.loads(current.content)
+            if document.get("status") == status and document.get("error", "") == error:
+                # The resource says so already (a client wrote it): only the mirror moves.
+                return bool(
+                    Subscription.objects.filter(
+                        pk=subscription.pk, version_id=subscription.version_id
+                    ).update(
+                        status=status,
+                        error=error,
+                        checked_version=subscription.version_id,
+                        updated_at=timezone.now(),
+                    )
+                )
+            document["status"] = status
+            if error:
+                document["error"] = error
+            else:
+                document.pop("error", None)
+            with connection.cursor() as cursor:
+                cursor.execute(SYSTEM_WRITE, ["on"])
+                store.update(
+                    org_id,
+                    document,
+                    subscription.resource_id,
+                    if_match=subscription.version_id,
+                )
+                # The deferred write goes ahead of this statement, with the setting on.
+                cursor.execute(SYSTEM_WRITE, [""])
+            audit.record(
+                "fhir.update",
+                org=org_id,
+                actor=None,
+                target=("Subscription", subscription.resource_id),
+            )
+    except VersionConflict:
+        return False
+    return True
+
+
 def check_subscriptions() -> int:
-    """Activate (or put in error) the subscriptions written since they were checked."""
+    """Activate (or put in error) the subscriptions written since they were checked.
+
+    R4 leaves the moment to the server; ours is the check: valid criteria, channel and
+    endpoint make the subscription `active` at once (no handshake, no waiting for a
+    first delivery), anything else `error` with the reason in `error`. Either way a new
+    version of the resource says so."""
     checked = 0
     pending = Subscription.objects.filter(status=Subscription.Status.REQUESTED)
     for subscription in pending.order_by("pk")[:OUTBOX_BATCH]:
         with tenant_transaction(subscription.org_id):
             criteria = read_criteria(subscription.org_id, subscription.resource_id)
-            _where, error = problem(
-                channel_type=subscription.channel_type,
-                criteria=criteria,
-                payload=subscription.payload,
-                headers=subscription.headers,
-                endpoint=subscription.endpoint,
-            )
-            status = Subscription.Status.ERROR if error else Subscription.Status.ACTIVE
-            # Only the version checked: a write since then asks again.
-            checked += Subscription.objects.filter(
-                pk=subscription.pk,
-                version_id=subscription.version_id,
-                status=Subscription.Status.REQUESTED,
-            ).update(status=status, error=error, checked_version=subscription.version_id)
+        _where, error = problem(
+            channel_type=subscription.channel_type,
+            criteria=criteria,
+            payload=subscription.payload,
+            headers=subscription.headers,
+            endpoint=subscription.endpoint,
+        )
+        status = Subscription.Status.ERROR if error else Subscription.Status.ACTIVE
+        checked += write_status(subscription, status, error)
     return checked
 
 
