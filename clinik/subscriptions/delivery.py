@@ -17,6 +17,7 @@ from clinik.fhir.tenancy import format_instant, tenant_transaction
 from clinik.lib import webhooks
 from clinik.subscriptions.dispatch import lease_until, write_status
 from clinik.subscriptions.models import Delivery, Subscription
+from clinik.usage import store as usage_store
 
 USER_AGENT = "ClinikAPI-Webhooks/1"
 
@@ -171,6 +172,8 @@ def deliver(org_id: UUID, delivery_id: int) -> Outcome:
             )
             fields["finished_at"] = now
         Delivery.objects.filter(pk=delivery.pk).update(**fields)
+        # Usage analytics: the attempt's outcome class and latency, nothing else.
+        usage_store.count_delivery(org_id, now, code, result.latency_ms)
         if outcome.result != "retry" and delivery.kind == Delivery.Kind.CHANGE:
             # Chain: the next one of this subscription goes now, not at the next tick.
             following = (
