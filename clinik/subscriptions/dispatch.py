@@ -13,6 +13,7 @@ from uuid import UUID
 import orjson
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from clinik import audit
@@ -305,7 +306,8 @@ def dispatch_org(org_id: UUID) -> int:
         events = list(
             OutboxEvent.objects.select_for_update(skip_locked=True)
             .filter(org_id=org_id)
-            .order_by("pk")[:OUTBOX_BATCH]
+            # Commit order (migration 0004); rows older than it (seq NULL) come first.
+            .order_by(F("seq").asc(nulls_first=True), "pk")[:OUTBOX_BATCH]
         )
         if not events:
             return 0
