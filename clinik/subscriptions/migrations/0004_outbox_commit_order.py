@@ -14,15 +14,14 @@ types no subscription watches, are not)."""
 
 from django.db import migrations, models
 
-COMMIT_LOCK = 0x5B5D  # advisory lock namespace: one committing writer per tenant
-
-SQL = f"""
+# Advisory lock namespace 23389 (0x5B5D): one committing writer per tenant.
+SQL = """
 CREATE SEQUENCE subscriptions_outbox_seq;
 
 CREATE FUNCTION subscriptions_outbox_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     -- Taken once per transaction (again: a no-op), held until the commit is visible.
-    PERFORM pg_advisory_xact_lock({COMMIT_LOCK}, hashtext(NEW.org_id::text));
+    PERFORM pg_advisory_xact_lock(23389, hashtext(NEW.org_id::text));
     UPDATE subscriptions_outbox SET seq = nextval('subscriptions_outbox_seq')
         WHERE id = NEW.id;
     RETURN NULL;
