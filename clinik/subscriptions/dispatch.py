@@ -103,7 +103,16 @@ def problem(
 
 
 def check_resource(resource: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """The FHIR validator's check of a Subscription (a 400 at create and update time)."""
+    """The FHIR validator's check of a Subscription (a 400 at create and update time).
+    A store that does not report its changes (HealthLake) serves no subscriptions."""
+    if not get_store().features.subscriptions:
+        return [
+            (
+                "not-supported",
+                "Subscription",
+                "Subscriptions are not available on this server's FHIR store",
+            )
+        ]
     channel = resource.get("channel") or {}
     where, why = problem(
         channel_type=channel.get("type"),
