@@ -62,7 +62,9 @@ def test_two_interleaved_transactions_are_delivered_in_commit_order(api, receive
     with tenant_transaction(api.org.pk):
         rows = list(OutboxEvent.objects.order_by("pk").values_list("resource_id", "seq"))
     assert [rid for rid, _seq in rows] == [ids["first"], ids["second"]]
-    assert rows[1][1] < rows[0][1]  # numbered in commit order
+    first_seq, second_seq = rows[0][1], rows[1][1]
+    assert first_seq is not None and second_seq is not None
+    assert second_seq < first_seq  # numbered in commit order
 
     for _ in range(3):
         dispatch_subscriptions()
