@@ -135,3 +135,26 @@ def test_a_concurrent_client_write_wins_over_the_system(api, receiver):  # noqa:
     assert mirror(api.org, created["id"]).status == "requested"
     dispatch.check_subscriptions()
     assert fetch(api, created["id"])["status"] == "active"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_pending_delivery_waits_while_the_client_rewrites_the_subscription(
+    api,
+    receiver,  # noqa: F811
+):
+    created = json.loads(
+        api.post("Subscription", subscription_body(receiver.url, "Observation")).content
+    )
+    dispatch.check_subscriptions()
+    api.post("Observation", observation("1"))
+    for org_id in dispatch.tick():
+        dispatch.run_tenant(org_id)  # a pending delivery, not sent yet
+    active = fetch(api, created["id"])
+    api.put(f"Subscription/{created['id']}", {**active, "reason": "renamed"})
+    [pending] = deliveries(api.org)
+    from clinik.subscriptions.delivery import deliver
+
+    assert deliver(api.org.pk, pending.pk).result == "skipped"  # requested: it waits
+    assert deliveries(api.org)[0].status == "pending"
+    dispatch_subscriptions()  # checked again (active), then sent
+    assert deliveries(api.org)[0].status == "delivered" and len(receiver.requests) == 1

@@ -96,6 +96,12 @@ def _claim(org_id: UUID, delivery_id: int) -> tuple[Delivery, Subscription, byte
         if delivery is None:
             return None
         subscription = Subscription.objects.filter(pk=delivery.subscription_id).first()
+        if (
+            subscription is not None
+            and delivery.kind == Delivery.Kind.CHANGE
+            and subscription.status == Subscription.Status.REQUESTED
+        ):
+            return None  # the client wrote it again: it waits for the check (a second)
         if subscription is None or (
             delivery.kind == Delivery.Kind.CHANGE
             and subscription.status != Subscription.Status.ACTIVE
