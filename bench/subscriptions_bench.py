@@ -282,9 +282,9 @@ def main() -> None:
 
     live_org = Subscription.objects.filter(criteria_type="Observation").latest("pk").org_id
     others = Subscription.objects.exclude(org_id=live_org)
-    for org_id in set(others.values_list("org_id", flat=True)):
-        with tenant_transaction(org_id):
-            OutboxEvent.objects.filter(org_id=org_id).delete()
+    for other_org in set(others.values_list("org_id", flat=True)):
+        with tenant_transaction(other_org):
+            OutboxEvent.objects.filter(org_id=other_org).delete()
     others.update(status="off")
     listener = subprocess.Popen(
         [sys.executable, "manage.py", "subscriptions_listen"], cwd=ROOT, env=os.environ.copy()
