@@ -56,6 +56,7 @@ def test_every_attempt_is_counted_by_outcome_and_shown(
     page = owner.client().get(f"/o/{owner.org.pk}/usage/").content.decode()
     section = page[page.index('id="webhook-deliveries"') :]
     assert "delivery attempts" in section and "chart-hooks" in section
+    assert "3 delivery attempts — 1 delivered, 1 3xx/4xx, 1 5xx or no answer" in section
     assert "token=" not in page and "s3cret" not in page and "/hook" not in page
     assert receiver.url.split("//")[1].split("/")[0] not in page  # not even the host
 

@@ -71,7 +71,9 @@ def usage(request: AuthedHttpRequest, org_id: UUID) -> HttpResponse:
         requests_chart=charts.requests_chart(summary.buckets, rng),
         latency_chart=charts.latency_chart(summary.buckets, rng),
         hooks=hooks,
-        hooks_chart=charts.requests_chart(hooks.buckets, rng) if hooks.total else None,
+        hooks_chart=(
+            charts.requests_chart(hooks.buckets, rng, deliveries=True) if hooks.total else None
+        ),
         routes=queries.top_routes(org_id, rng),
         errors=queries.error_groups(org_id, rng, limit=8),
         keys=queries.per_key(org_id, rng),
