@@ -321,13 +321,13 @@ def dispatch_org(org_id: UUID) -> int:
         if not events:
             return 0
         criteria_of: dict[int, tuple[str, str]] = {}  # subscription pk -> (type, criteria)
+        changed_types = {e.resource_type for e in events}
         for subscription in Subscription.objects.filter(
-            org_id=org_id, status=Subscription.Status.ACTIVE
+            org_id=org_id, status=Subscription.Status.ACTIVE, criteria_type__in=changed_types
         ).order_by("pk"):
-            if any(e.resource_type == subscription.criteria_type for e in events):
-                criteria = read_criteria(org_id, subscription.resource_id)
-                if criteria:
-                    criteria_of[subscription.pk] = (subscription.criteria_type, criteria)
+            criteria = read_criteria(org_id, subscription.resource_id)
+            if criteria:
+                criteria_of[subscription.pk] = (subscription.criteria_type, criteria)
         watched = {rtype for rtype, _criteria in criteria_of.values()}
         events_watched = [e for e in events if e.resource_type in watched]
         current = _current_versions(org_id, events_watched) if events_watched else {}
