@@ -1,6 +1,7 @@
 """Delivery order per subscription is commit order, also for two concurrent
 transactions of one tenant whose writes ran in the other order."""
 
+import json
 import threading
 from typing import Any
 
@@ -111,3 +112,35 @@ def test_a_committing_writer_waits_for_the_tenants_previous_commit(api, receiver
             cursor.execute("RESET lock_timeout")
         done.set()
         holder.join(30)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_api_write_waiting_too_long_at_commit_answers_503(api, receiver, settings):  # noqa: F811
+    subscribe(api, receiver.url, "Observation")
+    settings.API_LOCK_TIMEOUT_MS = 300
+    holder_ready, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("BEGIN")
+                cursor.execute(
+                    "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", [0x5B5D, str(api.org.pk)]
+                )
+                holder_ready.set()
+                assert done.wait(30)
+                cursor.execute("COMMIT")
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert holder_ready.wait(30)
+    try:
+        response = api.post("Observation", observation("1"))
+    finally:
+        done.set()
+        holder.join(30)
+    assert response.status_code == 503, response.content
+    assert response["Content-Type"].startswith("application/fhir+json")
+    assert json.loads(api.get("Observation").content).get("entry", []) == []
