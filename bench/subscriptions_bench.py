@@ -13,6 +13,10 @@
    Observation) and `non-matching` (100 active
    subscriptions on Observation whose criteria never match: every write also writes
    an outbox row). Median wall time and process CPU per POST, ratios to `no-trigger`.
+1c. Commit order: --committers connections commit --commits one-row transactions of
+   one organization (a watched type), rounds alternating with the commit-order trigger
+   (migration 0004) disabled and enabled: commits per second and per commit.
+   --skip-latency stops here.
 2. Commit to delivery: a Celery worker with beat (the 1 s tick) and the
    `subscriptions_listen` waker (LISTEN/NOTIFY), as in the Procfile, and a receiver
    on 127.0.0.1; the part-1 organizations' subscriptions turned off first (idle);
@@ -93,6 +97,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--latency-posts", type=int, default=30)
     parser.add_argument("--burst", type=int, default=200)
+    parser.add_argument("--committers", type=int, default=4)
+    parser.add_argument("--commits", type=int, default=200)
+    parser.add_argument("--skip-latency", action="store_true")
     args = parser.parse_args()
 
     import django
@@ -193,6 +200,76 @@ def main() -> None:
     for name, values in sql_times.items():
         print(f"  {name:13s} {statistics.median(values):6.2f} us/row")
 
+    # --- 1c. numbering at COMMIT (commit order): committed transactions --------------
+    # --committers connections each commit --commits one-row transactions of the
+    # non-matching organization (a watched type: an outbox row each), alternating
+    # rounds with the commit-order trigger disabled and enabled. The trigger's lock
+    # serializes one organization's commits from the trigger to the end of COMMIT.
+    def commit_round(ordered: bool, tag: str) -> tuple[float, float]:
+        verb = "ENABLE" if ordered else "DISABLE"
+        owner.execute(
+            f"ALTER TABLE subscriptions_outbox {verb} TRIGGER subscriptions_outbox_commit_order"
+        )
+        org_id = ORG_IDS["non-matching"]
+        barrier = threading.Barrier(args.committers + 1)
+        per_commit: list[float] = []
+
+        def committer(n: int) -> None:
+            with psycopg.connect(os.environ["DATABASE_URL"]) as conn:
+                barrier.wait()
+                took = 0.0
+                for i in range(args.commits):
+                    started = time.perf_counter()
+                    with conn.transaction():
+                        conn.execute("SELECT set_config('clinik.org_id', %s, true)", [org_id])
+                        conn.execute(
+                            "INSERT INTO fhir_history (org_id, resource_type, id, version_id,"
+                            " last_updated, method, content) VALUES (%s, 'Observation', %s, 1,"
+                            " now(), 'create', '{}')",
+                            [org_id, f"bench-c-{tag}-{n}-{i}"],
+                        )
+                    took += time.perf_counter() - started
+                per_commit.append(took / args.commits * 1e6)
+
+        threads = [threading.Thread(target=committer, args=(n,)) for n in range(args.committers)]
+        for thread in threads:
+            thread.start()
+        barrier.wait()
+        started = time.perf_counter()
+        for thread in threads:
+            thread.join()
+        elapsed = time.perf_counter() - started
+        return args.committers * args.commits / elapsed, statistics.median(per_commit)
+
+    commit_figures: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+    try:
+        for round_ in range(args.rounds):
+            for ordered in (False, True):
+                commit_figures[ordered].append(commit_round(ordered, f"{round_}{int(ordered)}"))
+    finally:
+        owner.execute(
+            "ALTER TABLE subscriptions_outbox ENABLE TRIGGER subscriptions_outbox_commit_order"
+        )
+        owner.execute("SELECT set_config('clinik.org_id', %s, false)", [ORG_IDS["non-matching"]])
+        owner.execute("DELETE FROM fhir_history WHERE id LIKE 'bench-c-%%'")
+        owner.execute("DELETE FROM subscriptions_outbox WHERE resource_id LIKE 'bench-c-%%'")
+        owner.execute("SELECT set_config('clinik.org_id', '', false)")
+    print(
+        f"commit order: {args.committers} connections x {args.commits} one-row commits"
+        " of one organization (watched type), median of rounds:"
+    )
+    for ordered, figures in commit_figures.items():
+        rate = statistics.median(f[0] for f in figures)
+        latency = statistics.median(f[1] for f in figures)
+        label = "numbered at COMMIT" if ordered else "trigger disabled"
+        print(
+            f"  {label:19s} {rate:7.0f} commits/s, {latency:7.0f} us per commit; rounds: "
+            + " ".join(f"{f[0]:.0f}" for f in figures)
+        )
+    if args.skip_latency:
+        server.shutdown()
+        return
+
     # --- 2. commit to delivery ---------------------------------------------------
     live = client_for("latency")
     post(live, "Subscription", subscription(endpoint, "Observation?code=http://loinc.org|8867-4"))
@@ -205,9 +282,9 @@ def main() -> None:
 
     live_org = Subscription.objects.filter(criteria_type="Observation").latest("pk").org_id
     others = Subscription.objects.exclude(org_id=live_org)
-    for org_id in set(others.values_list("org_id", flat=True)):
-        with tenant_transaction(org_id):
-            OutboxEvent.objects.filter(org_id=org_id).delete()
+    for other_org in set(others.values_list("org_id", flat=True)):
+        with tenant_transaction(other_org):
+            OutboxEvent.objects.filter(org_id=other_org).delete()
     others.update(status="off")
     listener = subprocess.Popen(
         [sys.executable, "manage.py", "subscriptions_listen"], cwd=ROOT, env=os.environ.copy()

@@ -48,6 +48,7 @@ def test_outsiders_get_404_everywhere(outsider, sub, api):
             org=api.org, subscription=sub, status="failed", next_attempt_at="2026-01-01T00:00Z"
         )
     assert client.get(url(sub.org)).status_code == 404
+    assert client.get(url(sub.org, "deliveries/"), HTTP_HX_REQUEST="true").status_code == 404
     for tail in ["ping/", "secret/", "rotate/"]:
         assert client.post(url(sub.org, f"{sub.pk}/{tail}")).status_code == 404
         # their own organization's page does not reach another's subscription either
@@ -59,6 +60,7 @@ def test_outsiders_get_404_everywhere(outsider, sub, api):
 def test_wrong_methods_get_405(owner, sub):
     client = owner.client()
     assert client.post(url(owner.org)).status_code == 405
+    assert client.post(url(owner.org, "deliveries/")).status_code == 405
     for tail in ["ping/", "secret/", "rotate/", "deliveries/1/replay/"]:
         assert (
             client.get(
@@ -118,3 +120,76 @@ def test_ping_and_replay_reach_the_receiver(
         statuses = sorted(Delivery.objects.filter(org=owner.org).values_list("status", flat=True))
     assert statuses == ["delivered", "failed"]
     assert AuditEvent.objects.filter(action__in=["webhook.ping", "webhook.replay"]).count() == 2
+
+
+# --- htmx: each action answers with the part of the page it changed ---------------------
+
+
+def htmx_post(client: Any, path: str) -> Any:
+    return client.post(path, HTTP_HX_REQUEST="true")
+
+
+def test_ping_with_htmx_returns_the_deliveries_part(
+    owner, sub, receiver, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        response = htmx_post(owner.client(), url(owner.org, f"{sub.pk}/ping/"))
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert html.lstrip().startswith('<section class="card" id="webhook-deliveries">')
+    assert "<html" not in html and "A test ping is on its way" in html and "Ping" in html
+    assert "HX-Request" in response["Vary"]
+    assert len(receiver.requests) == 1
+
+
+def test_secret_and_rotate_with_htmx_return_the_subscriptions_part(owner, sub):
+    client = owner.client()
+    shown = htmx_post(client, url(owner.org, f"{sub.pk}/secret/"))
+    html = shown.content.decode()
+    assert html.lstrip().startswith('<div id="webhook-subscriptions">') and "<html" not in html
+    assert sub.secret in html and "Show secret (once)" not in html
+    assert "no-store" in shown["Cache-Control"] or "no-cache" in shown["Cache-Control"]
+    again = htmx_post(client, url(owner.org, f"{sub.pk}/secret/")).content.decode()
+    assert "shown already" in again and sub.secret not in again
+
+    rotated = htmx_post(client, url(owner.org, f"{sub.pk}/rotate/"))
+    sub.refresh_from_db()
+    html = rotated.content.decode()
+    assert html.lstrip().startswith('<div id="webhook-subscriptions">') and sub.secret in html
+    assert "no-store" in rotated["Cache-Control"] or "no-cache" in rotated["Cache-Control"]
+
+
+def test_replay_with_htmx_returns_the_deliveries_part(
+    owner, sub, receiver, django_capture_on_commit_callbacks
+):
+    receiver.statuses = [500, 200]
+    with tenant_transaction(owner.org.pk):
+        failed = Delivery.objects.create(
+            org=owner.org,
+            subscription=sub,
+            kind="ping",
+            status="failed",
+            next_attempt_at="2026-01-01T00:00Z",
+        )
+    with django_capture_on_commit_callbacks(execute=True):
+        response = htmx_post(owner.client(), url(owner.org, f"deliveries/{failed.pk}/replay/"))
+    html = response.content.decode()
+    assert response.status_code == 200 and "<html" not in html
+    assert "The delivery is sent again." in html
+
+
+def test_the_page_keeps_real_forms_and_confirms_destructive_actions(owner, sub):
+    page = owner.client().get(url(owner.org)).content.decode()
+    for tail in ("ping/", "secret/", "rotate/"):
+        action = url(owner.org, f"{sub.pk}/{tail}")
+        assert f'action="{action}"' in page and f'hx-post="{action}"' in page
+    rotate_form = page[page.index(f'action="{url(owner.org, f"{sub.pk}/rotate/")}"') :]
+    assert "data-confirm=" in rotate_form.split("</form>")[0]
+
+
+def test_the_deliveries_part_refreshes_alone(owner, sub):
+    client = owner.client()
+    part = client.get(url(owner.org, "deliveries/"), HTTP_HX_REQUEST="true")
+    assert part.status_code == 200 and "<html" not in part.content.decode()
+    assert "HX-Request" in part["Vary"]
+    assert "<html" in client.get(url(owner.org, "deliveries/")).content.decode()

@@ -42,6 +42,13 @@ def _revincludes(resource_type: str) -> list[str]:
     )
 
 
+SUBSCRIPTION_DOCUMENTATION = (
+    "rest-hook channel only; channel.payload empty (id-only notification) or"
+    " application/fhir+json; the server sets status active or error (with error) after"
+    " checking, error after repeated delivery failures, off on 410 Gone"
+)
+
+
 def statement(base: str) -> dict[str, Any]:
     features = get_store().features
     codes = [*features.interactions, *(["search-type"] if features.search else [])]
@@ -88,7 +95,11 @@ def statement(base: str) -> dict[str, Any]:
             else [],
         }
         for resource_type in sorted(RESOURCE_TYPES)
+        if resource_type != "Subscription" or features.subscriptions
     ]
+    for resource in resources:
+        if resource["type"] == "Subscription":
+            resource["documentation"] = SUBSCRIPTION_DOCUMENTATION
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",

@@ -15,8 +15,9 @@ from django.utils import timezone
 from clinik.fhir.store import get_store
 from clinik.fhir.tenancy import format_instant, tenant_transaction
 from clinik.lib import webhooks
-from clinik.subscriptions.dispatch import lease_until
+from clinik.subscriptions.dispatch import lease_until, write_status
 from clinik.subscriptions.models import Delivery, Subscription
+from clinik.usage import store as usage_store
 
 USER_AGENT = "ClinikAPI-Webhooks/1"
 
@@ -95,6 +96,12 @@ def _claim(org_id: UUID, delivery_id: int) -> tuple[Delivery, Subscription, byte
         if delivery is None:
             return None
         subscription = Subscription.objects.filter(pk=delivery.subscription_id).first()
+        if (
+            subscription is not None
+            and delivery.kind == Delivery.Kind.CHANGE
+            and subscription.status == Subscription.Status.REQUESTED
+        ):
+            return None  # the client wrote it again: it waits for the check (a second)
         if subscription is None or (
             delivery.kind == Delivery.Kind.CHANGE
             and subscription.status != Subscription.Status.ACTIVE
@@ -123,12 +130,6 @@ def _claim(org_id: UUID, delivery_id: int) -> tuple[Delivery, Subscription, byte
         delivery.next_attempt_at = lease_until()
         delivery.save(update_fields=["attempts", "next_attempt_at"])
     return delivery, subscription, notification(delivery, subscription, content)
-
-
-def _set_subscription(subscription: Subscription, status: str, error: str) -> None:
-    Subscription.objects.filter(pk=subscription.pk, version_id=subscription.version_id).update(
-        status=status, error=error, updated_at=timezone.now()
-    )
 
 
 def deliver(org_id: UUID, delivery_id: int) -> Outcome:
@@ -177,19 +178,8 @@ def deliver(org_id: UUID, delivery_id: int) -> Outcome:
             )
             fields["finished_at"] = now
         Delivery.objects.filter(pk=delivery.pk).update(**fields)
-        if delivery.kind == Delivery.Kind.CHANGE:
-            if refused:
-                _set_subscription(subscription, Subscription.Status.ERROR, refused)
-            elif code == 410:
-                _set_subscription(
-                    subscription, Subscription.Status.OFF, "the endpoint answered 410"
-                )
-            elif outcome.result == "failed" and (code is None or code >= 500 or code == 429):
-                _set_subscription(
-                    subscription,
-                    Subscription.Status.ERROR,
-                    f"delivery failed after {delivery.attempts} attempts",
-                )
+        # Usage analytics: the attempt's outcome class and latency, nothing else.
+        usage_store.count_delivery(org_id, now, code, result.latency_ms)
         if outcome.result != "retry" and delivery.kind == Delivery.Kind.CHANGE:
             # Chain: the next one of this subscription goes now, not at the next tick.
             following = (
@@ -204,4 +194,16 @@ def deliver(org_id: UUID, delivery_id: int) -> Outcome:
                 .first()
             )
             outcome.next_id = following
+    if delivery.kind == Delivery.Kind.CHANGE:
+        # The resource shows it: a new version by the system (dispatch.write_status).
+        if refused:
+            write_status(subscription, Subscription.Status.ERROR, refused)
+        elif code == 410:
+            write_status(subscription, Subscription.Status.OFF, "the endpoint answered 410 Gone")
+        elif outcome.result == "failed" and (code is None or code >= 500 or code == 429):
+            write_status(
+                subscription,
+                Subscription.Status.ERROR,
+                f"delivery failed after {delivery.attempts} attempts",
+            )
     return outcome

@@ -12,13 +12,17 @@ from uuid import UUID
 
 import orjson
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
+from django.db.models import F
 from django.utils import timezone
 
+from clinik import audit
 from clinik.fhir.http import FhirError
+from clinik.fhir.search.index import write_index
 from clinik.fhir.search.query import parse_search
 from clinik.fhir.spec import RESOURCE_TYPES
 from clinik.fhir.store import get_store
+from clinik.fhir.store.base import Version, VersionConflict
 from clinik.fhir.tenancy import tenant_transaction
 from clinik.lib.webhooks import EndpointRefused, check_url
 from clinik.subscriptions.models import Delivery, OutboxEvent, Subscription
@@ -99,7 +103,16 @@ def problem(
 
 
 def check_resource(resource: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """The FHIR validator's check of a Subscription (a 400 at create and update time)."""
+    """The FHIR validator's check of a Subscription (a 400 at create and update time).
+    A store that does not report its changes (HealthLake) serves no subscriptions."""
+    if not get_store().features.subscriptions:
+        return [
+            (
+                "not-supported",
+                "Subscription",
+                "Subscriptions are not available on this server's FHIR store",
+            )
+        ]
     channel = resource.get("channel") or {}
     where, why = problem(
         channel_type=channel.get("type"),
@@ -111,27 +124,83 @@ def check_resource(resource: dict[str, Any]) -> list[tuple[str, str, str]]:
     return [("value", f"Subscription.{where}", why)] if why else []
 
 
+SYSTEM_WRITE = "SELECT set_config('clinik.subscription_system', %s, true)"
+
+
+def write_status(subscription: Subscription, status: str, error: str = "") -> bool:
+    """Write the live status into the Subscription resource: a new version (audited as
+    the system), only if the resource is still at the version the decision was made on
+    (If-Match: a client's write since then wins, and is checked again). The trigger
+    copies the status into the mirror row (migration 0003). False if it lost."""
+    org_id = subscription.org_id
+    store = get_store()
+    try:
+        with tenant_transaction(org_id):
+            current = store.read(org_id, "Subscription", subscription.resource_id)
+            if current is None or current.content is None:
+                return False
+            if current.version_id != subscription.version_id:
+                return False
+            document = orjson.loads(current.content)
+            if document.get("status") == status and document.get("error", "") == error:
+                # The resource says so already (a client wrote it): only the mirror moves.
+                return bool(
+                    Subscription.objects.filter(
+                        pk=subscription.pk, version_id=subscription.version_id
+                    ).update(
+                        status=status,
+                        error=error,
+                        checked_version=subscription.version_id,
+                        updated_at=timezone.now(),
+                    )
+                )
+            document["status"] = status
+            if error:
+                document["error"] = error
+            else:
+                document.pop("error", None)
+            with connection.cursor() as cursor:
+                cursor.execute(SYSTEM_WRITE, ["on"])
+                store.update(
+                    org_id,
+                    document,
+                    subscription.resource_id,
+                    if_match=subscription.version_id,
+                )
+                # The deferred write goes ahead of this statement, with the setting on.
+                cursor.execute(SYSTEM_WRITE, [""])
+            audit.record(
+                "fhir.update",
+                org=org_id,
+                actor=None,
+                target=("Subscription", subscription.resource_id),
+            )
+    except VersionConflict:
+        return False
+    return True
+
+
 def check_subscriptions() -> int:
-    """Activate (or put in error) the subscriptions written since they were checked."""
+    """Activate (or put in error) the subscriptions written since they were checked.
+
+    R4 leaves the moment to the server; ours is the check: valid criteria, channel and
+    endpoint make the subscription `active` at once (no handshake, no waiting for a
+    first delivery), anything else `error` with the reason in `error`. Either way a new
+    version of the resource says so."""
     checked = 0
     pending = Subscription.objects.filter(status=Subscription.Status.REQUESTED)
     for subscription in pending.order_by("pk")[:OUTBOX_BATCH]:
         with tenant_transaction(subscription.org_id):
             criteria = read_criteria(subscription.org_id, subscription.resource_id)
-            _where, error = problem(
-                channel_type=subscription.channel_type,
-                criteria=criteria,
-                payload=subscription.payload,
-                headers=subscription.headers,
-                endpoint=subscription.endpoint,
-            )
-            status = Subscription.Status.ERROR if error else Subscription.Status.ACTIVE
-            # Only the version checked: a write since then asks again.
-            checked += Subscription.objects.filter(
-                pk=subscription.pk,
-                version_id=subscription.version_id,
-                status=Subscription.Status.REQUESTED,
-            ).update(status=status, error=error, checked_version=subscription.version_id)
+        _where, error = problem(
+            channel_type=subscription.channel_type,
+            criteria=criteria,
+            payload=subscription.payload,
+            headers=subscription.headers,
+            endpoint=subscription.endpoint,
+        )
+        status = Subscription.Status.ERROR if error else Subscription.Status.ACTIVE
+        checked += write_status(subscription, status, error)
     return checked
 
 
@@ -155,15 +224,87 @@ def _matching_ids(org_id: UUID, criteria: str, ids: list[str]) -> set[str]:
     return found
 
 
-def _deleted_now(org_id: UUID, event: OutboxEvent) -> bool:
-    current = get_store().read(org_id, event.resource_type, event.resource_id)
-    return current is not None and current.content is None
+class _Undo(Exception):
+    """Raised to roll back the savepoint in which past versions were put back."""
+
+
+def _current_versions(org_id: UUID, events: list[OutboxEvent]) -> dict[tuple[str, str], int]:
+    """(type, id) -> the version now live in the search index (absent: deleted or gone)."""
+    keys = sorted({(e.resource_type, e.resource_id) for e in events})
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT resource_type, id, version_id FROM fhir_resource"
+            " WHERE org_id = %s AND deleted_at IS NULL"
+            " AND (resource_type, id) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
+            [org_id, [k[0] for k in keys], [k[1] for k in keys]],
+        )
+        return {(t, i): v for t, i, v in cursor.fetchall()}
+
+
+def _match_past(
+    org_id: UUID,
+    past: list[tuple[OutboxEvent, Version]],
+    criteria_of: dict[int, tuple[str, str]],
+) -> dict[int, set[int]]:
+    """Match events against a version that is no longer the indexed one (a delete: the
+    version before it; a change overwritten or deleted since: its own version), with the
+    search engine itself: in a savepoint, each such version is put back as the current
+    one with its index rows, the criteria are searched (`_id=...`), and the savepoint is
+    rolled back. Every criteria the API accepts is supported this way (chained and
+    reverse-chained parameters see the other resources as they are now, as for any
+    match). Returns subscription pk -> event pks matched."""
+    matched: dict[int, set[int]] = defaultdict(set)
+    rounds: list[dict[tuple[str, str], tuple[OutboxEvent, Version]]] = []
+    for event, version in past:  # one version per resource in a round
+        key = (event.resource_type, event.resource_id)
+        for round_ in rounds:
+            if key not in round_:
+                round_[key] = (event, version)
+                break
+        else:
+            rounds.append({key: (event, version)})
+    for round_ in rounds:
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                for (rtype, rid), (_event, version) in round_.items():
+                    cursor.execute(
+                        "UPDATE fhir_resource SET version_id = %s, last_updated = %s,"
+                        " content = %s, deleted_at = NULL"
+                        " WHERE org_id = %s AND resource_type = %s AND id = %s",
+                        [
+                            version.version_id,
+                            version.last_updated,
+                            version.content,
+                            org_id,
+                            rtype,
+                            rid,
+                        ],
+                    )
+                    if cursor.rowcount:
+                        document = orjson.loads(version.content or "{}")
+                        write_index(org_id, rtype, rid, document, replace=True)
+                for subscription_pk, (rtype, criteria) in criteria_of.items():
+                    ids = sorted(rid for (t, rid) in round_ if t == rtype)
+                    if not ids:
+                        continue
+                    hits = _matching_ids(org_id, criteria, ids)
+                    matched[subscription_pk].update(
+                        event.pk
+                        for (t, rid), (event, _v) in round_.items()
+                        if t == rtype and rid in hits
+                    )
+                cursor.execute("SELECT 1")  # nothing of the round left queued
+                raise _Undo
+        except _Undo:
+            pass
+    return matched
 
 
 def dispatch_org(org_id: UUID) -> int:
     """Turn one batch of the tenant's outbox, in commit order, into deliveries.
     Returns the number of outbox rows consumed (0 also when another dispatcher holds
     the tenant: one dispatcher per tenant keeps the order of its deliveries)."""
+    store = get_store()
     with tenant_transaction(org_id):
         with connection.cursor() as cursor:
             cursor.execute(
@@ -174,41 +315,52 @@ def dispatch_org(org_id: UUID) -> int:
         events = list(
             OutboxEvent.objects.select_for_update(skip_locked=True)
             .filter(org_id=org_id)
-            .order_by("pk")[:OUTBOX_BATCH]
+            # Commit order (migration 0004); rows older than it (seq NULL) come first.
+            .order_by(F("seq").asc(nulls_first=True), "pk")[:OUTBOX_BATCH]
         )
         if not events:
             return 0
-        # A version deleted since it was written has left the search index: like the
-        # delete itself, it matches on its type (README). Deletes come later in commit
-        # order: in this batch, or (batch full) in one still waiting.
-        deleted_later = {(e.resource_type, e.resource_id) for e in events if e.deleted}
-        full = len(events) == OUTBOX_BATCH
-        deleted_cache: dict[int, bool] = {}
-
-        def deleted_since(event: OutboxEvent) -> bool:
-            if (event.resource_type, event.resource_id) in deleted_later:
-                return True
-            if not full:
-                return False
-            if event.pk not in deleted_cache:
-                deleted_cache[event.pk] = _deleted_now(org_id, event)
-            return deleted_cache[event.pk]
-
-        matched: dict[int, set[int]] = defaultdict(set)  # subscription pk -> event pks
+        criteria_of: dict[int, tuple[str, str]] = {}  # subscription pk -> (type, criteria)
+        changed_types = {e.resource_type for e in events}
         for subscription in Subscription.objects.filter(
-            org_id=org_id, status=Subscription.Status.ACTIVE
+            org_id=org_id, status=Subscription.Status.ACTIVE, criteria_type__in=changed_types
         ).order_by("pk"):
-            mine = [e for e in events if e.resource_type == subscription.criteria_type]
-            if not mine:
-                continue
             criteria = read_criteria(org_id, subscription.resource_id)
-            if not criteria:
+            if criteria:
+                criteria_of[subscription.pk] = (subscription.criteria_type, criteria)
+        watched = {rtype for rtype, _criteria in criteria_of.values()}
+        events_watched = [e for e in events if e.resource_type in watched]
+        current = _current_versions(org_id, events_watched) if events_watched else {}
+        # An event about the version in the index now is matched by a plain search; any
+        # other (a delete, a version overwritten or deleted since) against its version.
+        now_live = [
+            e
+            for e in events_watched
+            if not e.deleted and current.get((e.resource_type, e.resource_id)) == e.version_id
+        ]
+        past: list[tuple[OutboxEvent, Version]] = []
+        erased: set[int] = set()
+        live_pks = {e.pk for e in now_live}
+        for event in events_watched:
+            if event.pk in live_pks:
                 continue
-            live = sorted({e.resource_id for e in mine if not e.deleted})
-            hits = _matching_ids(org_id, criteria, live) if live else set()
-            matched[subscription.pk] = {
-                e.pk for e in mine if e.deleted or e.resource_id in hits or deleted_since(e)
-            }
+            wanted = event.version_id - 1 if event.deleted else event.version_id
+            version = store.vread(org_id, event.resource_type, event.resource_id, wanted)
+            if version is None or version.content is None:
+                # Erased already ($expunge, or the erasure 30 days after a delete):
+                # nothing left to match against, so every subscription of the type
+                # hears of it rather than none (README).
+                erased.add(event.pk)
+            else:
+                past.append((event, version))
+        matched = _match_past(org_id, past, criteria_of) if past else defaultdict(set)
+        for subscription_pk, (rtype, criteria) in criteria_of.items():
+            mine = [e for e in now_live if e.resource_type == rtype]
+            hits = _matching_ids(org_id, criteria, sorted({e.resource_id for e in mine}))
+            matched[subscription_pk].update(e.pk for e in mine if e.resource_id in hits)
+            matched[subscription_pk].update(
+                e.pk for e in events_watched if e.pk in erased and e.resource_type == rtype
+            )
         now = timezone.now()
         deliveries = [
             Delivery(

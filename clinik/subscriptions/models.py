@@ -78,9 +78,13 @@ class OutboxEvent(models.Model):
     version_id = models.IntegerField()
     deleted = models.BooleanField()
     created_at = models.DateTimeField()
+    # Commit order within the tenant, set at COMMIT under a per-tenant lock held until
+    # the commit is visible (migration 0004); NULL only for rows older than that.
+    seq = models.BigIntegerField(null=True)
 
     class Meta:
         db_table = "subscriptions_outbox"
+        indexes = [models.Index(fields=["org_id", "seq", "id"], name="outbox_commit_order")]
 
     def __str__(self) -> str:
         return f"OutboxEvent {self.pk}"

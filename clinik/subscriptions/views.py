@@ -1,6 +1,9 @@
 """The dashboard's Webhooks page (owners and admins): subscriptions with their status,
 recent deliveries (time, status code, latency, attempt: never a payload or a resource
-id), a test ping, the signing secret shown once, its rotation, and replay."""
+id), a test ping, the signing secret shown once, its rotation, and replay.
+
+Each action answers an htmx request with the part of the page it changed (a partial
+of the same template) and a plain form post with the page or a redirect."""
 
 from typing import Any
 from uuid import UUID
@@ -20,9 +23,14 @@ from clinik.subscriptions.actions import do_ping, do_replay, do_reveal_secret, d
 from clinik.subscriptions.models import Delivery, Subscription
 
 RECENT = 50
+PING_SENT = "A test ping is on its way; its delivery appears below."
+REPLAYED = "The delivery is sent again."
 
 
-def _page(request: AuthedHttpRequest, membership: Membership, **extra: Any) -> HttpResponse:
+def _page(
+    request: AuthedHttpRequest, membership: Membership, part: str = "", **extra: Any
+) -> HttpResponse:
+    """The page, or one of its partials (`subscriptions`, `deliveries`)."""
     org = membership.org
     with tenant_transaction(org.pk):
         recent = list(Delivery.objects.filter(org=org).order_by("-pk")[:RECENT])
@@ -34,13 +42,23 @@ def _page(request: AuthedHttpRequest, membership: Membership, **extra: Any) -> H
         deliveries=recent,
         **extra,
     )
-    response = render(request, "subscriptions/page.html", ctx)
+    template = f"subscriptions/page.html#{part}" if part else "subscriptions/page.html"
+    response = render(request, template, ctx)
     patch_vary_headers(response, ["HX-Request"])
     return response
 
 
 def _subscription(membership: Membership, subscription_id: int) -> Subscription:
     return get_object_or_404(Subscription, org=membership.org, pk=subscription_id)
+
+
+def _with_secret(
+    request: AuthedHttpRequest, membership: Membership, secret: str, subscription: Subscription
+) -> HttpResponse:
+    part = "subscriptions" if request.htmx else ""
+    response = _page(request, membership, part, secret=secret, secret_for=subscription)
+    add_never_cache_headers(response)
+    return response
 
 
 @login_required
@@ -50,12 +68,22 @@ def webhooks(request: AuthedHttpRequest, org_id: UUID) -> HttpResponse:
 
 
 @login_required
+@require_safe
+def webhooks_deliveries(request: AuthedHttpRequest, org_id: UUID) -> HttpResponse:
+    """The recent deliveries alone (htmx refresh); the page for a plain request."""
+    membership = get_managing_membership(request, org_id)
+    return _page(request, membership, "deliveries" if request.htmx else "")
+
+
+@login_required
 @require_POST
 def webhooks_ping(request: AuthedHttpRequest, org_id: UUID, subscription_id: int) -> HttpResponse:
     membership = get_managing_membership(request, org_id)
     subscription = _subscription(membership, subscription_id)
     do_ping(org=membership.org, subscription=subscription, actor=request.user, request=request)
-    messages.success(request, "A test ping is on its way; its delivery appears below.")
+    if request.htmx:
+        return _page(request, membership, "deliveries", delivery_notice=PING_SENT)
+    messages.success(request, PING_SENT)
     return redirect("webhooks", org_id)
 
 
@@ -70,11 +98,12 @@ def webhooks_secret(request: AuthedHttpRequest, org_id: UUID, subscription_id: i
         org=membership.org, subscription=subscription, actor=request.user, request=request
     )
     if secret is None:
-        messages.error(request, "That secret was shown already: rotate it to get a new one.")
+        shown = "That secret was shown already: rotate it to get a new one."
+        if request.htmx:
+            return _page(request, membership, "subscriptions", notice=shown)
+        messages.error(request, shown)
         return redirect("webhooks", org_id)
-    response = _page(request, membership, secret=secret, secret_for=subscription)
-    add_never_cache_headers(response)
-    return response
+    return _with_secret(request, membership, secret, subscription)
 
 
 @login_required
@@ -85,9 +114,7 @@ def webhooks_rotate(request: AuthedHttpRequest, org_id: UUID, subscription_id: i
     secret = do_rotate_secret(
         org=membership.org, subscription=subscription, actor=request.user, request=request
     )
-    response = _page(request, membership, secret=secret, secret_for=subscription)
-    add_never_cache_headers(response)
-    return response
+    return _with_secret(request, membership, secret, subscription)
 
 
 @login_required
@@ -99,5 +126,7 @@ def webhooks_replay(request: AuthedHttpRequest, org_id: UUID, delivery_id: int) 
             Delivery, org=membership.org, pk=delivery_id, status=Delivery.Status.FAILED
         )
     do_replay(org=membership.org, delivery=delivery, actor=request.user, request=request)
-    messages.success(request, "The delivery is sent again.")
+    if request.htmx:
+        return _page(request, membership, "deliveries", delivery_notice=REPLAYED)
+    messages.success(request, REPLAYED)
     return redirect("webhooks", org_id)

@@ -101,8 +101,9 @@ def _frame(chart: Chart, top_value: float, unit: str, buckets: list[Bucket], rng
             )
 
 
-def requests_chart(buckets: list[Bucket], rng: Range) -> Chart:
-    """Stacked bars per time bucket: success (1xx-3xx), 4xx, 5xx."""
+def requests_chart(buckets: list[Bucket], rng: Range, *, deliveries: bool = False) -> Chart:
+    """Stacked bars per time bucket: success (1xx-3xx), 4xx, 5xx; for webhook delivery
+    attempts (`deliveries`): delivered (2xx), 3xx/4xx, 5xx or no answer."""
     chart = Chart()
     top_value = nice_ceiling(max((b.total for b in buckets), default=0))
     _frame(chart, top_value, "", buckets, rng)
@@ -115,11 +116,18 @@ def requests_chart(buckets: list[Bucket], rng: Range) -> Chart:
         chart.empty = False
         x = LEFT + i * slot + (slot - width) / 2
         y: float = TOP + PLOT_H
-        title = (
-            f"{_when(b.start, rng.grain)}: {grouped(b.total)} requests — {grouped(b.ok)} ok,"
-            f" {grouped(b.client_errors)} 4xx ({grouped(b.throttled)} rate-limited),"
-            f" {grouped(b.server_errors)} 5xx"
-        )
+        if deliveries:
+            title = (
+                f"{_when(b.start, rng.grain)}: {grouped(b.total)} delivery attempts —"
+                f" {grouped(b.ok)} delivered, {grouped(b.client_errors)} 3xx/4xx,"
+                f" {grouped(b.server_errors)} 5xx or no answer"
+            )
+        else:
+            title = (
+                f"{_when(b.start, rng.grain)}: {grouped(b.total)} requests — {grouped(b.ok)} ok,"
+                f" {grouped(b.client_errors)} 4xx ({grouped(b.throttled)} rate-limited),"
+                f" {grouped(b.server_errors)} 5xx"
+            )
         for count, css in ((b.ok, "ok"), (b.client_errors, "c4"), (b.server_errors, "c5")):
             if count:
                 height = PLOT_H * count / top_value

@@ -66,16 +66,19 @@ class ErrorLog(models.Model):
 class Rollup(models.Model):
     """Counts and a latency histogram per time bucket (an hour, or a day) and per one
     dimension of what the Usage page shows: `all` (the time series), `route` (route
-    and method), `key` (API key) or `error` (status, route and method; statuses of
-    400 and up). One narrow row set per panel keeps each panel's query small at any
-    volume; histograms add up bucket by bucket (usage.histogram), so percentiles of
-    any range are right."""
+    and method), `key` (API key), `error` (status, route and method; statuses of
+    400 and up) or `hook` (webhook delivery attempts: `requests` counts attempts,
+    `client_errors` those answered 3xx/4xx, `server_errors` those answered 5xx or not
+    at all; no endpoint, no resource, only counts and latency). One narrow row set
+    per panel keeps each panel's query small at any volume; histograms add up bucket
+    by bucket (usage.histogram), so percentiles of any range are right."""
 
     class Dim(models.TextChoices):
         ALL = "all"
         ROUTE = "route"
         KEY = "key"
         ERROR = "error"
+        HOOK = "hook"
 
     org_id = models.UUIDField()
     dim = models.CharField(max_length=5, choices=Dim.choices, default=Dim.ALL)

@@ -104,13 +104,15 @@ def _nums(row: tuple[Any, ...]) -> list[int]:
     return [int(v or 0) for v in row]
 
 
-def summary(org_id: UUID, rng: Range) -> Summary:
+def summary(org_id: UUID, rng: Range, dim: str = "all") -> Summary:
+    """The time series of one dimension without breakdown: `all` (API requests) or
+    `hook` (webhook delivery attempts: ok = answered 2xx)."""
     table = ROLLUP_TABLES[rng.grain]
     with connection.cursor() as cursor:
         cursor.execute(
             f"SELECT bucket, requests, client_errors, server_errors, throttled, response_bytes,"  # noqa: S608
             f" hist FROM {table} {_WHERE}",
-            [org_id, "all", rng.start, rng.end],
+            [org_id, dim, rng.start, rng.end],
         )
         rows = cursor.fetchall()
     found = {}

@@ -318,13 +318,50 @@ def purge_org(org_id: uuid.UUID) -> int:
     return removed
 
 
+def count_delivery(
+    org_id: uuid.UUID, when: datetime, status: int | None, latency_ms: int | None
+) -> None:
+    """One webhook delivery attempt of an organization in its hourly and daily rollups
+    (dim `hook`), in the caller's transaction: its outcome class and latency, nothing
+    else (no endpoint, no resource, no event id). status: the HTTP status, or None
+    when no answer came (network error, timeout, an endpoint refused)."""
+    failed_answer = status is not None and not 200 <= status < 300 and status < 500
+    no_answer = status is None or status >= 500
+    latency_us = max(int(latency_ms or 0), 0) * 1000
+    hist = histogram.empty()
+    hist[histogram.bucket(latency_us)] = 1
+    hour = when.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    with connection.cursor() as cursor:
+        for grain, bucket in (("hour", hour), ("day", hour.replace(hour=0))):
+            cursor.execute(
+                _ROLLUP_SQL.format(table=ROLLUP_TABLES[grain]),
+                [
+                    org_id,
+                    "hook",
+                    bucket,
+                    None,
+                    "",
+                    "",
+                    0,
+                    1,
+                    int(failed_answer),
+                    int(no_answer),
+                    int(status == 429),
+                    0,
+                    latency_us,
+                    hist,
+                ],
+            )
+
+
 # --- rebuilding rollups from the log -----------------------------------------------------
 
 
 def rebuild_rollups(org_id: uuid.UUID, start: datetime, end: datetime) -> int:
     """Recompute one organization's hourly and daily rollups for [start, end) (whole
     UTC days) from the request log: for recovery, and for loading benchmark data
-    that was written with SQL. Returns the number of rollup rows written."""
+    that was written with SQL. Returns the number of rollup rows written. Webhook
+    delivery rows (dim `hook`) are not in the request log: they stay as they are."""
     bounds = list(histogram.BOUNDS_US)
     grains: Rollups = {"hour": {}, "day": {}}
     with connection.cursor() as cursor:
@@ -356,7 +393,8 @@ def rebuild_rollups(org_id: uuid.UUID, start: datetime, end: datetime) -> int:
         for grain, rows in grains.items():
             table = ROLLUP_TABLES[grain]
             cursor.execute(
-                f"DELETE FROM {table} WHERE org_id = %s AND bucket >= %s AND bucket < %s",  # noqa: S608
+                f"DELETE FROM {table} WHERE org_id = %s AND bucket >= %s AND bucket < %s"  # noqa: S608
+                " AND dim <> 'hook'",
                 [org_id, start, end],
             )
             with cursor.copy(f"COPY {table} ({_ROLLUP_COLUMNS}) FROM STDIN") as copy:

@@ -59,6 +59,7 @@ def usage(request: AuthedHttpRequest, org_id: UUID) -> HttpResponse:
     rng = range_form.resolve()
     analytics.capture(request.user, "usage_page_viewed", range=request.GET.get("range") or "24h")
     summary = queries.summary(org_id, rng)
+    hooks = queries.summary(org_id, rng, dim="hook")
     ctx = dashboard_context(
         request,
         membership,
@@ -69,6 +70,10 @@ def usage(request: AuthedHttpRequest, org_id: UUID) -> HttpResponse:
         summary=summary,
         requests_chart=charts.requests_chart(summary.buckets, rng),
         latency_chart=charts.latency_chart(summary.buckets, rng),
+        hooks=hooks,
+        hooks_chart=(
+            charts.requests_chart(hooks.buckets, rng, deliveries=True) if hooks.total else None
+        ),
         routes=queries.top_routes(org_id, rng),
         errors=queries.error_groups(org_id, rng, limit=8),
         keys=queries.per_key(org_id, rng),

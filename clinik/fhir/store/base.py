@@ -71,6 +71,9 @@ class StoreFeatures:
     unsupported_params: frozenset[tuple[str, str]] = frozenset()
     """(type, code) of R4 search parameters the store cannot answer."""
     system_history: bool = True
+    subscriptions: bool = False
+    """Whether Subscription resources are served (notifications need the store to
+    report its changes: the PostgreSQL store's fhir_history trigger)."""
     """Type- and system-level history (not only one resource's)."""
     interactions: tuple[str, ...] = field(
         default=(

@@ -63,7 +63,7 @@ def dumps(document: dict[str, Any]) -> str:
 
 
 class PostgresStore:
-    features = StoreFeatures(search=True, search_features=SEARCH_FEATURES)
+    features = StoreFeatures(search=True, search_features=SEARCH_FEATURES, subscriptions=True)
 
     def __init__(self, *, tag_wall: bool = True) -> None:
         self.tag_wall = tag_wall
