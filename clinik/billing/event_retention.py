@@ -1,0 +1,20 @@
+"""Stripe webhook events are a log of what Stripe sent (event id, type, object id; no
+payload): kept LOG_RETENTION_DAYS (90, policy §6 "API request logs ... retained for 90
+days, then automatically purged") once processed. Stripe stops redelivering an event
+after 3 days, so the dedup row is long useless by then. Billing records (invoices) are
+kept 7 years by clinik.billing.records, not here. An event never processed stays, for
+an operator to look at."""
+
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.utils import timezone
+
+from clinik.billing.models import StripeEvent
+from clinik.lib.retention import BATCH, delete_in_batches
+
+
+def purge_processed(now: datetime | None = None, batch: int = BATCH) -> int:
+    cutoff = (now or timezone.now()) - timedelta(days=settings.LOG_RETENTION_DAYS)
+    expired = StripeEvent.objects.filter(received_at__lt=cutoff, processed_at__isnull=False)
+    return delete_in_batches(expired, "received_at", batch)

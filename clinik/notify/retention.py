@@ -1,0 +1,17 @@
+"""Email records are a log of service emails (kind, template, recipient, status):
+kept LOG_RETENTION_DAYS (90, policy §3 "Error logs are retained for 90 days" and §6
+"API request logs ... retained for 90 days, then automatically purged"), then deleted
+by a daily job. Retries end within hours, so no record past the cutoff is in flight."""
+
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.utils import timezone
+
+from clinik.lib.retention import BATCH, delete_in_batches
+from clinik.notify.models import EmailRecord
+
+
+def purge_expired(now: datetime | None = None, batch: int = BATCH) -> int:
+    cutoff = (now or timezone.now()) - timedelta(days=settings.LOG_RETENTION_DAYS)
+    return delete_in_batches(EmailRecord.objects.filter(created_at__lt=cutoff), "created_at", batch)
