@@ -2,7 +2,11 @@
 past its retention and keeps what is not, a second run deletes nothing, and a purge
 killed between batches is rerun to the same end state (docs/privacy.md)."""
 
+import os
+import subprocess
+import sys
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -201,3 +205,33 @@ def test_a_purge_killed_between_batches_is_rerun_to_the_same_end() -> None:
         blocker.close()
     assert email_retention.purge_expired(batch=1) == 2
     assert list(EmailRecord.objects.values_list("pk", flat=True)) == [fresh.pk]
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("USAGE_RETENTION_DAYS", "91", "USAGE_RETENTION_DAYS must be at most 90"),
+        ("FHIR_ERASE_DELETED_AFTER_DAYS", "30", "FHIR_ERASE_DELETED_AFTER_DAYS must be at most"),
+        ("CLOSURE_GRACE_DAYS", "31", "CLOSURE_GRACE_DAYS must be at most 30"),
+        ("BILLING_RECORD_RETENTION_DAYS", str(7 * 365), "BILLING_RECORD_RETENTION_DAYS"),
+        ("AUDIT_RETENTION_DAYS", str(6 * 365), "AUDIT_RETENTION_DAYS"),
+    ],
+)
+def test_settings_refuse_retention_the_policy_does_not_allow(
+    name: str, value: str, message: str
+) -> None:
+    """Policy §6: logs at most 90 days, PHI gone within 30 days of its deletion or of
+    closure; billing records (7 years) and the audit trail (6 years) never shorter."""
+    result = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"],
+        cwd=ROOT,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "clinik.settings", name: value},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert message in result.stderr
