@@ -20,7 +20,7 @@ from clinik.billing.models import StripeEvent
 from clinik.celery import app as celery_app
 from clinik.fhir.tenancy import tenant_transaction
 from clinik.notify import retention as email_retention
-from clinik.notify.models import EmailRecord
+from clinik.notify.models import EmailRecord, KnownBrowser
 from clinik.subscriptions import retention as delivery_retention
 from clinik.subscriptions.models import Delivery
 
@@ -138,6 +138,15 @@ def test_firing_every_retention_job_keeps_the_fresh_and_removes_the_expired(
     other_tenant = {"kept": _delivery(outsider.org, 10), "gone": _delivery(outsider.org, 100)}
     _idempotency(owner.org, "fresh", 23)
     _idempotency(owner.org, "stale", 25)
+    now = timezone.now()
+    browsers = {
+        "kept": KnownBrowser.objects.create(
+            user=owner.user, fingerprint="a", last_seen=now - timedelta(days=89)
+        ),
+        "gone": KnownBrowser.objects.create(
+            user=owner.user, fingerprint="b", last_seen=now - timedelta(days=91)
+        ),
+    }
 
     _fire_all()
 
@@ -149,8 +158,10 @@ def test_firing_every_retention_job_keeps_the_fresh_and_removes_the_expired(
     assert _deliveries(owner.org) == {deliveries["kept"], deliveries["pending"]}
     assert _deliveries(outsider.org) == {other_tenant["kept"]}
     assert _idempotency_keys() == {"fresh"}
+    assert list(KnownBrowser.objects.values_list("pk", flat=True)) == [browsers["kept"].pk]
 
     assert email_retention.purge_expired() == 0  # idempotent
+    assert email_retention.purge_forgotten_browsers() == 0
     assert event_retention.purge_processed() == 0
     assert delivery_retention.purge_finished() == 0
     _fire_all()  # and the whole set reruns cleanly

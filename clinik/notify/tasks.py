@@ -19,5 +19,6 @@ def announce_policy_versions() -> int:
 
 @shared_task
 def purge_expired_email_records() -> int:
-    """Daily: email records older than 90 days (clinik.notify.retention)."""
-    return retention.purge_expired()
+    """Daily: email records older than 90 days and browsers not seen for 90 days
+    (clinik.notify.retention)."""
+    return retention.purge_expired() + retention.purge_forgotten_browsers()
