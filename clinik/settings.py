@@ -544,6 +544,10 @@ CELERY_BEAT_SCHEDULE |= {
         "task": "clinik.billing.tasks.purge_processed_stripe_events",
         "schedule": 86400.0,
     },
+    "purge-expired-meter-reports": {
+        "task": "clinik.billing.tasks.purge_expired_meter_reports",
+        "schedule": 86400.0,
+    },
     "purge-finished-webhook-deliveries": {
         "task": "clinik.subscriptions.tasks.purge_finished_deliveries",
         "schedule": 86400.0,

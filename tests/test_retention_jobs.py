@@ -16,7 +16,7 @@ from django.db import connection
 from django.utils import timezone
 
 from clinik.billing import event_retention
-from clinik.billing.models import StripeEvent
+from clinik.billing.models import MeterReport, StripeEvent
 from clinik.celery import app as celery_app
 from clinik.fhir.tenancy import tenant_transaction
 from clinik.notify import retention as email_retention
@@ -38,6 +38,7 @@ RETENTION_JOBS = {
     "purge-expired-billing-records",
     "purge-expired-email-records",
     "purge-processed-stripe-events",
+    "purge-expired-meter-reports",
     "purge-finished-webhook-deliveries",
     "purge-expired-idempotency-records",
 }
@@ -148,8 +149,20 @@ def test_firing_every_retention_job_keeps_the_fresh_and_removes_the_expired(
         ),
     }
 
+    seven_years = timedelta(days=django_settings.BILLING_RECORD_RETENTION_DAYS)
+    meters = {
+        age: MeterReport.objects.create(
+            org_id=owner.org.pk,
+            hour=now - seven_years + timedelta(days=age),
+            quantity=1,
+            identifier=f"meter-{age}",
+        ).pk
+        for age in (-1, 1)
+    }
+
     _fire_all()
 
+    assert list(MeterReport.objects.values_list("pk", flat=True)) == [meters[1]]
     assert list(EmailRecord.objects.values_list("pk", flat=True)) == [emails["kept"].pk]
     assert set(StripeEvent.objects.values_list("pk", flat=True)) == {
         events["kept"].pk,

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.utils import timezone
 
-from clinik.billing.models import StripeEvent
+from clinik.billing.models import MeterReport, StripeEvent
 from clinik.lib.retention import BATCH, delete_in_batches
 
 
@@ -18,3 +18,11 @@ def purge_processed(now: datetime | None = None, batch: int = BATCH) -> int:
     cutoff = (now or timezone.now()) - timedelta(days=settings.LOG_RETENTION_DAYS)
     expired = StripeEvent.objects.filter(received_at__lt=cutoff, processed_at__isnull=False)
     return delete_in_batches(expired, "received_at", batch)
+
+
+def purge_expired_meter_reports(now: datetime | None = None, batch: int = BATCH) -> int:
+    """Overage reports are billing records (policy §6: 7 years): deleted once their hour
+    is older than BILLING_RECORD_RETENTION_DAYS, like the invoices (clinik.billing.records),
+    oldest first by primary key (rows are written hour by hour)."""
+    cutoff = (now or timezone.now()) - timedelta(days=settings.BILLING_RECORD_RETENTION_DAYS)
+    return delete_in_batches(MeterReport.objects.filter(hour__lt=cutoff), "pk", batch)

@@ -39,3 +39,9 @@ def end_grace_periods() -> int:
 def purge_processed_stripe_events() -> int:
     """Daily: processed webhook events older than 90 days (clinik.billing.event_retention)."""
     return event_retention.purge_processed()
+
+
+@shared_task
+def purge_expired_meter_reports() -> int:
+    """Daily: overage reports older than 7 years (clinik.billing.event_retention)."""
+    return event_retention.purge_expired_meter_reports()
