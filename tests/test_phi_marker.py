@@ -242,8 +242,7 @@ def _dashboard(owner: Persona, capture: Any) -> list[str]:
     for page in pages:
         response = client.get(page)
         assert response.status_code == 200, page
-        content = b"".join(response.streaming_content) if response.streaming else response.content
-        texts.append(content.decode())
+        texts.append(response.getvalue().decode())
     return texts
 
 
@@ -287,10 +286,11 @@ def _redis() -> str:
     chunks: list[str] = []
     urls = {django_settings.REDIS_URL, django_settings.USAGE_REDIS_URL}
     for url in urls:
-        client = redis.Redis.from_url(url)
+        client = redis.Redis.from_url(url, decode_responses=False)
         for key in client.scan_iter(count=1000):
-            kind = client.type(key).decode()
-            chunks.append(key.decode("utf-8", "replace"))
+            found = client.type(key)
+            kind = found.decode() if isinstance(found, bytes) else str(found)
+            chunks.append(str(key))
             if kind == "string":
                 chunks.append(str(client.get(key)))
             elif kind == "list":
