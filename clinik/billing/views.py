@@ -109,7 +109,7 @@ def billing_checkout(request: AuthedHttpRequest, org_id: UUID) -> HttpResponse:
     account = Account.objects.filter(org=membership.org).first()
     if account is not None and account.stripe_subscription_id:
         # An existing subscription changes plan in the portal (proration is Stripe's).
-        url = do_open_portal(org=membership.org, actor=request.user)
+        url = do_open_portal(org=membership.org, actor=request.user, request=request)
     else:
         url = do_start_checkout(
             org=membership.org,
@@ -125,7 +125,9 @@ def billing_portal(request: AuthedHttpRequest, org_id: UUID) -> HttpResponse:
     membership = get_billing_membership(request, org_id)
     if not settings.BILLING_ENABLED:
         return _page(request, membership, error=BILLING_OFF, status=400)
-    return _redirect(request, do_open_portal(org=membership.org, actor=request.user))
+    return _redirect(
+        request, do_open_portal(org=membership.org, actor=request.user, request=request)
+    )
 
 
 def _redirect(request: AuthedHttpRequest, url: str) -> HttpResponse:
