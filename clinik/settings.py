@@ -544,8 +544,8 @@ CELERY_BEAT_SCHEDULE |= {
         "task": "clinik.billing.tasks.purge_processed_stripe_events",
         "schedule": 86400.0,
     },
-    "purge-expired-meter-reports": {
-        "task": "clinik.billing.tasks.purge_expired_meter_reports",
+    "purge-expired-billing-state": {
+        "task": "clinik.billing.tasks.purge_expired_billing_state",
         "schedule": 86400.0,
     },
     "purge-finished-webhook-deliveries": {

@@ -15,12 +15,15 @@ from django.conf import settings as django_settings
 from django.db import connection
 from django.utils import timezone
 
+from clinik.accounts.models import Organization
 from clinik.billing import event_retention
-from clinik.billing.models import MeterReport, StripeEvent
+from clinik.billing.actions import locked_account
+from clinik.billing.models import Account, MeterReport, StripeEvent
 from clinik.celery import app as celery_app
 from clinik.fhir.tenancy import tenant_transaction
 from clinik.notify import retention as email_retention
 from clinik.notify.models import EmailRecord, KnownBrowser
+from clinik.privacy.models import Closure
 from clinik.subscriptions import retention as delivery_retention
 from clinik.subscriptions.models import Delivery
 
@@ -38,7 +41,7 @@ RETENTION_JOBS = {
     "purge-expired-billing-records",
     "purge-expired-email-records",
     "purge-processed-stripe-events",
-    "purge-expired-meter-reports",
+    "purge-expired-billing-state",
     "purge-finished-webhook-deliveries",
     "purge-expired-idempotency-records",
 }
@@ -160,8 +163,21 @@ def test_firing_every_retention_job_keeps_the_fresh_and_removes_the_expired(
         for age in (-1, 1)
     }
 
+    billing = {}
+    for org, years in ((owner.org, 8), (outsider.org, 6)):
+        billing[years] = locked_account(org).pk
+        Organization.objects.filter(pk=org.pk).update(status="closed")
+        Closure.objects.create(
+            org=org,
+            status="completed",
+            scheduled_for=now,
+            deadline=now,
+            completed_at=now - timedelta(days=365 * years),
+        )
+
     _fire_all()
 
+    assert list(Account.objects.values_list("pk", flat=True)) == [billing[6]]
     assert list(MeterReport.objects.values_list("pk", flat=True)) == [meters[1]]
     assert list(EmailRecord.objects.values_list("pk", flat=True)) == [emails["kept"].pk]
     assert set(StripeEvent.objects.values_list("pk", flat=True)) == {

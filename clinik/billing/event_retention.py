@@ -10,8 +10,10 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.utils import timezone
 
-from clinik.billing.models import MeterReport, StripeEvent
+from clinik.accounts.models import Organization
+from clinik.billing.models import Account, MeterReport, StripeEvent
 from clinik.lib.retention import BATCH, delete_in_batches
+from clinik.privacy.models import Closure
 
 
 def purge_processed(now: datetime | None = None, batch: int = BATCH) -> int:
@@ -26,3 +28,15 @@ def purge_expired_meter_reports(now: datetime | None = None, batch: int = BATCH)
     oldest first by primary key (rows are written hour by hour)."""
     cutoff = (now or timezone.now()) - timedelta(days=settings.BILLING_RECORD_RETENTION_DAYS)
     return delete_in_batches(MeterReport.objects.filter(hour__lt=cutoff), "pk", batch)
+
+
+def purge_closed_accounts(now: datetime | None = None, batch: int = BATCH) -> int:
+    """The billing account of a closed organization (its Stripe customer id and billing
+    email) is kept with the invoices, 7 years after the closure completed, then deleted."""
+    cutoff = (now or timezone.now()) - timedelta(days=settings.BILLING_RECORD_RETENTION_DAYS)
+    expired = Account.objects.filter(
+        org__status=Organization.Status.CLOSED,
+        org__closures__status=Closure.Status.COMPLETED,
+        org__closures__completed_at__lt=cutoff,
+    )
+    return delete_in_batches(expired, "pk", batch)

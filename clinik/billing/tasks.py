@@ -42,6 +42,7 @@ def purge_processed_stripe_events() -> int:
 
 
 @shared_task
-def purge_expired_meter_reports() -> int:
-    """Daily: overage reports older than 7 years (clinik.billing.event_retention)."""
-    return event_retention.purge_expired_meter_reports()
+def purge_expired_billing_state() -> int:
+    """Daily: overage reports older than 7 years and billing accounts of organizations
+    closed 7 years ago (clinik.billing.event_retention)."""
+    return event_retention.purge_expired_meter_reports() + event_retention.purge_closed_accounts()
