@@ -37,12 +37,14 @@ from tests.conftest import Api, Persona, _api_for
 from tests.pglog import ServerLog, admin
 from tests.posthog_server import PostHogServer
 from tests.smtp_server import SmtpServer, free_port
+from tests.test_db_errors import locking
 from tests.webhook_receiver import Receiver, serving
 
 # Where PHI belongs: the PostgreSQL FHIR store's resources, their versions and their
 # search index (fhir_idx_*). Its other tables (erasure queue, idempotency) are searched.
 CLINICAL_TABLES = {"fhir_resource", "fhir_history"}
 CLINICAL_PREFIX = "fhir_idx_"
+CANCELLED = "canceling statement due to statement timeout"
 POST_PATIENT = {"method": "POST", "url": "Patient"}
 MARKER = f"Zq{uuid4().hex[:12]}"
 
@@ -89,7 +91,7 @@ def _patient(**extra: Any) -> dict[str, Any]:
     }
 
 
-def _api_paths(api: Api, capture: Any) -> None:
+def _api_paths(api: Api, capture: Any, settings: Any) -> None:
     headers = {"X-Patient-Note": MARKER, "Referer": f"https://app.test/?q={MARKER}"}
     created = api.post("Patient", _patient(), headers=headers)
     assert created.status_code == 201, created.content
@@ -173,6 +175,14 @@ def _api_paths(api: Api, capture: Any) -> None:
     }
     response = api.post("", batch, headers=headers)
     assert response.status_code == 200, response.content
+
+    # a search the database cancels (its error reaches the PostgreSQL server's log)
+    usual = settings.API_STATEMENT_TIMEOUT_MS
+    settings.API_STATEMENT_TIMEOUT_MS = 300
+    with locking():
+        cancelled = api.get(f"Patient?family={MARKER}&identifier=urn:x|{MARKER}", headers=headers)
+    assert cancelled.status_code == 400 and cancelled.json()["issue"][0]["code"] == "too-costly"
+    settings.API_STATEMENT_TIMEOUT_MS = usual
 
     assert api.get(f"Patient/{pid}/_history").status_code == 200
     assert api.delete(f"Patient/{pid}").status_code in (200, 204)
@@ -325,7 +335,7 @@ def test_a_planted_phi_marker_reaches_nothing_but_the_clinical_store(
     capture = django_capture_on_commit_callbacks
     api = _api_for(owner)
 
-    _api_paths(api, capture)
+    _api_paths(api, capture, settings)
     _subscription_paths(owner, api, receiver, capture)
     requestlog.flush()
     buffered = _redis()
@@ -338,7 +348,9 @@ def test_a_planted_phi_marker_reaches_nothing_but_the_clinical_store(
         "redis (request-log buffer, cache, rate limits)": buffered + _redis(),
         "application logs": caplog.text,
         "stderr and stdout": "".join(capfd.readouterr()),
-        "postgresql server log": "\n".join(server_log.since_mark()),
+        "postgresql server log": "\n".join(
+            server_log.wait_for(lambda lines: any(CANCELLED in line for line in lines))
+        ),
         "emails": "\n".join(message.as_string() for message in smtp.messages),
         "posthog": posthog.raw(),
         "webhook notifications": "\n".join(
@@ -350,6 +362,7 @@ def test_a_planted_phi_marker_reaches_nothing_but_the_clinical_store(
     assert smtp.messages and posthog.events() and len(receiver.requests) == 2
     assert "usage_requestlog" in " ".join(places) and places["table audit_auditevent"]
     assert places["table usage_requestlog"].count("\n") >= 30
+    assert CANCELLED in places["postgresql server log"]
     leaks = {place for place, text in places.items() if MARKER.lower() in text.lower()}
     assert leaks == set()
     for payload in receiver.requests:  # id-only notifications carry no content
