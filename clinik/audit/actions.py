@@ -60,7 +60,7 @@ ACTIONS: dict[str, str] = {
     "billing.plan_change": "The organization's plan or subscription changed",
     "billing.details_change": "Billing details changed (payment method, billing email)",
     "billing.checkout": "An owner started a Stripe Checkout to subscribe to a plan",
-    "billing.portal": "A billing member opened Stripe's customer portal",
+    "billing.portal": "A member opened Stripe's billing portal (cards, invoices, plan)",
     "billing.status_change": "The subscription's status changed (active, past due, canceled)",
     "billing.invoice": "An invoice was finalized, paid or its payment failed",
     "billing.grace_end": "The grace period after a failed payment ended: Free limits apply",

