@@ -530,3 +530,30 @@ CELERY_BEAT_SCHEDULE["dispatch-subscriptions"] = {
     "task": "clinik.subscriptions.tasks.dispatch_subscriptions",
     "schedule": 1.0,
 }
+
+# --- Retention of the other logs (docs/privacy.md) --------------------------------------
+# Email records, processed Stripe webhook events and finished webhook deliveries are
+# logs: kept as long as the request logs' ceiling (policy §3, §6: 90 days), then purged.
+LOG_RETENTION_DAYS = 90
+CELERY_BEAT_SCHEDULE |= {
+    "purge-expired-email-records": {
+        "task": "clinik.notify.tasks.purge_expired_email_records",
+        "schedule": 86400.0,
+    },
+    "purge-processed-stripe-events": {
+        "task": "clinik.billing.tasks.purge_processed_stripe_events",
+        "schedule": 86400.0,
+    },
+    "purge-expired-billing-state": {
+        "task": "clinik.billing.tasks.purge_expired_billing_state",
+        "schedule": 86400.0,
+    },
+    "purge-finished-webhook-deliveries": {
+        "task": "clinik.subscriptions.tasks.purge_finished_deliveries",
+        "schedule": 86400.0,
+    },
+    "purge-expired-idempotency-records": {
+        "task": "clinik.fhir.tasks.purge_expired_idempotency_records",
+        "schedule": 3600.0,
+    },
+}

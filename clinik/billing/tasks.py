@@ -3,7 +3,7 @@ from typing import Any
 import stripe
 from celery import shared_task
 
-from clinik.billing import dunning, meters, records, webhooks
+from clinik.billing import dunning, event_retention, meters, records, webhooks
 
 
 @shared_task(
@@ -33,3 +33,16 @@ def purge_expired_records() -> int:
 def end_grace_periods() -> int:
     """Hourly: audit organizations whose grace period ended (Free limits apply)."""
     return dunning.note_ended_grace()
+
+
+@shared_task
+def purge_processed_stripe_events() -> int:
+    """Daily: processed webhook events older than 90 days (clinik.billing.event_retention)."""
+    return event_retention.purge_processed()
+
+
+@shared_task
+def purge_expired_billing_state() -> int:
+    """Daily: overage reports older than 7 years and billing accounts of organizations
+    closed 7 years ago (clinik.billing.event_retention)."""
+    return event_retention.purge_expired_meter_reports() + event_retention.purge_closed_accounts()

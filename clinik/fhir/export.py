@@ -277,7 +277,9 @@ def run_export(job_id: UUID | str, *, on_progress: Callable[[int], None] | None 
     except ExportStopped:
         files.discard()
         storage.delete_prefix(job_prefix(job))
-        ExportJob.objects.filter(pk=job.pk).update(lease_until=None, files_deleted=True)
+        ExportJob.objects.filter(pk=job.pk).update(
+            lease_until=None, files_deleted=True, type_filters=NO_FILTERS
+        )
         # The organization may be closing while the job still says running.
         ExportJob.objects.filter(pk=job.pk, status=ExportJob.Status.RUNNING).update(
             status=ExportJob.Status.CANCELLED, finished_at=timezone.now()
@@ -303,6 +305,7 @@ def _fail(job: ExportJob, reason: str, *, files_deleted: bool = True) -> None:
             finished_at=timezone.now(),
             lease_until=None,
             files_deleted=files_deleted,
+            type_filters=NO_FILTERS,
         )
         if changed:
             audit.record("export.fail", org=job.org_id, actor=None, target=job, outcome="failure")
@@ -331,9 +334,16 @@ def _complete(
             audit.record("export.complete", org=job.org_id, actor=None, target=job)
     if not changed:  # cancelled after the last check: its files must not stay
         storage.delete_prefix(job_prefix(job))
-        ExportJob.objects.filter(pk=job.pk).update(lease_until=None, files_deleted=True)
+        ExportJob.objects.filter(pk=job.pk).update(
+            lease_until=None, files_deleted=True, type_filters=NO_FILTERS
+        )
         return ExportJob.Status.CANCELLED
     return ExportJob.Status.COMPLETED
+
+
+# A job's _typeFilter searches hold search values (PHI): kept only while the job can
+# run or its manifest be read, then cleared with its files (docs/privacy.md).
+NO_FILTERS: dict[str, list[str]] = {}
 
 
 # --- cleanup ----------------------------------------------------------------------------------
@@ -349,7 +359,9 @@ def delete_files(job_id: UUID | str) -> bool:
     if job.lease_until is not None and job.lease_until > now:
         return False
     get_storage().delete_prefix(job_prefix(job))
-    ExportJob.objects.filter(pk=job.pk).update(files_deleted=True, lease_until=None)
+    ExportJob.objects.filter(pk=job.pk).update(
+        files_deleted=True, lease_until=None, type_filters=NO_FILTERS
+    )
     return True
 
 

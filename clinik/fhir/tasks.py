@@ -3,6 +3,7 @@ from datetime import timedelta
 from celery import shared_task
 from django.conf import settings
 
+from clinik.fhir import idempotency
 from clinik.fhir.store.postgres import erase_deleted
 
 
@@ -14,3 +15,9 @@ def erase_deleted_resources_now() -> int:
 @shared_task
 def erase_deleted_resources() -> int:
     return erase_deleted_resources_now()
+
+
+@shared_task
+def purge_expired_idempotency_records() -> int:
+    """Hourly: idempotency records past their 24-hour window (hashes and ids only)."""
+    return idempotency.purge_expired()

@@ -52,6 +52,7 @@ class KnownBrowser(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["user", "fingerprint"], name="one_known_browser")
         ]
+        indexes = [models.Index(fields=["last_seen"], name="known_browser_last_seen")]
 
     def __str__(self) -> str:
         return f"browser of user {self.user_id}"

@@ -2,7 +2,7 @@
 
 from celery import shared_task
 
-from clinik.notify import announcements
+from clinik.notify import announcements, retention
 from clinik.privacy.models import PolicyVersion
 
 
@@ -15,3 +15,10 @@ def announce_policy(policy_id: int) -> int:
 @shared_task
 def announce_policy_versions() -> int:
     return announcements.announce_pending()
+
+
+@shared_task
+def purge_expired_email_records() -> int:
+    """Daily: email records older than 90 days and browsers not seen for 90 days
+    (clinik.notify.retention)."""
+    return retention.purge_expired() + retention.purge_forgotten_browsers()

@@ -66,12 +66,12 @@ AGING_OUT: tuple[type[Any], ...] = (RequestLog, ErrorLog)
 KEPT_AFTER_CLOSURE: tuple[type[Any], ...] = (
     Closure,  # when the deletion ran and what it deleted
     AuditEvent,  # the PHI-free audit trail (ip and user agent are erased)
-    # Copies of the audit log requested by the organization. Their files are the
-    # audit app's: it should delete them at closure (reported; not done here).
+    # Copies of the audit log requested by the organization: their files go with the
+    # organization's storage prefix below, the rows after EXPORT_RETENTION_HOURS.
     AuditExport,
-    # Billing records (§6: 7 years, deleted by clinik.billing.records): invoices with
-    # the organization's name and billing email as they were; the account that ties
-    # the organization to its Stripe customer; the overage reported to Stripe.
+    # Billing records (§6: 7 years; clinik.billing.records, clinik.billing.event_retention):
+    # invoices with the organization's name and billing email as they were; the account
+    # that ties the organization to its Stripe customer; the overage reported to Stripe.
     Invoice,
     BillingAccount,
     MeterReport,

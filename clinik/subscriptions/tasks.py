@@ -2,7 +2,7 @@ from uuid import UUID
 
 from celery import shared_task
 
-from clinik.subscriptions import delivery, dispatch
+from clinik.subscriptions import delivery, dispatch, retention
 
 
 @shared_task
@@ -29,3 +29,9 @@ def send_delivery(org_id: str, delivery_id: int) -> str:
     if outcome.next_id is not None:
         send_delivery.delay(org_id, outcome.next_id)
     return outcome.result
+
+
+@shared_task
+def purge_finished_deliveries() -> int:
+    """Daily: finished webhook deliveries older than 90 days (subscriptions.retention)."""
+    return retention.purge_finished()
