@@ -117,12 +117,30 @@ def test_a_wrong_signature_is_refused_at_both_planes(settings, monkeypatch, heal
 # --- the tenant wall -------------------------------------------------------------------
 
 
-def test_update_onto_another_tenants_id_is_refused_and_leaves_it_alone(api, healthlake) -> None:
+def test_a_put_onto_another_tenants_id_answers_exactly_like_an_unknown_id(api, healthlake) -> None:
     theirs = _foreign(healthlake, name=[{"family": "Theirs"}])
-    response = api.put(f"Patient/{theirs}", {"resourceType": "Patient", "id": theirs})
-    assert response.status_code == 409
-    assert response.json()["resourceType"] == "OperationOutcome"
+    unknown = str(uuid4())
+    answers = []
+    for rid in (theirs, unknown):
+        for headers in ({}, {"If-Match": 'W/"1"'}):
+            answer = api.put(
+                f"Patient/{rid}", {"resourceType": "Patient", "id": rid}, headers=headers
+            )
+            answers.append((answer.status_code, answer.json()))
+    # Update-as-create is not offered: the same 400 not-supported for both ids (and
+    # the same 412 with If-Match), so a PUT never reveals that another tenant has an id.
+    assert answers[0] == answers[2] and answers[1] == answers[3]
+    assert answers[0][0] == 400 and answers[0][1]["issue"][0]["code"] == "not-supported"
+    assert "POST" in answers[0][1]["issue"][0]["diagnostics"]
+    assert answers[1][0] == 412
+    # The same through a conditional PUT naming the id, and a transaction's PUT entry.
+    for rid in (theirs, unknown):
+        conditional = api.put(
+            "Patient?identifier=urn:x|none", {"resourceType": "Patient", "id": rid}
+        )
+        assert (conditional.status_code, conditional.json()) == answers[0]
     assert healthlake.current("Patient", theirs)["name"] == [{"family": "Theirs"}]
+    assert healthlake.current("Patient", unknown) is None
     assert api.get(f"Patient/{theirs}").status_code == 404
     # a DELETE of an id the tenant does not have is the informational no-op (issue 14)
     deleted = api.delete(f"Patient/{theirs}")
@@ -130,6 +148,17 @@ def test_update_onto_another_tenants_id_is_refused_and_leaves_it_alone(api, heal
     assert deleted.json()["issue"][0]["severity"] == "information"
     assert api.post(f"Patient/{theirs}/$expunge", "").status_code == 404
     assert healthlake.current("Patient", theirs) is not None
+
+
+def test_own_resources_update_and_revive_after_delete(api, healthlake) -> None:
+    pid = api.post("Patient", {"resourceType": "Patient"}).json()["id"]
+    updated = api.put(f"Patient/{pid}", {"resourceType": "Patient", "id": pid, "gender": "male"})
+    assert updated.status_code == 200 and updated.json()["meta"]["versionId"] == "2"
+    assert api.delete(f"Patient/{pid}").status_code == 204
+    revived = api.put(f"Patient/{pid}", {"resourceType": "Patient", "id": pid})
+    assert revived.status_code == 201  # the tenant's own deleted id: not update-as-create
+    created = api.put("Patient?identifier=urn:x|new", {"resourceType": "Patient"})
+    assert created.status_code == 201  # no match, no id: a create with an id we chose
 
 
 def test_a_malicious_datastore_leaks_nothing_through_search_include_or_chain(
@@ -239,8 +268,9 @@ def test_metadata_promises_only_what_the_store_does(client, healthlake) -> None:
     statement = client.get("/fhir/R4/metadata").json()
     rest = statement["rest"][0]
     codes = {i["code"] for i in rest["interaction"]}
-    assert "transaction" not in codes and "history-system" not in codes
+    assert "history-system" not in codes
     patient = next(r for r in rest["resource"] if r["type"] == "Patient")
+    assert patient["updateCreate"] is False
     assert "history-type" not in {i["code"] for i in patient["interaction"]}
     count = next(p for p in patient["searchParam"] if p["name"] == "_count")
     assert "at most 100" in count["documentation"]

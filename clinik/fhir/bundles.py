@@ -64,6 +64,8 @@ class Entry:
     body: Any = None
     outcome: dict[str, Any] | None = None
     target_id: str | None = field(default=None)
+    fresh: bool = False
+    """A conditional PUT without a match nor an id: a create of an id we chose."""
 
     @property
     def where(self) -> str:
@@ -303,6 +305,7 @@ def _resolve_target(ctx: Context, entry: Entry) -> None:
                 entry.target_id = match.id
             else:
                 entry.target_id = body_id or str(uuid4())
+                entry.fresh = not body_id  # an id the server chose: a create
         else:
             entry.target_id = entry.resource_id
         assert entry.target_id is not None
@@ -354,9 +357,13 @@ def _write(ctx: Context, entry: Entry) -> None:
         return
     assert entry.resource is not None and entry.target_id is not None
     try:
-        version, created = store.update(
-            ctx.tenant, entry.resource, entry.target_id, if_match=entry.if_match
-        )
+        if entry.fresh and entry.if_match is None:
+            version = store.create(ctx.tenant, entry.resource, resource_id=entry.target_id)
+            created = True
+        else:
+            version, created = store.update(
+                ctx.tenant, entry.resource, entry.target_id, if_match=entry.if_match
+            )
     except VersionConflict:
         raise FhirError(412, "conflict", "ifMatch does not name the current version") from None
     entry.result, entry.status = version, 201 if created else 200

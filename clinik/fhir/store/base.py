@@ -72,6 +72,10 @@ class StoreFeatures:
     """(type, code) of R4 search parameters the store cannot answer."""
     system_history: bool = True
     """Type- and system-level history (not only one resource's)."""
+    update_create: bool = True
+    """A PUT of an id the tenant has never had creates it (update-as-create)."""
+    max_transaction_entries: int | None = None
+    """The most entries one transaction bundle may hold on this store (None: ours)."""
     interactions: tuple[str, ...] = field(
         default=(
             "read",

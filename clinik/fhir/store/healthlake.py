@@ -12,8 +12,9 @@ enforced here on every path, whatever the datastore answers:
 - paging links are our own `_cursor` tokens; the datastore's URL stays in Redis,
   bound to the tenant, and is only ever followed on the datastore's own endpoint.
 
-Ids are one namespace per datastore (not per tenant as in PostgreSQL): an update
-onto an id another tenant holds is refused (409), never written. A delete erases
+Ids are one namespace per datastore (not per tenant as in PostgreSQL), so
+update-as-create is not offered: a PUT of an id the tenant does not have gets the
+same not-supported answer whether the id is unknown or another tenant's (no leak). A delete erases
 the resource with its whole version history at once (`$erase`), so what HealthLake
 keeps after a delete is gone within the erase job, not kept for 30 days; the delete
 is remembered per tenant (Redis) so a read answers 410 like PostgreSQL.
@@ -49,6 +50,8 @@ logger = logging.getLogger(__name__)
 
 MAX_COUNT = 100
 """HealthLake's largest search page (_count)."""
+MAX_BUNDLE_ENTRIES = 160
+"""HealthLake's documented "number of resources per Bundle" quota (not adjustable)."""
 GONE_DAYS = 30
 PAGE_TOKEN_SECONDS = 3600
 _CURSOR_KIND = "healthlake"
@@ -135,6 +138,8 @@ class HealthLakeStore:
         max_count=MAX_COUNT,
         unsupported_params=UNSUPPORTED_PARAMS,
         system_history=False,
+        update_create=False,
+        max_transaction_entries=MAX_BUNDLE_ENTRIES,
     )
 
     def __init__(self, client: HealthLakeClient, redis_client: Any) -> None:
@@ -334,12 +339,8 @@ class HealthLakeStore:
     ) -> tuple[Version, bool]:
         resource_type = resource["resourceType"]
         answer = self.client.call("GET", f"{resource_type}/{resource_id}")
-        if answer.status == 200:
-            current = orjson.loads(answer.body)
-            if not carries_tenant_tag(current, tenant):
-                if if_match is not None:
-                    raise VersionConflict(None)
-                raise _taken()
+        current = orjson.loads(answer.body) if answer.status == 200 else None
+        if current is not None and carries_tenant_tag(current, tenant):
             current_version = int((current.get("meta") or {}).get("versionId") or 1)
             if if_match is not None and if_match != current_version:
                 raise VersionConflict(current_version)
@@ -352,18 +353,17 @@ class HealthLakeStore:
                 method="update",
             )
             return version, False
-        if answer.status not in (404, 410):
+        if answer.status not in (200, 404, 410):
             raise self._refused(answer)
+        # Not the tenant's: missing, or another tenant's (ids are one namespace per
+        # datastore). Both get the same answers, so neither reveals that the id exists.
         if if_match is not None:
             raise VersionConflict(None)
-        if (
-            answer.status == 410
-            and self._owned_history(tenant, resource_type, resource_id) is None
-            and self._gone(tenant, resource_type, resource_id) is None
-        ):
-            raise _taken()
-        version = self._put(tenant, resource, resource_id, 1, if_match=None, method="create")
-        return version, True
+        if current is None and self._gone(tenant, resource_type, resource_id) is not None:
+            # The tenant's own deleted resource: a new version 1 (its versions are erased).
+            version = self._put(tenant, resource, resource_id, 1, if_match=None, method="create")
+            return version, True
+        raise no_update_create()
 
     def _erase(self, resource_type: str, resource_id: str) -> None:
         answer = self.client.call("POST", f"{resource_type}/{resource_id}/$erase")
@@ -625,11 +625,16 @@ class HealthLakeStore:
         return counts
 
 
-def _taken() -> FhirError:
+def no_update_create() -> FhirError:
+    """A PUT of an id the tenant does not have. HealthLake's ids are one namespace for
+    every tenant of the datastore, so update-as-create is not offered (`/metadata`:
+    updateCreate false): an id that does not exist and another tenant's id get this
+    same answer, and a PUT never learns whether the id is taken."""
     return FhirError(
-        409,
-        "conflict",
-        "This id cannot be used in this FHIR store; create the resource with POST instead",
+        400,
+        "not-supported",
+        "Update as create (a PUT of an id that does not exist) is not supported by this"
+        " server's FHIR store; create the resource with POST",
     )
 
 
