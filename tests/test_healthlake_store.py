@@ -259,9 +259,16 @@ def test_unsupported_features_get_the_usual_outcome(api, healthlake) -> None:
     assert unsupported.status_code == 400
     history = api.get("Patient/_history")
     assert history.status_code == 400 and history.json()["resourceType"] == "OperationOutcome"
-    transaction = api.post("", {"resourceType": "Bundle", "type": "transaction", "entry": []})
-    assert transaction.status_code == 400
-    assert transaction.json()["issue"][0]["code"] == "not-supported"
+    # HealthLake's transactions hold at most 160 resources: more is the usual outcome.
+    post = {
+        "resource": {"resourceType": "Patient"},
+        "request": {"method": "POST", "url": "Patient"},
+    }
+    big = api.post("", {"resourceType": "Bundle", "type": "transaction", "entry": [post] * 161})
+    assert big.status_code == 400, big.content
+    assert big.json()["issue"][0]["code"] == "not-supported"
+    assert "at most 160" in big.json()["issue"][0]["diagnostics"]
+    assert healthlake.transactions == 0 and len(healthlake.live(str(api.org.pk))) == 1
 
 
 def test_metadata_promises_only_what_the_store_does(client, healthlake) -> None:

@@ -180,10 +180,13 @@ class HealthLakeClient:
         form: list[tuple[str, str]] | None = None,
         headers: dict[str, str] | None = None,
         kind: str = "crud",
+        idempotent: bool = True,
     ) -> Answer:
         """One FHIR interaction, within the quota, retried on throttling and transient
         failures with jittered exponential backoff while the retry budget lasts; a
-        request that still cannot be served raises 503 + Retry-After."""
+        request that still cannot be served raises 503 + Retry-After. A call that is not
+        `idempotent` (a transaction bundle) is sent again only when throttled (429: not
+        applied), never after a timeout or a 5xx, whose outcome is unknown."""
         url = path_or_url if "://" in path_or_url else self.url(path_or_url, params)
         if "://" in path_or_url and not self.owns(url):
             raise FhirError(400, "invalid", "This paging link is not one this server issued")
@@ -222,6 +225,8 @@ class HealthLakeClient:
                     return Answer(status, response.data, answer_headers)
             if status in THROTTLED_STATUSES:
                 self.quota.slow_down(kind)
+            if not idempotent and status != 429:
+                raise unavailable(5, "down")
             hinted = _retry_after(answer_headers.get("retry-after"))
             pause = hinted if hinted is not None else _backoff(attempt)
             retry_after = max(1, round(pause + 0.5))
