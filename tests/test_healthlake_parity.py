@@ -29,8 +29,6 @@ SKIPPED = {
     "test_delete_is_410_at_once_then_history_shows_it": "history erased at delete",
     "test_update_after_delete_revives_with_a_new_version": "versions restart after erase",
     "test_expunge_erases_every_version_at_once": "counts PostgreSQL rows",
-    # Transaction bundles are refused on HealthLake (own test).
-    "test_a_refused_transaction_bundle_is_audited": "transactions not offered",
     # The capability statement differs on purpose (own test).
     "test_capability_statement_declares_what_is_implemented": "statement differs",
     # PostgreSQL rows and row-level security.
@@ -46,6 +44,7 @@ NEVER_REACH_THE_STORE = {
     "test_bad_bodies_are_400",
     "test_unknown_endpoints_are_404_operation_outcomes",
     "test_update_body_id_must_match_url",
+    "test_a_refused_transaction_bundle_is_audited",
 }
 
 rerun_on_healthlake(rest, SKIPPED, globals())
