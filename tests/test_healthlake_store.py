@@ -257,8 +257,11 @@ def test_unsupported_features_get_the_usual_outcome(api, healthlake) -> None:
         assert strict.json()["issue"][0]["code"] == "not-supported"
     unsupported = api.get("Appointment?patient=x", headers={"Prefer": "handling=strict"})
     assert unsupported.status_code == 400
-    history = api.get("Patient/_history")
-    assert history.status_code == 400 and history.json()["resourceType"] == "OperationOutcome"
+    # HealthLake documents history per resource only: type and system history are 400.
+    for path in ("Patient/_history", "_history"):
+        history = api.get(path)
+        assert history.status_code == 400 and history.json()["resourceType"] == "OperationOutcome"
+        assert history.json()["issue"][0]["code"] == "not-supported"
     # HealthLake's transactions hold at most 160 resources: more is the usual outcome.
     post = {
         "resource": {"resourceType": "Patient"},
