@@ -615,7 +615,8 @@ def test_a_transaction_the_datastore_refuses_writes_nothing(api, healthlake) -> 
     assert sorted(map(str, healthlake.live())) == before  # all or nothing at the datastore
     assert api.get(f"Patient/{kept['id']}").status_code == 200
     assert AuditEvent.objects.filter(org_id=api.org.pk, action="fhir.create").count() == audited
-    assert get_store().redis.smembers(get_store()._pending_key(api.org.pk)) == set()
+    store: Any = get_store()
+    assert store.redis.smembers(store._pending_key(api.org.pk)) == set()
 
 
 def test_a_reference_to_another_tenants_resource_is_refused_like_a_missing_one(
@@ -668,7 +669,8 @@ def test_the_fake_datastore_runs_transactions_all_or_nothing_with_urn_uuids(
     api, healthlake
 ) -> None:
     """The fake's transaction itself (what the adapter relies on HealthLake for)."""
-    client = get_store().client
+    store: Any = get_store()
+    client = store.client
     urn = "urn:uuid:5a1d0e3c-0000-4000-8000-000000000002"
     bundle = _tx(
         {

@@ -62,7 +62,7 @@ class _Connection:
         return data
 
     def _chunked(self) -> bytes:
-        parts = []
+        parts: list[bytes] = []
         while True:
             size = int(self._line().split(b";", 1)[0].strip() or b"x", 16)
             if size == 0:

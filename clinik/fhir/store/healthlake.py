@@ -22,6 +22,7 @@ is remembered per tenant (Redis) so a read answers 410 like PostgreSQL.
 
 import logging
 import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -802,6 +803,11 @@ class HealthLakeTransaction:
         deleting = [
             f"{op.resource_type}/{op.resource_id}" for op in self.ops if op.document is None
         ]
+        # HealthLake counts a transaction as twice the writes it holds: so does the quota
+        # (the call below takes one more).
+        deadline = time.monotonic() + store.client.retry_budget
+        for _write in range(2 * len(self.ops) - 1):
+            store.client.quota.acquire("crud", deadline)
         if deleting:  # an interrupted erase is finished by the next delete or the closure
             store.redis.sadd(store._pending_key(tenant), *deleting)
         entries = []

@@ -15,7 +15,7 @@ from urllib.parse import urlencode, urlsplit
 
 import boto3
 import orjson
-from botocore.auth import SigV4Auth
+from botocore.auth import SIGNED_HEADERS_BLACKLIST, SigV4Auth, _host_from_url
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
@@ -167,9 +167,9 @@ class HealthLakeClient:
         self, method: str, url: str, body: bytes | None, headers: dict[str, str]
     ) -> dict[str, str]:
         """The headers of the request signed by botocore (SigV4, service healthlake)."""
-        request = AWSRequest(method=method, url=url, data=body or b"", headers=headers)
+        request = _ToSign(method, url, dict(headers), body or b"")
         self._auth().add_auth(request)
-        return dict(request.headers.items())
+        return request.headers
 
     def call(
         self,
@@ -230,11 +230,47 @@ class HealthLakeClient:
         raise unavailable(retry_after, "busy" if status in THROTTLED_STATUSES else "down")
 
 
+class _ToSign:
+    """What botocore's SigV4Auth reads and writes of a request (method, url, headers,
+    body, params, context): a plain dict of headers, where AWSRequest builds
+    email.message-based header objects (we never send a header twice)."""
+
+    __slots__ = ("body", "context", "headers", "method", "params", "url")
+
+    def __init__(self, method: str, url: str, headers: dict[str, str], body: bytes) -> None:
+        self.method, self.url, self.headers, self.body = method, url, headers, body
+        self.params: dict[str, str] = {}
+        self.context: dict[str, Any] = {}
+
+
+class _Headers(dict[str, str]):
+    """The headers to sign, as botocore's HTTPHeaders answers them (`get_all`)."""
+
+    def get_all(self, name: str, failobj: Any = None) -> Any:
+        return [self[name]] if name in self else failobj
+
+
 class _DaySigner(SigV4Auth):
     """botocore's SigV4 signer, keeping the signing key it derives from the secret for
-    the day it is valid (four HMACs per request saved; the signature is the same)."""
+    the day it is valid (four HMACs per request saved; the signature is the same), and
+    the headers to sign in a plain dict (the same names and values)."""
 
     _day: tuple[str, bytes] | None = None
+    _hosts: dict[str, str]
+
+    def headers_to_sign(self, request: Any) -> Any:
+        selected = _Headers()
+        for name, value in request.headers.items():
+            lower = name.lower()
+            if lower not in SIGNED_HEADERS_BLACKLIST:
+                selected[lower] = value
+        if "host" not in selected:
+            hosts = self.__dict__.setdefault("_hosts", {})
+            origin = request.url[: request.url.find("/", 8)]
+            if origin not in hosts:
+                hosts[origin] = _host_from_url(request.url)
+            selected["host"] = hosts[origin]
+        return selected
 
     def signature(self, string_to_sign: str, request: AWSRequest) -> str:
         day = request.context["timestamp"][0:8]
