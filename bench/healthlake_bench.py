@@ -96,13 +96,21 @@ def use(store: str, datastore_id: str, origin: str) -> None:
     _store.cache_clear()
     if store == "healthlake-before":
         from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
 
         from clinik.fhir.store import get_store
 
         client = get_store().client  # type: ignore[attr-defined]
         client._pool = Urllib3Pool(client.base)
         frozen = client._session.get_credentials().get_frozen_credentials()
-        client._signer = (frozen, SigV4Auth(frozen, "healthlake", client.region))
+        signer = SigV4Auth(frozen, "healthlake", client.region)
+
+        def signed(method, url, body, headers):  # AWSRequest, the key derived each time
+            request = AWSRequest(method=method, url=url, data=body or b"", headers=headers)
+            signer.add_auth(request)
+            return dict(request.headers.items())
+
+        client._signed = signed
 
 
 def measure(send, requests: int) -> dict[str, float]:

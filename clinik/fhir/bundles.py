@@ -4,7 +4,9 @@ A transaction runs in one tenant transaction: entries are processed in the spec'
 order (DELETE, POST, PUT/PATCH, GET), `urn:uuid:` and other fullUrls of new resources
 are resolved and every reference to them rewritten, conditional references and
 ifNoneExist/ifMatch/ifNoneMatch are honoured, and the first failing entry rolls
-everything back. A batch processes each entry on its own."""
+everything back. On a store whose writes would not roll back with PostgreSQL
+(HealthLake: `store.staged`), the writes are collected instead and sent at the end as
+one transaction of that store (`_commit`). A batch processes each entry on its own."""
 
 import base64
 import re

@@ -18,6 +18,9 @@ same not-supported answer whether the id is unknown or another tenant's (no leak
 the resource with its whole version history at once (`$erase`), so what HealthLake
 keeps after a delete is gone within the erase job, not kept for 30 days; the delete
 is remembered per tenant (Redis) so a read answers 410 like PostgreSQL.
+
+A transaction bundle becomes one HealthLake transaction (HealthLakeTransaction): its
+writes are collected after the usual pre-checks and sent together, atomically.
 """
 
 import logging
