@@ -45,6 +45,10 @@ from django.test import Client  # noqa: E402
 from bench.common import create_org  # noqa: E402
 from clinik.fhir.store import _store  # noqa: E402
 
+STORES = ("postgres", "healthlake-before", "healthlake")
+"""PostgreSQL; HealthLake with urllib3 and a signing key derived per request (the
+adapter before the CPU work of issue 19); HealthLake as it is."""
+
 _FAKE = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
@@ -55,12 +59,58 @@ time.sleep(3600)
 """
 
 
+class Urllib3Pool:
+    """The adapter's transport before this bench's last change (issue 19): urllib3's
+    pool, for the same-run comparison ("healthlake-before")."""
+
+    def __init__(self, base: str) -> None:
+        import urllib3
+
+        self.pool = urllib3.PoolManager(
+            maxsize=10,
+            block=False,
+            timeout=urllib3.Timeout(connect=2.0, read=10.0),
+            retries=False,
+        ).connection_from_url(base)
+
+    def request(self, method, target, headers, body=None, *, reuse=True):
+        from clinik.lib.keepalive import Response
+
+        r = self.pool.urlopen(
+            method,
+            target,
+            body=body,
+            headers=headers,
+            preload_content=True,
+            redirect=False,
+            assert_same_host=False,
+        )
+        return Response(r.status, {k.lower(): v for k, v in r.headers.items()}, r.data)
+
+
 def use(store: str, datastore_id: str, origin: str) -> None:
-    settings.FHIR_STORE = store
+    settings.FHIR_STORE = store.split("-")[0]
     settings.HEALTHLAKE_DATASTORE_ID = datastore_id
     settings.HEALTHLAKE_REGION = "us-east-1"
     settings.HEALTHLAKE_ENDPOINT_URL = origin
     _store.cache_clear()
+    if store == "healthlake-before":
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+
+        from clinik.fhir.store import get_store
+
+        client = get_store().client  # type: ignore[attr-defined]
+        client._pool = Urllib3Pool(client.base)
+        frozen = client._session.get_credentials().get_frozen_credentials()
+        signer = SigV4Auth(frozen, "healthlake", client.region)
+
+        def signed(method, url, body, headers):  # AWSRequest, the key derived each time
+            request = AWSRequest(method=method, url=url, data=body or b"", headers=headers)
+            signer.add_auth(request)
+            return dict(request.headers.items())
+
+        client._signed = signed
 
 
 def measure(send, requests: int) -> dict[str, float]:
@@ -92,7 +142,7 @@ def main() -> None:
         client = Client(HTTP_AUTHORIZATION=f"Bearer {org['api_key']}")
         body = (ROOT / "bench" / "wrk" / "patient.json").read_bytes()
         ids = {}
-        for store in ("postgres", "healthlake"):
+        for store in STORES:
             use(store, datastore_id, origin)
             created = client.post("/fhir/R4/Patient", body, content_type="application/fhir+json")
             assert created.status_code == 201, created.content
@@ -112,7 +162,7 @@ def main() -> None:
 
         results: dict[str, dict[str, list[float]]] = {}
         for _round in range(args.rounds):
-            for store in ("postgres", "healthlake"):  # alternating, same run
+            for store in STORES:  # alternating, same run
                 use(store, datastore_id, origin)
                 reader(store)()  # warm
                 for name, send in (("GET Patient/{id}", reader(store)), ("POST Patient", writer)):
@@ -132,11 +182,12 @@ def main() -> None:
         for name, r in summary.items():
             print(f"{name:<34} {r['cpu_us_median']:>8} {r['wall_us_median']:>8} {r['per_s']:>7}")
         for name in ("GET Patient/{id}", "POST Patient"):
-            extra = (
-                summary[f"{name} healthlake"]["cpu_us_median"]
-                - summary[f"{name} postgres"]["cpu_us_median"]
-            )
-            print(f"{name}: the adapter adds {extra} µs of application CPU per request")
+            for store in STORES[1:]:
+                extra = (
+                    summary[f"{name} {store}"]["cpu_us_median"]
+                    - summary[f"{name} postgres"]["cpu_us_median"]
+                )
+                print(f"{name}: {store} adds {extra} µs of application CPU per request")
         print(json.dumps({"args": vars(args), "results": summary}))
     finally:
         fake.kill()

@@ -6,7 +6,8 @@
   update (If-Match), delete, `$erase` (the resource and its versions, like HealthLake),
   instance history, search (GET and POST `_search`) with `_count` <= 100 (else 400,
   HealthLake's limit), paging links on its own host, `_include`, `_revinclude`,
-  chained parameters and `_has`, `_summary=count`.
+  chained parameters and `_has`, `_summary=count`, and transaction bundles (POST to the
+  base: at most 160 entries, in order, all or nothing, `urn:uuid:` references rewritten).
 
 Every request must carry a SigV4 signature (service `healthlake`) that botocore,
 recomputing it here from the test credentials, finds equal: a wrong key or secret
@@ -69,6 +70,7 @@ PARAMS: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {
     ("Condition", "code"): ("token", ("code.coding",)),
 }
 MAX_COUNT = 100
+MAX_BUNDLE_ENTRIES = 160
 
 
 def _now() -> str:
@@ -114,6 +116,8 @@ class FakeHealthLake:
         self.requests: list[tuple[str, str]] = []  # (method, route without ids)
         self.applied: list[tuple[str, str, str]] = []  # (method, type, id) of writes applied
         self.refused_signatures = 0
+        self.transactions = 0  # transaction bundles received
+        self.fail_transaction_entry: int | None = None  # that entry fails (412): all undone
         self.hold_erase_after: int | None = None  # then every $erase waits for `release`
         self.held = threading.Event()
         self.release = threading.Event()
@@ -320,6 +324,8 @@ class FakeHealthLake:
         )
         with self.lock:
             self.requests.append((method, route))
+        if not parts and method == "POST":
+            return self.bundle(body)
         if parts and parts[-1] == "_search" and method == "POST":
             return self.search(parts[0] if len(parts) == 2 else None, params)
         if method == "GET" and len(parts) <= 1:
@@ -396,6 +402,85 @@ class FakeHealthLake:
         stored.versions.append((document, "POST" if created else "PUT", meta["lastUpdated"]))
         self.applied.append(("PUT", key[0], key[1]))
         return 201 if created else 200, document, {"ETag": f'W/"{meta["versionId"]}"'}
+
+    # --- transaction bundles (POST to the base) ------------------------------------------
+
+    def bundle(self, body: bytes) -> tuple[int, Any, dict[str, str]]:
+        """A transaction bundle as HealthLake documents it: at most MAX_BUNDLE_ENTRIES
+        entries, processed in the order given, all or nothing; POST entries get new
+        ids and every reference to their `urn:uuid:` fullUrl is rewritten; PUT honours
+        `ifMatch`; DELETE; GET reads. Anything failing undoes every entry (400, or the
+        failing entry's status for a precondition) and answers one OperationOutcome."""
+        bundle = orjson.loads(body)
+        if bundle.get("resourceType") != "Bundle" or bundle.get("type") != "transaction":
+            raise BadRequest("only transaction bundles here")
+        entries = bundle.get("entry") or []
+        if len(entries) > MAX_BUNDLE_ENTRIES:
+            raise BadRequest(f"a bundle holds at most {MAX_BUNDLE_ENTRIES} resources")
+        with self.lock:
+            self.transactions += 1
+            saved = {key: list(stored.versions) for key, stored in self.resources.items()}
+            applied = len(self.applied)
+            try:
+                return 200, self._transaction(entries), {}
+            except _EntryFailed as failed:
+                self.resources = {}
+                for key, versions in saved.items():
+                    self.resources[key] = Stored()
+                    self.resources[key].versions = versions
+                del self.applied[applied:]
+                return failed.status, _outcome(failed.code, str(failed)), {}
+
+    def _transaction(self, entries: list[dict[str, Any]]) -> dict[str, Any]:
+        new_ids = {}
+        for entry in entries:
+            request = entry.get("request") or {}
+            full_url = str(entry.get("fullUrl") or "")
+            if request.get("method") == "POST" and full_url.startswith("urn:uuid:"):
+                new_ids[full_url] = f"{entry['resource']['resourceType']}/{uuid.uuid4()}"
+        answers = []
+        for index, entry in enumerate(entries):
+            request = entry.get("request") or {}
+            method = str(request.get("method", ""))
+            url = str(request.get("url", ""))
+            if self.fail_transaction_entry == index:
+                raise _EntryFailed(412, "conflict", f"entry {index}: version mismatch")
+            resource = _rewritten(entry.get("resource"), new_ids)
+            if method == "POST":
+                target = new_ids.get(str(entry.get("fullUrl"))) or f"{url}/{uuid.uuid4()}"
+                resource = {**resource, "id": target.split("/")[1]}
+                method, url = "PUT", target
+            parts = url.split("/")
+            if len(parts) != 2:
+                raise _EntryFailed(400, "invalid", f"entry {index}: unsupported url")
+            key = (parts[0], parts[1])
+            stored = self.resources.get(key)
+            if method == "PUT":
+                headers = {"If-Match": request["ifMatch"]} if request.get("ifMatch") else {}
+                status, answer, extra = self._put(key, stored, orjson.dumps(resource), headers)
+                if status >= 400:
+                    raise _EntryFailed(status, "conflict", f"entry {index}: version mismatch")
+                answers.append(
+                    {
+                        "resource": answer,
+                        "response": {
+                            "status": f"{status} {'Created' if status == 201 else 'OK'}",
+                            "location": f"{url}/_history/{answer['meta']['versionId']}",
+                            "etag": extra["ETag"],
+                            "lastModified": answer["meta"]["lastUpdated"],
+                        },
+                    }
+                )
+            elif method == "DELETE":
+                if stored is not None and stored.current is not None:
+                    stored.versions.append((None, "DELETE", _now()))
+                    self.applied.append(("DELETE", key[0], key[1]))
+                answers.append({"response": {"status": "204 No Content"}})
+            elif method == "GET" and stored is not None and stored.current is not None:
+                answers.append({"resource": stored.current, "response": {"status": "200 OK"}})
+            else:
+                raise _EntryFailed(404 if method == "GET" else 400, "not-found", f"entry {index}")
+        return {"resourceType": "Bundle", "type": "transaction-response", "entry": answers}
 
     def _history(
         self, key: tuple[str, str], stored: Stored, params: list[tuple[str, str]]
@@ -593,6 +678,26 @@ def _suffixes(option: str) -> tuple[str, ...]:
 
 class BadRequest(Exception):
     pass
+
+
+class _EntryFailed(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+def _rewritten(node: Any, new_ids: dict[str, str]) -> Any:
+    """A copy of the resource with every reference to a new entry's fullUrl rewritten."""
+    if isinstance(node, dict):
+        return {
+            k: new_ids.get(v, v)
+            if k == "reference" and isinstance(v, str)
+            else _rewritten(v, new_ids)
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_rewritten(item, new_ids) for item in node]
+    return node
 
 
 def _count(params: list[tuple[str, str]]) -> int:

@@ -117,12 +117,30 @@ def test_a_wrong_signature_is_refused_at_both_planes(settings, monkeypatch, heal
 # --- the tenant wall -------------------------------------------------------------------
 
 
-def test_update_onto_another_tenants_id_is_refused_and_leaves_it_alone(api, healthlake) -> None:
+def test_a_put_onto_another_tenants_id_answers_exactly_like_an_unknown_id(api, healthlake) -> None:
     theirs = _foreign(healthlake, name=[{"family": "Theirs"}])
-    response = api.put(f"Patient/{theirs}", {"resourceType": "Patient", "id": theirs})
-    assert response.status_code == 409
-    assert response.json()["resourceType"] == "OperationOutcome"
+    unknown = str(uuid4())
+    answers = []
+    for rid in (theirs, unknown):
+        for headers in ({}, {"If-Match": 'W/"1"'}):
+            answer = api.put(
+                f"Patient/{rid}", {"resourceType": "Patient", "id": rid}, headers=headers
+            )
+            answers.append((answer.status_code, answer.json()))
+    # Update-as-create is not offered: the same 400 not-supported for both ids (and
+    # the same 412 with If-Match), so a PUT never reveals that another tenant has an id.
+    assert answers[0] == answers[2] and answers[1] == answers[3]
+    assert answers[0][0] == 400 and answers[0][1]["issue"][0]["code"] == "not-supported"
+    assert "POST" in answers[0][1]["issue"][0]["diagnostics"]
+    assert answers[1][0] == 412
+    # The same through a conditional PUT naming the id, and a transaction's PUT entry.
+    for rid in (theirs, unknown):
+        conditional = api.put(
+            "Patient?identifier=urn:x|none", {"resourceType": "Patient", "id": rid}
+        )
+        assert (conditional.status_code, conditional.json()) == answers[0]
     assert healthlake.current("Patient", theirs)["name"] == [{"family": "Theirs"}]
+    assert healthlake.current("Patient", unknown) is None
     assert api.get(f"Patient/{theirs}").status_code == 404
     # a DELETE of an id the tenant does not have is the informational no-op (issue 14)
     deleted = api.delete(f"Patient/{theirs}")
@@ -130,6 +148,17 @@ def test_update_onto_another_tenants_id_is_refused_and_leaves_it_alone(api, heal
     assert deleted.json()["issue"][0]["severity"] == "information"
     assert api.post(f"Patient/{theirs}/$expunge", "").status_code == 404
     assert healthlake.current("Patient", theirs) is not None
+
+
+def test_own_resources_update_and_revive_after_delete(api, healthlake) -> None:
+    pid = api.post("Patient", {"resourceType": "Patient"}).json()["id"]
+    updated = api.put(f"Patient/{pid}", {"resourceType": "Patient", "id": pid, "gender": "male"})
+    assert updated.status_code == 200 and updated.json()["meta"]["versionId"] == "2"
+    assert api.delete(f"Patient/{pid}").status_code == 204
+    revived = api.put(f"Patient/{pid}", {"resourceType": "Patient", "id": pid})
+    assert revived.status_code == 201  # the tenant's own deleted id: not update-as-create
+    created = api.put("Patient?identifier=urn:x|new", {"resourceType": "Patient"})
+    assert created.status_code == 201  # no match, no id: a create with an id we chose
 
 
 def test_a_malicious_datastore_leaks_nothing_through_search_include_or_chain(
@@ -228,19 +257,30 @@ def test_unsupported_features_get_the_usual_outcome(api, healthlake) -> None:
         assert strict.json()["issue"][0]["code"] == "not-supported"
     unsupported = api.get("Appointment?patient=x", headers={"Prefer": "handling=strict"})
     assert unsupported.status_code == 400
-    history = api.get("Patient/_history")
-    assert history.status_code == 400 and history.json()["resourceType"] == "OperationOutcome"
-    transaction = api.post("", {"resourceType": "Bundle", "type": "transaction", "entry": []})
-    assert transaction.status_code == 400
-    assert transaction.json()["issue"][0]["code"] == "not-supported"
+    # HealthLake documents history per resource only: type and system history are 400.
+    for path in ("Patient/_history", "_history"):
+        history = api.get(path)
+        assert history.status_code == 400 and history.json()["resourceType"] == "OperationOutcome"
+        assert history.json()["issue"][0]["code"] == "not-supported"
+    # HealthLake's transactions hold at most 160 resources: more is the usual outcome.
+    post = {
+        "resource": {"resourceType": "Patient"},
+        "request": {"method": "POST", "url": "Patient"},
+    }
+    big = api.post("", {"resourceType": "Bundle", "type": "transaction", "entry": [post] * 161})
+    assert big.status_code == 400, big.content
+    assert big.json()["issue"][0]["code"] == "not-supported"
+    assert "at most 160" in big.json()["issue"][0]["diagnostics"]
+    assert healthlake.transactions == 0 and len(healthlake.live(str(api.org.pk))) == 1
 
 
 def test_metadata_promises_only_what_the_store_does(client, healthlake) -> None:
     statement = client.get("/fhir/R4/metadata").json()
     rest = statement["rest"][0]
     codes = {i["code"] for i in rest["interaction"]}
-    assert "transaction" not in codes and "history-system" not in codes
+    assert "history-system" not in codes
     patient = next(r for r in rest["resource"] if r["type"] == "Patient")
+    assert patient["updateCreate"] is False
     assert "history-type" not in {i["code"] for i in patient["interaction"]}
     count = next(p for p in patient["searchParam"] if p["name"] == "_count")
     assert "at most 100" in count["documentation"]
@@ -481,3 +521,172 @@ def test_closure_job_on_healthlake_gives_the_same_proof(owner, api, healthlake) 
         for e in AuditEvent.objects.filter(org_id=owner.org.pk, action="closure.deleted")
     }
     assert proof["healthlake_erased"] == 13 and proof["healthlake_remaining"] == 0
+
+
+# --- transaction bundles: one HealthLake transaction ------------------------------------
+
+
+def _tx(*entries: dict[str, Any]) -> dict[str, Any]:
+    return {"resourceType": "Bundle", "type": "transaction", "entry": list(entries)}
+
+
+def _observation(subject: str) -> dict[str, Any]:
+    return {
+        "resource": {
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"text": "x"},
+            "subject": {"reference": subject},
+        },
+        "request": {"method": "POST", "url": "Observation"},
+    }
+
+
+def test_a_transaction_is_one_atomic_healthlake_transaction_inside_the_tenant(
+    api, healthlake
+) -> None:
+    from clinik.audit.models import AuditEvent
+
+    kept = api.post("Patient", {"resourceType": "Patient", "gender": "male"}).json()
+    doomed = api.post("Patient", {"resourceType": "Patient"}).json()
+    forged = {"system": TENANT_SYSTEM, "code": str(uuid4())}  # another tenant's tag
+    bundle = _tx(
+        {
+            "fullUrl": "urn:uuid:0c8f3a6e-0000-4000-8000-000000000001",
+            "resource": {"resourceType": "Patient", "meta": {"tag": [forged]}},
+            "request": {"method": "POST", "url": "Patient"},
+        },
+        _observation("urn:uuid:0c8f3a6e-0000-4000-8000-000000000001"),
+        {
+            "resource": {**kept, "gender": "female"},
+            "request": {"method": "PUT", "url": f"Patient/{kept['id']}", "ifMatch": 'W/"1"'},
+        },
+        {"request": {"method": "DELETE", "url": f"Patient/{doomed['id']}"}},
+        {"request": {"method": "GET", "url": f"Patient/{kept['id']}"}},
+    )
+    before = AuditEvent.objects.filter(org_id=api.org.pk).count()
+    answer = api.post("", bundle)
+    assert answer.status_code == 200, answer.content
+    entries = answer.json()["entry"]
+    assert [e["response"]["status"] for e in entries] == [
+        "201 Created",
+        "201 Created",
+        "200 OK",
+        "204 No Content",
+        "200 OK",
+    ]
+    assert healthlake.transactions == 1  # the writes went as one transaction
+    assert entries[4]["resource"]["gender"] == "female"  # the GET ran after the writes
+    assert entries[2]["response"]["etag"] == 'W/"2"'
+    patient_id = entries[0]["response"]["location"].split("/")[1]
+    observation_id = entries[1]["response"]["location"].split("/")[1]
+    stored = healthlake.current("Observation", observation_id)
+    assert stored["subject"]["reference"] == f"Patient/{patient_id}"
+    for rid in (patient_id, kept["id"]):
+        tags = healthlake.current("Patient", rid)["meta"]["tag"]
+        assert tags == [_tag(api.org.pk)]  # ours only: the forged tag is dropped
+    assert AuditEvent.objects.filter(org_id=api.org.pk).count() == before + 5
+    assert healthlake.current("Patient", doomed["id"]) is None  # deleted and erased
+    assert api.get(f"Patient/{doomed['id']}").status_code == 410
+
+
+def test_a_transaction_the_datastore_refuses_writes_nothing(api, healthlake) -> None:
+    from clinik.audit.models import AuditEvent
+
+    kept = api.post("Patient", {"resourceType": "Patient"}).json()
+    before = sorted(map(str, healthlake.live()))
+    audited = AuditEvent.objects.filter(org_id=api.org.pk, action="fhir.create").count()
+    healthlake.fail_transaction_entry = 1  # e.g. a concurrent write: If-Match fails there
+    answer = api.post(
+        "",
+        _tx(
+            {
+                "fullUrl": "urn:uuid:0c8f3a6e-0000-4000-8000-000000000003",
+                "resource": {"resourceType": "Patient"},
+                "request": {"method": "POST", "url": "Patient"},
+            },
+            _observation("urn:uuid:0c8f3a6e-0000-4000-8000-000000000003"),
+            {"request": {"method": "DELETE", "url": f"Patient/{kept['id']}"}},
+        ),
+    )
+    assert answer.status_code == 412, answer.content
+    assert answer.json()["issue"][0]["code"] == "conflict"
+    assert healthlake.transactions == 1
+    assert sorted(map(str, healthlake.live())) == before  # all or nothing at the datastore
+    assert api.get(f"Patient/{kept['id']}").status_code == 200
+    assert AuditEvent.objects.filter(org_id=api.org.pk, action="fhir.create").count() == audited
+    store: Any = get_store()
+    assert store.redis.smembers(store._pending_key(api.org.pk)) == set()
+
+
+def test_a_reference_to_another_tenants_resource_is_refused_like_a_missing_one(
+    api, healthlake
+) -> None:
+    theirs = _foreign(healthlake)
+    mine = api.post("Patient", {"resourceType": "Patient"}).json()["id"]
+    answers = []
+    for target in (theirs, str(uuid4())):
+        answer = api.post("", _tx(_observation(f"Patient/{target}")))
+        answers.append((answer.status_code, answer.json()))
+    assert answers[0] == answers[1]  # nothing tells another tenant's id from a missing one
+    assert answers[0][0] == 400 and answers[0][1]["issue"][0]["code"] == "not-found"
+    assert answers[0][1]["issue"][0]["expression"] == ["Bundle.entry[0]"]
+    assert healthlake.transactions == 0  # refused before anything was sent
+    ok = api.post("", _tx(_observation(f"Patient/{mine}")))
+    assert ok.status_code == 200 and healthlake.transactions == 1
+
+
+def test_a_transaction_writes_each_resource_once_and_refuses_update_as_create(
+    api, healthlake
+) -> None:
+    pid = api.post("Patient", {"resourceType": "Patient"}).json()["id"]
+    twice = api.post(
+        "",
+        _tx(
+            {"request": {"method": "DELETE", "url": f"Patient/{pid}"}},
+            {
+                "resource": {"resourceType": "Patient", "id": pid},
+                "request": {"method": "PUT", "url": f"Patient/{pid}"},
+            },
+        ),
+    )
+    assert twice.status_code == 400 and twice.json()["issue"][0]["code"] == "not-supported"
+    assert twice.json()["issue"][0]["expression"] == ["Bundle.entry[1]"]
+    new_id = api.post(
+        "",
+        _tx(
+            {
+                "resource": {"resourceType": "Patient", "id": "123"},
+                "request": {"method": "PUT", "url": "Patient/123"},
+            }
+        ),
+    )
+    assert new_id.status_code == 400 and "Update as create" in new_id.content.decode()
+    assert healthlake.transactions == 0 and api.get(f"Patient/{pid}").status_code == 200
+
+
+def test_the_fake_datastore_runs_transactions_all_or_nothing_with_urn_uuids(
+    api, healthlake
+) -> None:
+    """The fake's transaction itself (what the adapter relies on HealthLake for)."""
+    store: Any = get_store()
+    client = store.client
+    urn = "urn:uuid:5a1d0e3c-0000-4000-8000-000000000002"
+    bundle = _tx(
+        {
+            "fullUrl": urn,
+            "resource": {"resourceType": "Patient"},
+            "request": {"method": "POST", "url": "Patient"},
+        },
+        {**_observation(urn)},
+    )
+    answer = client.call("POST", "", body=bundle, idempotent=False)
+    assert answer.status == 200
+    patient, observation = (e["resource"] for e in answer.json()["entry"])
+    assert observation["subject"]["reference"] == f"Patient/{patient['id']}"
+    healthlake.fail_transaction_entry = 1
+    failed = client.call("POST", "", body=bundle, idempotent=False)
+    assert failed.status == 412
+    assert len(healthlake.live()) == 2  # the first entry of the failed one was undone
+    too_big = client.call("POST", "", body=_tx(*[bundle["entry"][0]] * 161), idempotent=False)
+    assert too_big.status == 400

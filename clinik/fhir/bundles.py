@@ -4,9 +4,12 @@ A transaction runs in one tenant transaction: entries are processed in the spec'
 order (DELETE, POST, PUT/PATCH, GET), `urn:uuid:` and other fullUrls of new resources
 are resolved and every reference to them rewritten, conditional references and
 ifNoneExist/ifMatch/ifNoneMatch are honoured, and the first failing entry rolls
-everything back. A batch processes each entry on its own."""
+everything back. On a store whose writes would not roll back with PostgreSQL
+(HealthLake: `store.staged`), the writes are collected instead and sent at the end as
+one transaction of that store (`_commit`). A batch processes each entry on its own."""
 
 import base64
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +26,8 @@ from clinik.fhir.http import ETAG_PATTERN, FhirError, parse_fhir_datetime
 from clinik.fhir.outcomes import NOTHING_TO_DELETE, outcome_body
 from clinik.fhir.search.query import parse_search
 from clinik.fhir.spec import RESOURCE_TYPES
-from clinik.fhir.store import Version, VersionConflict, get_store
+from clinik.fhir.store import FhirStore, Version, VersionConflict, get_store
+from clinik.fhir.store.base import Staged
 from clinik.fhir.tenancy import format_instant, tenant_transaction
 from clinik.fhir.validation import ID_PATTERN, validate_resource
 
@@ -64,6 +68,8 @@ class Entry:
     body: Any = None
     outcome: dict[str, Any] | None = None
     target_id: str | None = field(default=None)
+    fresh: bool = False
+    """A conditional PUT without a match nor an id: a create of an id we chose."""
 
     @property
     def where(self) -> str:
@@ -77,6 +83,8 @@ class Context:
     references: dict[str, str] = field(default_factory=dict)
     found: dict[tuple[str, str], list[Version] | FhirError] = field(default_factory=dict)
     """Matches of ifNoneExist criteria looked up ahead, together (conditional.find_many)."""
+    store: FhirStore = field(default_factory=get_store)
+    """Where entries read and write: a transaction's staged store on HealthLake."""
 
 
 def _entry_error(entry: Entry, error: FhirError) -> FhirError:
@@ -303,6 +311,7 @@ def _resolve_target(ctx: Context, entry: Entry) -> None:
                 entry.target_id = match.id
             else:
                 entry.target_id = body_id or str(uuid4())
+                entry.fresh = not body_id  # an id the server chose: a create
         else:
             entry.target_id = entry.resource_id
         assert entry.target_id is not None
@@ -312,7 +321,7 @@ def _resolve_target(ctx: Context, entry: Entry) -> None:
 
 
 def _delete(ctx: Context, entry: Entry) -> None:
-    store = get_store()
+    store = ctx.store
     if entry.criteria:
         params = conditional.parse_criteria(entry.criteria)
         conditional.lock_criteria(ctx.tenant, entry.resource_type, params)
@@ -340,7 +349,7 @@ def _delete(ctx: Context, entry: Entry) -> None:
 
 
 def _write(ctx: Context, entry: Entry) -> None:
-    store = get_store()
+    store = ctx.store
     if entry.method == "POST":
         if entry.result is not None:  # ifNoneExist matched
             return
@@ -354,9 +363,13 @@ def _write(ctx: Context, entry: Entry) -> None:
         return
     assert entry.resource is not None and entry.target_id is not None
     try:
-        version, created = store.update(
-            ctx.tenant, entry.resource, entry.target_id, if_match=entry.if_match
-        )
+        if entry.fresh and entry.if_match is None:
+            version = store.create(ctx.tenant, entry.resource, resource_id=entry.target_id)
+            created = True
+        else:
+            version, created = store.update(
+                ctx.tenant, entry.resource, entry.target_id, if_match=entry.if_match
+            )
     except VersionConflict:
         raise FhirError(412, "conflict", "ifMatch does not name the current version") from None
     entry.result, entry.status = version, 201 if created else 200
@@ -364,7 +377,7 @@ def _write(ctx: Context, entry: Entry) -> None:
 
 
 def _patch(ctx: Context, entry: Entry) -> None:
-    store = get_store()
+    store = ctx.store
     if entry.criteria:
         match = conditional.find_one(ctx.tenant, entry.resource_type, entry.criteria)
         if match is None:
@@ -400,7 +413,7 @@ def _patch(ctx: Context, entry: Entry) -> None:
 
 
 def _get(ctx: Context, entry: Entry, base: str) -> None:
-    store = get_store()
+    store = ctx.store
     if entry.resource_id is None:
         params = conditional.parse_criteria(entry.criteria) if entry.criteria else []
         query = parse_search(params, [entry.resource_type])
@@ -497,6 +510,15 @@ def process(request: Any, bundle: Any, base: str, representation: bool) -> dict[
         shell = {**bundle, "entry": [_without_resource(e) for e in bundle.get("entry") or []]}
         _validate(shell)  # each batch entry's resource is validated on its own
     entries = parse_entries(bundle, base)
+    limit = get_store().features.max_transaction_entries
+    writes = sum(1 for e in entries if e.method in ("POST", "PUT", "PATCH", "DELETE"))
+    if kind == "transaction" and limit is not None and writes > limit:
+        raise FhirError(
+            400,
+            "not-supported",
+            f"A transaction may write at most {limit} resources with this server's FHIR"
+            " store; split it, or send a batch",
+        )
     ctx = Context(tenant=request.org.pk, request=request)
     if kind == "transaction":
         _transaction(ctx, entries, base)
@@ -508,7 +530,12 @@ def process(request: Any, bundle: Any, base: str, representation: bool) -> dict[
 def _transaction(ctx: Context, entries: list[Entry], base: str) -> None:
     ordered = sorted(entries, key=lambda e: (_ORDER[e.method], e.index))
     with tenant_transaction(ctx.tenant):
+        staged = ctx.store.staged(ctx.tenant)
+        if staged is not None:
+            ctx.store = staged
         for phase in ("delete", "resolve", "write", "read"):
+            if phase == "read" and staged is not None:
+                _commit(ctx, staged, ordered)
             if phase == "resolve":
                 # After the deletes, as each lookup would be; the creates' references
                 # resolve before any write (_create_all), so ahead gives the same.
@@ -521,6 +548,55 @@ def _transaction(ctx: Context, entries: list[Entry], base: str) -> None:
                 except FhirError as error:
                     transaction.set_rollback(True)
                     raise _entry_error(entry, error) from None
+
+
+_LITERAL = re.compile(r"([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[0-9]+)?")
+
+
+def _literal_references(node: Any, found: set[str]) -> set[str]:
+    """The `Type/id` of this server that a resource references (relative literal
+    references; urn:, absolute URLs and contained `#id` are not ours to check)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "reference" and isinstance(value, str):
+                match = _LITERAL.fullmatch(value)
+                if match and match.group(1) in RESOURCE_TYPES:
+                    found.add(f"{match.group(1)}/{match.group(2)}")
+            elif isinstance(value, (dict, list)):
+                _literal_references(value, found)
+    elif isinstance(node, list):
+        for item in node:
+            _literal_references(item, found)
+    return found
+
+
+def _commit(ctx: Context, staged: Staged, entries: list[Entry]) -> None:
+    """Send a staged transaction's writes (HealthLake), after checking that what they
+    write references only the tenant's own resources: another tenant's is refused
+    exactly like a missing one (the datastore's ids are shared and it would accept
+    it). Then every entry answers with the version the datastore stored."""
+    for entry in entries:
+        if entry.result is None or entry.result.deleted or not staged.pending(entry.result):
+            continue
+        references = _literal_references(orjson.loads(entry.result.content or "{}"), set())
+        references.discard(f"{entry.result.resource_type}/{entry.result.id}")
+        if references and staged.unknown_references(references):
+            transaction.set_rollback(True)
+            error = FhirError(400, "not-found", "A reference names a resource that is not known")
+            raise _entry_error(entry, error)
+    try:
+        committed = staged.commit()
+    except VersionConflict:
+        transaction.set_rollback(True)
+        raise FhirError(
+            412, "conflict", "A resource changed while the transaction ran; nothing was written"
+        ) from None
+    except FhirError:
+        transaction.set_rollback(True)
+        raise
+    for entry in entries:
+        if entry.result is not None:
+            entry.result = committed.get(entry.result, entry.result)
 
 
 def _create_all(ctx: Context, entries: list[Entry]) -> None:
@@ -536,8 +612,7 @@ def _create_all(ctx: Context, entries: list[Entry]) -> None:
         except FhirError as error:
             transaction.set_rollback(True)
             raise _entry_error(entry, error) from None
-    store = get_store()
-    versions = store.create_many(
+    versions = ctx.store.create_many(
         ctx.tenant, [(entry.resource or {}, entry.target_id or "") for entry in entries]
     )
     for entry, version in zip(entries, versions, strict=True):

@@ -59,7 +59,7 @@ def statement(base: str) -> dict[str, Any]:
             "interaction": interactions,
             "versioning": "versioned-update",
             "readHistory": features.history,
-            "updateCreate": True,
+            "updateCreate": features.update_create,
             "conditionalCreate": features.conditional_update,
             "conditionalRead": "full-support",
             "conditionalUpdate": features.conditional_update,

@@ -308,9 +308,18 @@ def _conditional_update(request: ApiHttpRequest, resource_type: str) -> HttpResp
             if isinstance(body, dict) and "id" not in body:
                 body = {**body, "id": resource_id}
             resource = _validated(request, body, resource_type, resource_id)
-            version, created = store.update(
-                request.org.pk, resource, resource_id, if_match=parse_if_match(request)
-            )
+            if_match = parse_if_match(request)
+            if match is None and not body_id and if_match is None:
+                # No match and no id: a create with an id the server chose (not an
+                # update-as-create, which a store may not offer).
+                version, created = (
+                    store.create(request.org.pk, resource, resource_id=resource_id),
+                    True,
+                )
+            else:
+                version, created = store.update(
+                    request.org.pk, resource, resource_id, if_match=if_match
+                )
         except (FhirError, VersionConflict):
             _record(request, "fhir.update", (resource_type, ""), ok=False)
             raise

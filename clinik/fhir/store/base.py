@@ -75,6 +75,10 @@ class StoreFeatures:
     """Whether Subscription resources are served (notifications need the store to
     report its changes: the PostgreSQL store's fhir_history trigger)."""
     """Type- and system-level history (not only one resource's)."""
+    update_create: bool = True
+    """A PUT of an id the tenant has never had creates it (update-as-create)."""
+    max_transaction_entries: int | None = None
+    """The most entries one transaction bundle may hold on this store (None: ours)."""
     interactions: tuple[str, ...] = field(
         default=(
             "read",
@@ -192,3 +196,25 @@ class FhirStore(Protocol):
     ) -> Iterator[Version]: ...
 
     def purge_tenant(self, tenant: UUID) -> dict[str, int]: ...
+
+    def staged(self, tenant: UUID) -> "Staged | None":
+        """For a transaction bundle: a store whose writes are only collected, then
+        sent together by `commit` (a store whose writes roll back with the PostgreSQL
+        transaction answers None and is written directly)."""
+        ...
+
+
+class Staged(FhirStore, Protocol):
+    """A transaction's writes, collected: reads see them; `commit` sends them all at
+    once, atomically, and answers each collected version with the version stored."""
+
+    def commit(self) -> dict[Version, Version]: ...
+
+    def pending(self, version: Version) -> bool:
+        """Whether the version is one of the collected writes."""
+        ...
+
+    def unknown_references(self, references: set[str]) -> set[str]:
+        """The `Type/id` references that name no live resource of the tenant (another
+        tenant's resource is unknown exactly like a missing one)."""
+        ...

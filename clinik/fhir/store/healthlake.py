@@ -12,16 +12,22 @@ enforced here on every path, whatever the datastore answers:
 - paging links are our own `_cursor` tokens; the datastore's URL stays in Redis,
   bound to the tenant, and is only ever followed on the datastore's own endpoint.
 
-Ids are one namespace per datastore (not per tenant as in PostgreSQL): an update
-onto an id another tenant holds is refused (409), never written. A delete erases
+Ids are one namespace per datastore (not per tenant as in PostgreSQL), so
+update-as-create is not offered: a PUT of an id the tenant does not have gets the
+same not-supported answer whether the id is unknown or another tenant's (no leak). A delete erases
 the resource with its whole version history at once (`$erase`), so what HealthLake
 keeps after a delete is gone within the erase job, not kept for 30 days; the delete
 is remembered per tenant (Redis) so a read answers 410 like PostgreSQL.
+
+A transaction bundle becomes one HealthLake transaction (HealthLakeTransaction): its
+writes are collected after the usual pre-checks and sent together, atomically.
 """
 
 import logging
 import secrets
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid4
@@ -49,6 +55,8 @@ logger = logging.getLogger(__name__)
 
 MAX_COUNT = 100
 """HealthLake's largest search page (_count)."""
+MAX_BUNDLE_ENTRIES = 160
+"""HealthLake's documented "number of resources per Bundle" quota (not adjustable)."""
 GONE_DAYS = 30
 PAGE_TOKEN_SECONDS = 3600
 _CURSOR_KIND = "healthlake"
@@ -127,7 +135,7 @@ class HealthLakeStore:
         history=True,
         versioned_reads=True,
         conditional_update=True,
-        transactions=False,
+        transactions=True,
         search=True,
         search_features=SEARCH_FEATURES,
         expunge=True,
@@ -135,6 +143,8 @@ class HealthLakeStore:
         max_count=MAX_COUNT,
         unsupported_params=UNSUPPORTED_PARAMS,
         system_history=False,
+        update_create=False,
+        max_transaction_entries=MAX_BUNDLE_ENTRIES,
     )
 
     def __init__(self, client: HealthLakeClient, redis_client: Any) -> None:
@@ -324,6 +334,27 @@ class HealthLakeStore:
     ) -> list[Version]:
         return [self.create(tenant, resource, resource_id=rid) for resource, rid in resources]
 
+    def _plan_update(
+        self, tenant: UUID, resource_type: str, resource_id: str, if_match: int | None
+    ) -> tuple[int, int | None]:
+        """(the version an update writes, the If-Match to send: None for a create)."""
+        answer = self.client.call("GET", f"{resource_type}/{resource_id}")
+        current = orjson.loads(answer.body) if answer.status == 200 else None
+        if current is not None and carries_tenant_tag(current, tenant):
+            current_version = int((current.get("meta") or {}).get("versionId") or 1)
+            if if_match is not None and if_match != current_version:
+                raise VersionConflict(current_version)
+            return current_version + 1, current_version
+        if answer.status not in (200, 404, 410):
+            raise self._refused(answer)
+        # Not the tenant's: missing, or another tenant's (ids are one namespace per
+        # datastore). Both get the same answers, so neither reveals that the id exists.
+        if if_match is not None:
+            raise VersionConflict(None)
+        if current is None and self._gone(tenant, resource_type, resource_id) is not None:
+            return 1, None  # the tenant's own deleted resource (its versions are erased)
+        raise no_update_create()
+
     def update(
         self,
         tenant: UUID,
@@ -332,38 +363,14 @@ class HealthLakeStore:
         *,
         if_match: int | None = None,
     ) -> tuple[Version, bool]:
-        resource_type = resource["resourceType"]
-        answer = self.client.call("GET", f"{resource_type}/{resource_id}")
-        if answer.status == 200:
-            current = orjson.loads(answer.body)
-            if not carries_tenant_tag(current, tenant):
-                if if_match is not None:
-                    raise VersionConflict(None)
-                raise _taken()
-            current_version = int((current.get("meta") or {}).get("versionId") or 1)
-            if if_match is not None and if_match != current_version:
-                raise VersionConflict(current_version)
-            version = self._put(
-                tenant,
-                resource,
-                resource_id,
-                current_version + 1,
-                if_match=current_version,
-                method="update",
-            )
-            return version, False
-        if answer.status not in (404, 410):
-            raise self._refused(answer)
-        if if_match is not None:
-            raise VersionConflict(None)
-        if (
-            answer.status == 410
-            and self._owned_history(tenant, resource_type, resource_id) is None
-            and self._gone(tenant, resource_type, resource_id) is None
-        ):
-            raise _taken()
-        version = self._put(tenant, resource, resource_id, 1, if_match=None, method="create")
-        return version, True
+        version_id, expected = self._plan_update(
+            tenant, resource["resourceType"], resource_id, if_match
+        )
+        method = "create" if expected is None else "update"
+        version = self._put(
+            tenant, resource, resource_id, version_id, if_match=expected, method=method
+        )
+        return version, expected is None
 
     def _erase(self, resource_type: str, resource_id: str) -> None:
         answer = self.client.call("POST", f"{resource_type}/{resource_id}/$erase")
@@ -593,6 +600,9 @@ class HealthLakeStore:
                     break
                 source = following
 
+    def staged(self, tenant: UUID) -> "HealthLakeTransaction":
+        return HealthLakeTransaction(self, tenant)
+
     def purge_tenant(self, tenant: UUID) -> dict[str, int]:
         """Erase every resource of the tenant with all its versions (`$erase`), type by
         type, within the quota: first the deletes that were interrupted, then every
@@ -625,11 +635,276 @@ class HealthLakeStore:
         return counts
 
 
-def _taken() -> FhirError:
+@dataclass(frozen=True)
+class _Op:
+    method: str  # PUT or DELETE
+    resource_type: str
+    resource_id: str
+    document: dict[str, Any] | None
+    if_match: int | None
+    staged: Version
+
+
+class HealthLakeTransaction:
+    """A transaction bundle on HealthLake: the bundle code runs as on PostgreSQL (ids,
+    conditional matches and reference rewriting decided here, inside the tenant), but
+    the writes are only collected, each after the same pre-check reads a direct write
+    makes (the tenant's own resource, its version, If-Match). `commit` sends them as
+    one HealthLake transaction bundle (atomic there: all or nothing, in order): PUTs of
+    stamped documents (the tenant tag set, a client's tag of our system dropped) with
+    If-Match on the version read, DELETEs, then `$erase` of the deleted ones. No
+    urn:uuid reaches the datastore: every id is ours and every reference resolved."""
+
+    def __init__(self, store: HealthLakeStore, tenant: UUID) -> None:
+        self.store = store
+        self.tenant = tenant
+        self.features = store.features
+        self.ops: list[_Op] = []
+        self.written: dict[tuple[str, str], Version] = {}
+
+    # --- reads see the collected writes ---------------------------------------------
+
+    def read(
+        self,
+        tenant: UUID,
+        resource_type: str,
+        resource_id: str,
+        *,
+        alongside: Alongside | None = None,
+    ) -> Version | None:
+        written = self.written.get((resource_type, resource_id))
+        if written is None:
+            return self.store.read(tenant, resource_type, resource_id, alongside=alongside)
+        self.store._audit(alongside, tenant, not written.deleted)
+        return written
+
+    def vread(
+        self, tenant: UUID, resource_type: str, resource_id: str, version_id: int
+    ) -> Version | None:
+        return self.store.vread(tenant, resource_type, resource_id, version_id)
+
+    def search(self, tenant: UUID, query: "SearchQuery") -> SearchResult:
+        return self.store.search(tenant, query)
+
+    def history(self, tenant: UUID, **kwargs: Any) -> HistoryPage:
+        return self.store.history(tenant, **kwargs)
+
+    def list_current(
+        self, tenant: UUID, resource_type: str, count: int, offset: int
+    ) -> tuple[list[Version], bool]:
+        return self.store.list_current(tenant, resource_type, count, offset)
+
+    def iter_tenant(
+        self, tenant: UUID, *, types: list[str] | None = None, since: datetime | None = None
+    ) -> Iterator[Version]:
+        return self.store.iter_tenant(tenant, types=types, since=since)
+
+    def expunge(self, tenant: UUID, resource_type: str, resource_id: str) -> int:
+        raise FhirError(400, "not-supported", "$expunge is not supported in a transaction")
+
+    def purge_tenant(self, tenant: UUID) -> dict[str, int]:
+        raise FhirError(400, "not-supported", "Not in a transaction")
+
+    def staged(self, tenant: UUID) -> "HealthLakeTransaction":
+        return self
+
+    # --- writes are collected ---------------------------------------------------------
+
+    def _collect(self, op: _Op) -> Version:
+        key = (op.resource_type, op.resource_id)
+        if key in self.written:
+            raise _twice()
+        self.ops.append(op)
+        self.written[key] = op.staged
+        return op.staged
+
+    def _put(
+        self,
+        tenant: UUID,
+        resource: dict[str, Any],
+        resource_id: str,
+        version_id: int,
+        if_match: int | None,
+        method: str,
+    ) -> Version:
+        document = stamp(resource, tenant, resource_id, version_id, timezone.now())
+        staged = _version(document, orjson.dumps(document).decode(), method)
+        op = _Op("PUT", staged.resource_type, resource_id, document, if_match, staged)
+        return self._collect(op)
+
+    def create(
+        self, tenant: UUID, resource: dict[str, Any], *, resource_id: str | None = None
+    ) -> Version:
+        return self._put(tenant, resource, resource_id or str(uuid4()), 1, None, "create")
+
+    def create_many(
+        self, tenant: UUID, resources: list[tuple[dict[str, Any], str]]
+    ) -> list[Version]:
+        return [self.create(tenant, resource, resource_id=rid) for resource, rid in resources]
+
+    def update(
+        self,
+        tenant: UUID,
+        resource: dict[str, Any],
+        resource_id: str,
+        *,
+        if_match: int | None = None,
+    ) -> tuple[Version, bool]:
+        if (resource["resourceType"], resource_id) in self.written:
+            raise _twice()
+        version_id, expected = self.store._plan_update(
+            tenant, resource["resourceType"], resource_id, if_match
+        )
+        method = "create" if expected is None else "update"
+        return self._put(tenant, resource, resource_id, version_id, expected, method), (
+            expected is None
+        )
+
+    def delete(self, tenant: UUID, resource_type: str, resource_id: str) -> Version | None:
+        if (resource_type, resource_id) in self.written:
+            raise _twice()
+        path = f"{resource_type}/{resource_id}"
+        status, document, _text = self.store._get_own(tenant, path)
+        if document is None:
+            return (
+                self.store._gone(tenant, resource_type, resource_id)
+                if status in (404, 410)
+                else None
+            )
+        current = int((document.get("meta") or {}).get("versionId") or 1)
+        staged = Version(resource_type, resource_id, current + 1, timezone.now(), None, "delete")
+        return self._collect(_Op("DELETE", resource_type, resource_id, None, current, staged))
+
+    # --- the transaction ---------------------------------------------------------------
+
+    def pending(self, version: Version) -> bool:
+        return self.written.get((version.resource_type, version.id)) is version
+
+    def unknown_references(self, references: set[str]) -> set[str]:
+        unknown = set()
+        for reference in sorted(references):
+            resource_type, _, resource_id = reference.partition("/")
+            written = self.written.get((resource_type, resource_id))
+            if written is not None:
+                if written.deleted:
+                    unknown.add(reference)
+                continue
+            _status, document, _text = self.store._get_own(self.tenant, reference)
+            if document is None:
+                unknown.add(reference)
+        return unknown
+
+    def commit(self) -> dict[Version, Version]:
+        """Send the collected writes as one HealthLake transaction. Nothing is written
+        unless all are (HealthLake's transactions are atomic); a write another request
+        made meanwhile fails it with 412 (If-Match), never overwritten."""
+        if not self.ops:
+            return {}
+        store, tenant = self.store, self.tenant
+        if len(self.ops) > MAX_BUNDLE_ENTRIES:
+            raise too_many_writes()
+        deleting = [
+            f"{op.resource_type}/{op.resource_id}" for op in self.ops if op.document is None
+        ]
+        # HealthLake counts a transaction as twice the writes it holds: so does the quota
+        # (the call below takes one more).
+        deadline = time.monotonic() + store.client.retry_budget
+        for _write in range(2 * len(self.ops) - 1):
+            store.client.quota.acquire("crud", deadline)
+        if deleting:  # an interrupted erase is finished by the next delete or the closure
+            store.redis.sadd(store._pending_key(tenant), *deleting)
+        entries = []
+        for op in self.ops:
+            request: dict[str, Any] = {
+                "method": op.method,
+                "url": f"{op.resource_type}/{op.resource_id}",
+            }
+            if op.if_match is not None:
+                request["ifMatch"] = f'W/"{op.if_match}"'
+            entry: dict[str, Any] = {"request": request}
+            if op.document is not None:
+                entry["resource"] = op.document
+            entries.append(entry)
+        answer = store.client.call(
+            "POST",
+            "",
+            body={"resourceType": "Bundle", "type": "transaction", "entry": entries},
+            headers={"Prefer": "return=representation"},
+            idempotent=False,
+        )
+        if answer.status != 200:
+            if deleting:
+                store.redis.srem(store._pending_key(tenant), *deleting)
+            if answer.status in (409, 412):
+                raise VersionConflict(None)
+            raise store._refused(answer)
+        responses = (answer.json() or {}).get("entry") or []
+        if len(responses) != len(self.ops):
+            logger.error("HealthLake answered a transaction with a different number of entries")
+            raise FhirError(503, "transient", "The FHIR store answered the transaction oddly")
+        committed: dict[Version, Version] = {}
+        now = timezone.now()
+        for op, item in zip(self.ops, responses, strict=True):
+            committed[op.staged] = self._stored(op, item if isinstance(item, dict) else {})
+        for op in self.ops:
+            if op.document is None:
+                store.redis.set(
+                    store._gone_key(tenant, op.resource_type, op.resource_id),
+                    orjson.dumps({"v": op.staged.version_id, "t": now.isoformat()}),
+                    ex=GONE_DAYS * 86400,
+                )
+                store._erase(op.resource_type, op.resource_id)
+                store.redis.srem(store._pending_key(tenant), f"{op.resource_type}/{op.resource_id}")
+            else:
+                store.redis.delete(store._gone_key(tenant, op.resource_type, op.resource_id))
+        return committed
+
+    def _stored(self, op: _Op, item: dict[str, Any]) -> Version:
+        """The version the datastore stored for one entry, its tenant tag checked."""
+        response = item.get("response") or {}
+        if not str(response.get("status", "")).startswith("2"):
+            logger.error("HealthLake answered a transaction with a failed entry")
+            raise FhirError(503, "transient", "The FHIR store answered the transaction oddly")
+        if op.document is None:
+            return op.staged
+        stored = item.get("resource")
+        if not isinstance(stored, dict):  # no representation: ours, as the datastore dated it
+            meta = dict(op.document["meta"])
+            meta["versionId"] = str(_etag_version(response.get("etag")) or op.staged.version_id)
+            meta["lastUpdated"] = response.get("lastModified") or meta["lastUpdated"]
+            stored = {**op.document, "meta": meta}
+        if stored.get("id") != op.resource_id or not carries_tenant_tag(stored, self.tenant):
+            raise FhirError(503, "transient", "The FHIR store did not keep the tenant tag")
+        return _version(stored, orjson.dumps(stored).decode(), op.staged.method)
+
+
+def _twice() -> FhirError:
     return FhirError(
-        409,
-        "conflict",
-        "This id cannot be used in this FHIR store; create the resource with POST instead",
+        400,
+        "not-supported",
+        "A transaction may write each resource only once with this server's FHIR store",
+    )
+
+
+def too_many_writes() -> FhirError:
+    return FhirError(
+        400,
+        "not-supported",
+        f"A transaction may write at most {MAX_BUNDLE_ENTRIES} resources with this server's"
+        " FHIR store; split it, or send a batch",
+    )
+
+
+def no_update_create() -> FhirError:
+    """A PUT of an id the tenant does not have. HealthLake's ids are one namespace for
+    every tenant of the datastore, so update-as-create is not offered (`/metadata`:
+    updateCreate false): an id that does not exist and another tenant's id get this
+    same answer, and a PUT never learns whether the id is taken."""
+    return FhirError(
+        400,
+        "not-supported",
+        "Update as create (a PUT of an id that does not exist) is not supported by this"
+        " server's FHIR store; create the resource with POST",
     )
 
 

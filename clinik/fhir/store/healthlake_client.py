@@ -1,7 +1,8 @@
 """The wire to an AWS HealthLake datastore: the control plane (boto3 `healthlake`,
 `describe_fhir_datastore`) checked at start-up, and FHIR calls to the datastore
-endpoint over HTTPS, signed with SigV4 by botocore's signer, on one pooled urllib3
-session with timeouts, inside the quota (healthlake_quota) with adaptive retries.
+endpoint over HTTPS, signed with SigV4 by botocore's signer (its signing key kept for
+the day), on one pooled keep-alive session with timeouts (clinik.lib.keepalive),
+inside the quota (healthlake_quota) with adaptive retries.
 
 Nothing here logs a URL, a query string or a body: they carry PHI.
 """
@@ -14,14 +15,14 @@ from urllib.parse import urlencode, urlsplit
 
 import boto3
 import orjson
-import urllib3
-from botocore.auth import SigV4Auth
+from botocore.auth import SIGNED_HEADERS_BLACKLIST, SigV4Auth, _host_from_url
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
 
 from clinik.fhir.http import FhirError
 from clinik.fhir.store.healthlake_quota import Quota
+from clinik.lib.keepalive import HttpFailure, Origin
 
 SERVICE = "healthlake"
 THROTTLED_STATUSES = frozenset({429, 503})
@@ -134,12 +135,12 @@ class HealthLakeClient:
         self._session = boto3.session.Session(region_name=region)
         self._credentials = credentials
         # One pool for the datastore's one origin (paging links are refused elsewhere).
-        self._pool = urllib3.PoolManager(
-            maxsize=pool_size,
-            block=False,
-            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
-            retries=False,
-        ).connection_from_url(self.base)
+        self._pool = Origin(
+            self.origin,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            pool_size=pool_size,
+        )
         self._signer: tuple[Any, SigV4Auth] | None = None
 
     def _auth(self) -> SigV4Auth:
@@ -151,7 +152,7 @@ class HealthLakeClient:
         frozen = credentials.get_frozen_credentials()
         signer = self._signer
         if signer is None or signer[0] != frozen:
-            signer = (frozen, SigV4Auth(frozen, SERVICE, self.region))
+            signer = (frozen, _DaySigner(frozen, SERVICE, self.region))
             self._signer = signer
         return signer[1]
 
@@ -166,9 +167,9 @@ class HealthLakeClient:
         self, method: str, url: str, body: bytes | None, headers: dict[str, str]
     ) -> dict[str, str]:
         """The headers of the request signed by botocore (SigV4, service healthlake)."""
-        request = AWSRequest(method=method, url=url, data=body or b"", headers=headers)
+        request = _ToSign(method, url, dict(headers), body or b"")
         self._auth().add_auth(request)
-        return dict(request.headers.items())
+        return request.headers
 
     def call(
         self,
@@ -180,10 +181,13 @@ class HealthLakeClient:
         form: list[tuple[str, str]] | None = None,
         headers: dict[str, str] | None = None,
         kind: str = "crud",
+        idempotent: bool = True,
     ) -> Answer:
         """One FHIR interaction, within the quota, retried on throttling and transient
         failures with jittered exponential backoff while the retry budget lasts; a
-        request that still cannot be served raises 503 + Retry-After."""
+        request that still cannot be served raises 503 + Retry-After. A call that is not
+        `idempotent` (a transaction bundle) is sent again only when throttled (429: not
+        applied), never after a timeout or a 5xx, whose outcome is unknown."""
         url = path_or_url if "://" in path_or_url else self.url(path_or_url, params)
         if "://" in path_or_url and not self.owns(url):
             raise FhirError(400, "invalid", "This paging link is not one this server issued")
@@ -202,26 +206,21 @@ class HealthLakeClient:
             self.quota.acquire(kind, deadline)
             signed = self._signed(method, url, data, sent)
             try:
-                response = self._pool.urlopen(
-                    method,
-                    url[len(self.origin) :],
-                    body=data,
-                    headers=signed,
-                    preload_content=True,
-                    redirect=False,
-                    assert_same_host=False,
+                response = self._pool.request(
+                    method, url[len(self.origin) :], signed, data, reuse=idempotent
                 )
-            except urllib3.exceptions.HTTPError:
-                # Timeouts and broken connections: every call we make is idempotent
-                # (creates are PUTs of ids we chose), so sending it again is safe.
+            except HttpFailure:
+                # Timeouts and broken connections: every idempotent call we make (creates
+                # are PUTs of ids we chose) is safe to send again; a transaction is not.
                 status, answer_headers = 0, {}
             else:
-                status = response.status
-                answer_headers = {k.lower(): v for k, v in response.headers.items()}
+                status, answer_headers = response.status, response.headers
                 if status not in RETRYABLE_STATUSES:
                     return Answer(status, response.data, answer_headers)
             if status in THROTTLED_STATUSES:
                 self.quota.slow_down(kind)
+            if not idempotent and status != 429:
+                raise unavailable(5, "down")
             hinted = _retry_after(answer_headers.get("retry-after"))
             pause = hinted if hinted is not None else _backoff(attempt)
             retry_after = max(1, round(pause + 0.5))
@@ -229,6 +228,59 @@ class HealthLakeClient:
                 break
             time.sleep(pause)
         raise unavailable(retry_after, "busy" if status in THROTTLED_STATUSES else "down")
+
+
+class _ToSign:
+    """What botocore's SigV4Auth reads and writes of a request (method, url, headers,
+    body, params, context): a plain dict of headers, where AWSRequest builds
+    email.message-based header objects (we never send a header twice)."""
+
+    __slots__ = ("body", "context", "headers", "method", "params", "url")
+
+    def __init__(self, method: str, url: str, headers: dict[str, str], body: bytes) -> None:
+        self.method, self.url, self.headers, self.body = method, url, headers, body
+        self.params: dict[str, str] = {}
+        self.context: dict[str, Any] = {}
+
+
+class _Headers(dict[str, str]):
+    """The headers to sign, as botocore's HTTPHeaders answers them (`get_all`)."""
+
+    def get_all(self, name: str, failobj: Any = None) -> Any:
+        return [self[name]] if name in self else failobj
+
+
+class _DaySigner(SigV4Auth):
+    """botocore's SigV4 signer, keeping the signing key it derives from the secret for
+    the day it is valid (four HMACs per request saved; the signature is the same), and
+    the headers to sign in a plain dict (the same names and values)."""
+
+    _day: tuple[str, bytes] | None = None
+    _hosts: dict[str, str]
+
+    def headers_to_sign(self, request: Any) -> Any:
+        selected = _Headers()
+        for name, value in request.headers.items():
+            lower = name.lower()
+            if lower not in SIGNED_HEADERS_BLACKLIST:
+                selected[lower] = value
+        if "host" not in selected:
+            hosts = self.__dict__.setdefault("_hosts", {})
+            origin = request.url[: request.url.find("/", 8)]
+            if origin not in hosts:
+                hosts[origin] = _host_from_url(request.url)
+            selected["host"] = hosts[origin]
+        return selected
+
+    def signature(self, string_to_sign: str, request: AWSRequest) -> str:
+        day = request.context["timestamp"][0:8]
+        kept = self._day
+        if kept is None or kept[0] != day:
+            key = self._sign(f"AWS4{self.credentials.secret_key}".encode(), day)
+            for part in (self._region_name, self._service_name, "aws4_request"):
+                key = self._sign(key, part)
+            kept = self._day = (day, key)
+        return str(self._sign(kept[1], string_to_sign, hex=True))
 
 
 def _backoff(attempt: int) -> float:

@@ -371,6 +371,10 @@ class PostgresStore:
             finally:
                 cursor.close()
 
+    def staged(self, tenant: UUID) -> None:
+        """Writes roll back with the bundle's PostgreSQL transaction: written directly."""
+        return None
+
     def purge_tenant(self, tenant: UUID) -> dict[str, int]:
         """Delete every row of the tenant, in batches, each batch its own transaction:
         safe to kill at any point and run again to the same end state."""
