@@ -373,6 +373,10 @@ CELERY_BEAT_SCHEDULE |= {
         "task": "clinik.billing.tasks.end_grace_periods",
         "schedule": 3600.0,
     },
+    "sweep-stripe-events": {
+        "task": "clinik.billing.tasks.sweep_stripe_events",
+        "schedule": 600.0,
+    },
 }
 
 # --- Security headers ----------------------------------------------------------

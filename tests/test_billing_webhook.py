@@ -3,17 +3,20 @@ Stripe's API (tests/stripe_fake.py) with payloads signed as Stripe signs them.""
 
 import threading
 import time
+from datetime import timedelta
 from typing import Any
 
 import pytest
+import time_machine
 from django.db import connection
 from django.test import Client
+from django.utils import timezone
 
 from clinik.audit.models import AuditEvent
 from clinik.billing.models import Account, Invoice, StripeEvent
 from clinik.billing.webhooks import process
 from clinik.gateway.ratelimit import known_keys, limiter
-from tests.stripe_fake import FakeStripe, deliver, paid_plans, stripe_fake
+from tests.stripe_fake import FakeStripe, deliver, paid_plans, sign, stripe_fake
 
 __all__ = ["paid_plans", "stripe_fake"]
 
@@ -195,3 +198,39 @@ def test_a_real_worker_processes_the_event_and_retries_while_stripe_fails(
     )
     assert stripe_fake.failed == 4
     assert Account.objects.get(org=owner.org).plan.slug == "developer"
+
+
+def test_an_event_never_queued_is_swept_and_processed_once(owner, stripe_fake) -> None:
+    """The row is stored before anything is queued: an event whose queueing was lost
+    (broker down, process killed after the INSERT) is queued again by the sweeper."""
+    from clinik.billing.tasks import sweep_stripe_events
+
+    session_id = _checkout(owner, stripe_fake)
+    stripe_fake.complete_checkout(session_id)
+    event = stripe_fake.event("checkout.session.completed", stripe_fake.sessions[session_id])
+    assert deliver(Client(), event).status_code == 200  # on_commit not run: never queued
+    assert deliver(Client(), event).status_code == 200  # a duplicate: acknowledged only
+    stored = StripeEvent.objects.get(event_id=event["id"])
+    assert stored.processed_at is None
+    assert sweep_stripe_events() == 0  # too recent: its task may still be on its way
+    with time_machine.travel(timezone.now() + timedelta(minutes=11), tick=False):
+        assert sweep_stripe_events() == 1  # eager in tests: processed here
+        assert sweep_stripe_events() == 0
+    stored.refresh_from_db()
+    assert stored.processed_at is not None and stored.attempts == 1
+    assert Account.objects.get(org=owner.org).plan.slug == "developer"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"[1, 2]", b'{"id": "evt_1"}', b'{"id": "evt_1", "type": "invoice.paid", "created": 1}'],
+)
+def test_a_signed_payload_that_is_not_an_event_is_a_400(payload, stripe_fake) -> None:
+    response = Client().post(
+        "/billing/stripe/webhook",
+        data=payload,
+        content_type="application/json",
+        headers={"Stripe-Signature": sign(payload)},
+    )
+    assert response.status_code == 400
+    assert not StripeEvent.objects.exists()
