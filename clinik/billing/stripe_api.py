@@ -12,18 +12,26 @@ class BillingOff(Exception):
     """STRIPE_SECRET_KEY / STRIPE_WEBHOOK_SECRET are not set."""
 
 
-_clients: dict[tuple[str, str], stripe.StripeClient] = {}
+_clients: dict[tuple[str, str, str], stripe.StripeClient] = {}
 
 
 def client() -> stripe.StripeClient:
     if not settings.BILLING_ENABLED:
         raise BillingOff("billing is off: STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET are unset")
-    key = (settings.STRIPE_SECRET_KEY, settings.STRIPE_API_BASE)
+    key = (
+        settings.STRIPE_SECRET_KEY,
+        settings.STRIPE_API_BASE,
+        settings.STRIPE_METER_EVENTS_API_BASE,
+    )
     found = _clients.get(key)
     if found is None:
-        base: Any = {"api": settings.STRIPE_API_BASE} if settings.STRIPE_API_BASE else None
+        base: Any = {}
+        if settings.STRIPE_API_BASE:
+            base["api"] = settings.STRIPE_API_BASE
+        if settings.STRIPE_METER_EVENTS_API_BASE:
+            base["meter_events"] = settings.STRIPE_METER_EVENTS_API_BASE
         found = stripe.StripeClient(
-            settings.STRIPE_SECRET_KEY, base_addresses=base, max_network_retries=2
+            settings.STRIPE_SECRET_KEY, base_addresses=base or None, max_network_retries=2
         )
         _clients[key] = found
     return found
