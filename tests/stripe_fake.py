@@ -182,10 +182,9 @@ class FakeStripe:
         self.meter_events.setdefault(identifier, event)
         self.meter_log.append(event)
 
-    def _meter_error(self, event: dict[str, Any], at: float) -> str | None:
+    def _meter_error(self, event: dict[str, Any], when: float | None, at: float) -> str | None:
         """What Stripe's asynchronous validation says of a streamed event, or None."""
-        stamp = event.get("timestamp")
-        when = _rfc3339(stamp) if stamp is not None else at
+        when = at if when is None else when
         payload = event["payload"]
         customer = payload.get("stripe_customer_id")
         if when < at - 35 * 86400:
@@ -242,7 +241,7 @@ class FakeStripe:
             params = json.loads(body or "null")
         except ValueError:
             return 400, _v2_error("invalid_request_error", "invalid_json", "Invalid JSON body")
-        problem = _stream_problem(params)
+        problem, stamps = _stream_problem(params)
         if problem is not None:
             return 400, _v2_error("invalid_request_error", "invalid_field", problem)
         with self.lock:
@@ -257,8 +256,8 @@ class FakeStripe:
             self.stream_requests += 1
             self.requests.append((method, path, ""))
             at = self.now()
-            for event in params["events"]:
-                error = self._meter_error(event, at)
+            for event, when in zip(params["events"], stamps, strict=True):
+                error = self._meter_error(event, when, at)
                 if error is not None:
                     self.meter_errors.append({"code": error, "event": event})
                 else:
@@ -278,6 +277,14 @@ class FakeStripe:
             return 500, {"error": {"type": "api_error", "message": "Something went wrong"}}
         if (method, path) == ("POST", "/v2/billing/meter_event_session"):
             return self.create_stream_session()
+        if (method, path) == ("GET", "/_fake/meter"):  # not Stripe's: for the bench
+            with self.lock:
+                total = sum(int(e["payload"]["value"]) for e in self.meter_log)
+                return 200, {
+                    "events": len(self.meter_log),
+                    "total": total,
+                    "errors": len(self.meter_errors),
+                }
         params = _nest(parse_qsl(body or query, keep_blank_values=True))
         idem = headers.get("Idempotency-Key")
         if method == "POST" and idem and idem in self.idempotent:
@@ -406,31 +413,32 @@ def _v2_error(type_: str, code: str, message: str) -> dict[str, Any]:
     return {"error": {"type": type_, "code": code, "message": message}}
 
 
-def _stream_problem(params: Any) -> str | None:
-    """What Stripe refuses at once in a stream request (the shape), or None."""
+def _stream_problem(params: Any) -> tuple[str | None, list[float | None]]:
+    """What Stripe refuses at once in a stream request (the shape), or None; and the
+    events' times."""
     events = params.get("events") if isinstance(params, dict) else None
+    stamps: list[float | None] = []
     if not isinstance(events, list) or not events:
-        return "events: a non-empty array is required"
+        return "events: a non-empty array is required", stamps
     if len(events) > STREAM_MAX_EVENTS:
-        return f"events: at most {STREAM_MAX_EVENTS} events per request"
+        return f"events: at most {STREAM_MAX_EVENTS} events per request", stamps
     for i, event in enumerate(events):
         if not isinstance(event, dict):
-            return f"events[{i}]: an object is required"
+            return f"events[{i}]: an object is required", stamps
         if not isinstance(event.get("event_name"), str) or not event["event_name"]:
-            return f"events[{i}].event_name: required"
+            return f"events[{i}].event_name: required", stamps
         payload = event.get("payload")
         if not isinstance(payload, dict) or not all(isinstance(v, str) for v in payload.values()):
-            return f"events[{i}].payload: an object of strings is required"
+            return f"events[{i}].payload: an object of strings is required", stamps
         identifier = event.get("identifier")
         if identifier is not None and (not isinstance(identifier, str) or len(identifier) > 100):
-            return f"events[{i}].identifier: a string of at most 100 characters"
+            return f"events[{i}].identifier: a string of at most 100 characters", stamps
         stamp = event.get("timestamp")
-        if stamp is not None:
-            try:
-                _rfc3339(stamp)
-            except (ValueError, TypeError):
-                return f"events[{i}].timestamp: an RFC 3339 time is required"
-    return None
+        try:
+            stamps.append(None if stamp is None else _rfc3339(stamp))
+        except (ValueError, TypeError):
+            return f"events[{i}].timestamp: an RFC 3339 time is required", stamps
+    return None, stamps
 
 
 def sign(payload: bytes, secret: str = WEBHOOK_SECRET, timestamp: int | None = None) -> str:

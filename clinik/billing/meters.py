@@ -24,7 +24,6 @@ from django.db import connection
 from django.utils import timezone
 
 from clinik.billing import stripe_api
-from clinik.billing.models import Account, MeterReport
 
 logger = logging.getLogger("clinik.billing")
 
@@ -102,7 +101,9 @@ class StreamSession:
     def _renew(self) -> None:
         session = self.client.v2.billing.meter_event_session.create()
         self.token = session.authentication_token
-        self.expires_at = _parse_time(session.expires_at)
+        # Its lifetime, counted on our clock (ours and Stripe's may differ).
+        lifetime = _parse_time(session.expires_at) - _parse_time(session.created)
+        self.expires_at = timezone.now() + lifetime
         self.created += 1
 
     def send(self, events: list[dict[str, Any]]) -> None:
@@ -127,13 +128,24 @@ def _parse_time(value: Any) -> datetime:
     return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
 
 
-def _stream_event(report: MeterReport, customer: str) -> dict[str, Any]:
+def _stream_event(identifier: str, hour: datetime, quantity: int, customer: str) -> dict[str, Any]:
     return {
         "event_name": settings.STRIPE_METER_EVENT_NAME,
-        "identifier": report.identifier,
-        "timestamp": report.hour.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z"),
-        "payload": {"stripe_customer_id": customer, "value": str(report.quantity)},
+        "identifier": identifier,
+        "timestamp": hour.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+        "payload": {"stripe_customer_id": customer, "value": str(quantity)},
     }
+
+
+# The next unsent reports with their Stripe customer, in claim order.
+_UNSENT = """
+SELECT m.id, m.identifier, m.hour, m.quantity, a.stripe_customer_id
+FROM billing_meterreport m JOIN billing_account a ON a.org_id = m.org_id
+WHERE m.sent_at IS NULL AND m.id > %s AND a.stripe_customer_id <> ''
+ORDER BY m.id
+LIMIT %s
+"""
+_MARK_SENT = "UPDATE billing_meterreport SET sent_at = %s WHERE id = ANY(%s)"
 
 
 def send(batch: int = 2000, concurrency: int = 4) -> int:
@@ -144,28 +156,21 @@ def send(batch: int = 2000, concurrency: int = 4) -> int:
     (within 24 hours; the hourly job reruns long before). Returns how many were sent."""
     session = StreamSession(stripe_api.client())
     sent = 0
-    customers: dict[Any, str] = {}
 
-    def one(chunk: list[MeterReport]) -> list[int]:
-        session.send([_stream_event(r, customers[r.org_id]) for r in chunk])
-        return [r.pk for r in chunk]
+    def one(chunk: list[tuple[Any, ...]]) -> list[int]:
+        session.send([_stream_event(*row[1:]) for row in chunk])
+        return [row[0] for row in chunk]
 
     last = 0
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         while True:
-            reports = list(
-                MeterReport.objects.filter(sent_at__isnull=True, pk__gt=last).order_by("pk")[:batch]
-            )
-            if not reports:
+            with connection.cursor() as cursor:
+                cursor.execute(_UNSENT, [last, batch])
+                rows = cursor.fetchall()
+            if not rows:
                 return sent
-            last = reports[-1].pk
-            missing = {r.org_id for r in reports} - customers.keys()
-            customers.update(
-                Account.objects.filter(org_id__in=missing).values_list(
-                    "org_id", "stripe_customer_id"
-                )
-            )
-            chunks = [reports[i : i + STREAM_BATCH] for i in range(0, len(reports), STREAM_BATCH)]
+            last = rows[-1][0]
+            chunks = [rows[i : i + STREAM_BATCH] for i in range(0, len(rows), STREAM_BATCH)]
             failure = None
             for future in as_completed([pool.submit(one, chunk) for chunk in chunks]):
                 try:
@@ -173,7 +178,8 @@ def send(batch: int = 2000, concurrency: int = 4) -> int:
                 except Exception as error:  # the others are marked; raised after
                     failure = failure or error
                     continue
-                MeterReport.objects.filter(pk__in=done).update(sent_at=timezone.now())
+                with connection.cursor() as cursor:
+                    cursor.execute(_MARK_SENT, [timezone.now(), done])
                 sent += len(done)
             if failure is not None:
                 raise failure
