@@ -161,7 +161,7 @@ class Target:
     """One gunicorn under test, its keep-alive client and what was measured."""
 
     def __init__(self, name: str, server: subprocess.Popen[bytes], port: int) -> None:
-        self.name, self.server = name, server
+        self.name, self.server, self.port = name, server, port
         self.conn = http.client.HTTPConnection("127.0.0.1", port)
         self.fresh: list[float] = []
         self.duplicates: list[float] = []
@@ -183,6 +183,10 @@ class Target:
         return time.perf_counter() - started
 
     def round(self, events: int) -> None:
+        # gunicorn closed the keep-alive connection while the other target ran
+        self.conn.close()
+        self.conn = http.client.HTTPConnection("127.0.0.1", self.port)
+        self.post(event())  # not measured: opens the connection
         cpu0 = cpu_seconds(self.server.pid)
         self.fresh += [self.post(event()) for _ in range(events)]
         self.cpu += cpu_seconds(self.server.pid) - cpu0

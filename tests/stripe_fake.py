@@ -204,15 +204,16 @@ class FakeStripe:
     def create_stream_session(self) -> tuple[int, dict[str, Any]]:
         with self.lock:
             now = self.now()
+            token = f"mes_token_{self.new_id('t')}_{now:.0f}"
             session = {
                 "id": self.new_id("mes"),
                 "object": "v2.billing.meter_event_session",
-                "authentication_token": f"mes_token_{self.new_id('t')}_{now:.0f}",
+                "authentication_token": token,
                 "created": _iso(now),
                 "expires_at": _iso(now + SESSION_SECONDS),
                 "livemode": False,
             }
-            self.stream_sessions[session["authentication_token"]] = {
+            self.stream_sessions[token] = {
                 "expires": now + SESSION_SECONDS,
                 "used": 0,
             }

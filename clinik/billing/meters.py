@@ -106,7 +106,7 @@ class StreamSession:
         self.expires_at = timezone.now() + lifetime
         self.created += 1
 
-    def send(self, events: list[dict[str, Any]]) -> None:
+    def send(self, events: list[Any]) -> None:
         """One request of at most STREAM_BATCH events; an expired token is renewed and
         the request sent again (the identifiers make a repeat harmless)."""
         for attempt in range(3):
