@@ -7,13 +7,14 @@ meter for 10,000 organizations. Stripe is the local fake of the tests
     make db && .venv/bin/python bench/billing_bench.py [--events 2000] [--orgs 10000] \
         [--baseline DIR] [--v1-seconds 60]
 
-1. Webhook: gunicorn (bench/gunicorn_conf.py, 1 worker, 4 threads) receives signed
+1. Webhook: the production server (`python -m clinik.serve`, granian; --gunicorn for
+   bench/gunicorn_conf.py as in the first pass), 1 worker x 4 threads, receives signed
    events one after another on a keep-alive connection (new ids: verify, store, enqueue
    the Celery task to the Redis broker), then the same event again and again (verify,
    refused by the unique id); client-side latency percentiles and the server's CPU per
-   event (/proc, master + worker). With --baseline DIR (a checkout of another commit,
+   event (/proc, main process + worker). With --baseline DIR (a checkout of another commit,
    e.g. `git archive <commit> | tar -x -C DIR`, with its clinik/fhir/definitions and
-   var/fhir), a second gunicorn runs that code on the same database, and the two are
+   var/fhir), a second server runs that code on the same database, and the two are
    measured alternately, in rounds of 250 events (A/B/A/B...), so the load of the
    machine weighs on both alike.
 2. Meters: 10,000 organizations on Developer (250,000 requests included) with hourly
@@ -93,7 +94,7 @@ _TICK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
-    """CPU (user + system) of a process and its children: gunicorn's master and
+    """CPU (user + system) of a process and its children: the server's main and
     worker, from /proc in clock ticks (ps rounds to whole seconds)."""
     pids = [pid]
     children = Path(f"/proc/{pid}/task/{pid}/children")
@@ -117,26 +118,24 @@ def percentiles(values: list[float]) -> dict[str, float]:
     }
 
 
-def start_server(tree: Path, fake_url: str) -> tuple[subprocess.Popen[bytes], int]:
+def start_server(
+    tree: Path, fake_url: str, gunicorn: bool = False
+) -> tuple[subprocess.Popen[bytes], int]:
+    """The production server (`python -m clinik.serve`: granian), or gunicorn gthread
+    as the first pass measured; 1 worker x 4 threads either way."""
     port = free_port()
-    env = {**env_for(fake_url), "WEB_CONCURRENCY": "1", "WEB_THREADS": "4"}
+    env = {
+        **env_for(fake_url),
+        "WEB_CONCURRENCY": "1",
+        "WEB_THREADS": "4",
+        "BIND": f"127.0.0.1:{port}",
+    }
+    argv = [PY, "-m", "clinik.serve"]
+    if gunicorn:
+        argv = [PY, "-m", "gunicorn", "clinik.wsgi", "--config", "bench/gunicorn_conf.py"]
+        argv += ["--bind", f"127.0.0.1:{port}", "--access-logfile", "/dev/null"]
     server = subprocess.Popen(
-        [
-            PY,
-            "-m",
-            "gunicorn",
-            "clinik.wsgi",
-            "--config",
-            "bench/gunicorn_conf.py",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--access-logfile",
-            "/dev/null",
-        ],
-        cwd=tree,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        argv, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     for _ in range(600):
         try:
@@ -158,7 +157,7 @@ def event() -> dict[str, object]:
 
 
 class Target:
-    """One gunicorn under test, its keep-alive client and what was measured."""
+    """One server under test, its keep-alive client and what was measured."""
 
     def __init__(self, name: str, server: subprocess.Popen[bytes], port: int) -> None:
         self.name, self.server, self.port = name, server, port
@@ -183,7 +182,7 @@ class Target:
         return time.perf_counter() - started
 
     def round(self, events: int) -> None:
-        # gunicorn closed the keep-alive connection while the other target ran
+        # the server may have closed the keep-alive connection while the other ran
         self.conn.close()
         self.conn = http.client.HTTPConnection("127.0.0.1", self.port)
         self.post(event())  # not measured: opens the connection
@@ -201,12 +200,12 @@ class Target:
         }
 
 
-def webhook(events: int, fake_url: str, baseline: Path | None) -> dict[str, object]:
+def webhook(events: int, fake_url: str, baseline: Path | None, gunicorn: bool) -> dict[str, object]:
     targets: list[Target] = []
     try:
         trees = [("this tree", ROOT)] + ([("baseline", baseline)] if baseline else [])
         for name, tree in trees:
-            targets.append(Target(name, *start_server(tree, fake_url)))
+            targets.append(Target(name, *start_server(tree, fake_url, gunicorn)))
         for target in targets:  # warm-up
             for _ in range(50):
                 target.post(event())
@@ -398,6 +397,7 @@ def main() -> None:
     parser.add_argument("--skip-meters", action="store_true")
     parser.add_argument("--claim-only", action="store_true", help="do not send the events")
     parser.add_argument("--baseline", type=Path, help="a checkout to compare the webhook with")
+    parser.add_argument("--gunicorn", action="store_true", help="gunicorn instead of granian")
     parser.add_argument(
         "--v1-seconds", type=float, default=60, help="run the previous sender this long"
     )
@@ -406,7 +406,7 @@ def main() -> None:
     if not args.skip_webhook:
         fake, url, _ = start_fake()
         try:
-            result["webhook"] = webhook(args.events, url, args.baseline)
+            result["webhook"] = webhook(args.events, url, args.baseline, args.gunicorn)
         finally:
             fake.kill()
         result["load_average_after_webhook"] = os.getloadavg()
