@@ -353,6 +353,8 @@ AUDIT_EXPORT_INLINE_MAX = env_int("AUDIT_EXPORT_INLINE_MAX", 5000, minimum=0)
 STRIPE_SECRET_KEY = env_str("STRIPE_SECRET_KEY", "")
 STRIPE_WEBHOOK_SECRET = env_str("STRIPE_WEBHOOK_SECRET", "")
 STRIPE_API_BASE = env_str("STRIPE_API_BASE", "")  # empty: the SDK's own
+# The high-throughput meter event stream is served from an address of its own.
+STRIPE_METER_EVENTS_API_BASE = env_str("STRIPE_METER_EVENTS_API_BASE", "")  # empty: the SDK's
 STRIPE_METER_EVENT_NAME = env_str("STRIPE_METER_EVENT_NAME", "api_requests")
 BILLING_ENABLED = bool(STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET)
 BILLING_DEFAULT_PLAN = env_str("BILLING_DEFAULT_PLAN", "free")
@@ -372,6 +374,10 @@ CELERY_BEAT_SCHEDULE |= {
     "end-billing-grace-periods": {
         "task": "clinik.billing.tasks.end_grace_periods",
         "schedule": 3600.0,
+    },
+    "sweep-stripe-events": {
+        "task": "clinik.billing.tasks.sweep_stripe_events",
+        "schedule": 600.0,
     },
 }
 

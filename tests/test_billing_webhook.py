@@ -3,17 +3,28 @@ Stripe's API (tests/stripe_fake.py) with payloads signed as Stripe signs them.""
 
 import threading
 import time
+from datetime import timedelta
 from typing import Any
 
 import pytest
+import time_machine
 from django.db import connection
 from django.test import Client
+from django.utils import timezone
 
 from clinik.audit.models import AuditEvent
 from clinik.billing.models import Account, Invoice, StripeEvent
 from clinik.billing.webhooks import process
 from clinik.gateway.ratelimit import known_keys, limiter
-from tests.stripe_fake import FakeStripe, deliver, paid_plans, stripe_fake
+from tests.stripe_fake import (
+    SECRET_KEY,
+    WEBHOOK_SECRET,
+    FakeStripe,
+    deliver,
+    paid_plans,
+    sign,
+    stripe_fake,
+)
 
 __all__ = ["paid_plans", "stripe_fake"]
 
@@ -194,4 +205,83 @@ def test_a_real_worker_processes_the_event_and_retries_while_stripe_fails(
         timeout=90,
     )
     assert stripe_fake.failed == 4
+    assert Account.objects.get(org=owner.org).plan.slug == "developer"
+
+
+def test_an_event_never_queued_is_swept_and_processed_once(owner, stripe_fake) -> None:
+    """The row is stored before anything is queued: an event whose queueing was lost
+    (broker down, process killed after the INSERT) is queued again by the sweeper."""
+    from clinik.billing.tasks import sweep_stripe_events
+
+    session_id = _checkout(owner, stripe_fake)
+    stripe_fake.complete_checkout(session_id)
+    event = stripe_fake.event("checkout.session.completed", stripe_fake.sessions[session_id])
+    assert deliver(Client(), event).status_code == 200  # on_commit not run: never queued
+    assert deliver(Client(), event).status_code == 200  # a duplicate: acknowledged only
+    stored = StripeEvent.objects.get(event_id=event["id"])
+    assert stored.processed_at is None
+    assert sweep_stripe_events() == 0  # too recent: its task may still be on its way
+    with time_machine.travel(timezone.now() + timedelta(minutes=11), tick=False):
+        assert sweep_stripe_events() == 1  # eager in tests: processed here
+        assert sweep_stripe_events() == 0
+    stored.refresh_from_db()
+    assert stored.processed_at is not None and stored.attempts == 1
+    assert Account.objects.get(org=owner.org).plan.slug == "developer"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"[1, 2]", b'{"id": "evt_1"}', b'{"id": "evt_1", "type": "invoice.paid", "created": 1}'],
+)
+def test_a_signed_payload_that_is_not_an_event_is_a_400(payload, stripe_fake) -> None:
+    response = Client().post(
+        "/billing/stripe/webhook",
+        data=payload,
+        content_type="application/json",
+        headers={"Stripe-Signature": sign(payload)},
+    )
+    assert response.status_code == 400
+    assert not StripeEvent.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_with_the_broker_down_the_event_is_kept_and_the_sweeper_queues_it(
+    owner, stripe_fake, tmp_path
+) -> None:
+    """Under the production server, with no broker to publish to: the webhook still
+    answers 200 (the row is stored first), a redelivery is acknowledged, and the
+    sweeper processes the event once the broker is back."""
+    import json
+
+    from clinik.billing.tasks import sweep_stripe_events
+    from tests.liveserver import free_port, serve
+
+    session_id = _checkout(owner, stripe_fake)
+    stripe_fake.complete_checkout(session_id)
+    event = stripe_fake.event("checkout.session.completed", stripe_fake.sessions[session_id])
+    env = {
+        "CELERY_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0",  # nothing listens
+        "CELERY_TASK_ALWAYS_EAGER": "false",
+        "STRIPE_SECRET_KEY": SECRET_KEY,
+        "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "STRIPE_API_BASE": stripe_fake.url,
+        "STRIPE_METER_EVENTS_API_BASE": stripe_fake.meter_url,
+    }
+    payload = json.dumps(event).encode()
+    with serve(tmp_path, env=env) as server:
+        for _ in range(2):  # the delivery, and Stripe's redelivery
+            request = (
+                f"POST /billing/stripe/webhook HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Content-Type: application/json\r\nStripe-Signature: {sign(payload)}\r\n"
+                f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
+            ).encode() + payload
+            status, _headers, body = server.exchange(request, timeout=60)
+            assert (status, body) == (200, b"ok")
+    assert "Broker unreachable" in server.output()
+    stored = StripeEvent.objects.get(event_id=event["id"])
+    assert stored.processed_at is None
+    with time_machine.travel(timezone.now() + timedelta(minutes=11), tick=False):
+        assert sweep_stripe_events() == 1  # the broker is back (eager here)
+    stored.refresh_from_db()
+    assert stored.processed_at is not None
     assert Account.objects.get(org=owner.org).plan.slug == "developer"

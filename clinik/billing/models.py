@@ -145,7 +145,15 @@ class StripeEvent(models.Model):
     attempts = models.PositiveSmallIntegerField(default=0)
 
     class Meta:
-        indexes = [models.Index(fields=["received_at"], name="billing_event_received")]
+        indexes = [
+            models.Index(fields=["received_at"], name="billing_event_received"),
+            # the sweeper's: only the (few) rows no task has processed yet
+            models.Index(
+                fields=["received_at"],
+                condition=models.Q(processed_at__isnull=True),
+                name="billing_event_unprocessed",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.type} {self.event_id}"

@@ -1,9 +1,13 @@
+import logging
 from typing import Any
 
 import stripe
 from celery import shared_task
+from kombu.exceptions import OperationalError
 
 from clinik.billing import dunning, event_retention, meters, records, webhooks
+
+logger = logging.getLogger("clinik.billing")
 
 
 @shared_task(
@@ -15,6 +19,25 @@ from clinik.billing import dunning, event_retention, meters, records, webhooks
 def process_stripe_event(event_pk: int) -> bool:
     """A stored webhook event, processed (Stripe re-read) with bounded retries."""
     return webhooks.process(event_pk)
+
+
+def enqueue_stripe_event(event_pk: int) -> None:
+    """Queue a stored event's processing, once, without the publish's own retries: the
+    webhook answers at once even with the broker down, and the sweeper queues what
+    could not be queued now."""
+    try:
+        process_stripe_event.apply_async((event_pk,), retry=False)
+    except (OperationalError, OSError):
+        logger.warning("Broker unreachable: a stored Stripe event waits for the sweeper")
+
+
+@shared_task(expires=3000)
+def sweep_stripe_events() -> int:
+    """Every 10 minutes: queue again the stored events no task has processed."""
+    pending = webhooks.unprocessed()
+    for event_pk in pending:
+        process_stripe_event.delay(event_pk)
+    return len(pending)
 
 
 @shared_task(expires=3000)

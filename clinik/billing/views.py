@@ -2,6 +2,7 @@
 the Stripe webhook endpoint."""
 
 from datetime import UTC
+from functools import partial
 from typing import Any
 from uuid import UUID
 
@@ -150,17 +151,18 @@ def _redirect(request: AuthedHttpRequest, url: str) -> HttpResponse:
 @csrf_exempt
 @require_POST
 def stripe_webhook(request: HttpRequest) -> HttpResponse:
-    """Verify, store once, answer at once; a Celery task does the work."""
+    """Verify, store once (one INSERT in autocommit), queue, answer: a Celery task does
+    the work; a duplicate delivery is acknowledged and does nothing."""
     if not settings.BILLING_ENABLED:
         return HttpResponse("billing is off", status=404, content_type="text/plain")
     try:
         event = stripe_api.verify(request.body, request.headers.get("Stripe-Signature", ""))
+        stored = webhooks.store(event)
     except (stripe.SignatureVerificationError, ValueError):
         return HttpResponse("invalid signature", status=400, content_type="text/plain")
-    with transaction.atomic():
-        stored = webhooks.store(event)
-        if stored is not None:
-            from clinik.billing.tasks import process_stripe_event
+    if stored is not None:
+        from clinik.billing.tasks import enqueue_stripe_event
 
-            transaction.on_commit(lambda: process_stripe_event.delay(stored.pk))
+        # After the row is committed (at once here: the endpoint runs in autocommit).
+        transaction.on_commit(partial(enqueue_stripe_event, stored))
     return HttpResponse("ok", content_type="text/plain")

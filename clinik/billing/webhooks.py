@@ -4,10 +4,10 @@ customer's subscription and the invoice from Stripe's API, so events handled in 
 order, or twice, leave the organization exactly as Stripe holds it."""
 
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from clinik import audit
@@ -36,23 +36,50 @@ _LIVE = ("active", "trialing", "past_due", "unpaid")
 _DUE = ("past_due", "unpaid")
 
 
-def store(event: Any) -> StripeEvent | None:
-    """Keep a verified event once; None when it was delivered before (or is of a type
-    we do not handle). The caller enqueues processing after commit."""
-    event = event.to_dict() if hasattr(event, "to_dict") else event
-    if event["type"] not in HANDLED:
-        return None
-    obj = event["data"]["object"]
+# One statement in autocommit: a duplicate delivery is the conflict, and no
+# transaction, savepoint or model instance is spent on the endpoint's path.
+_STORE = """
+INSERT INTO billing_stripeevent (event_id, type, object_id, created, received_at, attempts)
+VALUES (%s, %s, %s, %s, %s, 0)
+ON CONFLICT (event_id) DO NOTHING
+RETURNING id
+"""
+# A stored event no task has processed this long after it arrived is enqueued again
+# (the broker was down, the web process died before enqueueing, retries ran out).
+SWEEP_AFTER = timedelta(minutes=10)
+
+
+def store(event: dict[str, Any]) -> int | None:
+    """Keep a verified event once; its row id, or None when it was delivered before
+    (or is of a type we do not handle). Raises ValueError on a payload that is not
+    an event. The caller enqueues processing; the sweeper catches what it misses."""
     try:
-        with transaction.atomic():
-            return StripeEvent.objects.create(
-                event_id=event["id"],
-                type=event["type"],
-                object_id=str(obj.get("id", ""))[:100],
-                created=datetime.fromtimestamp(int(event["created"]), UTC),
-            )
-    except IntegrityError:
+        event_id, type_ = str(event["id"]), str(event["type"])
+        created = datetime.fromtimestamp(int(event["created"]), UTC)
+        object_id = str(event["data"]["object"].get("id", ""))[:100]
+    except (KeyError, TypeError, AttributeError, OverflowError, OSError) as error:
+        raise ValueError("not an event") from error
+    if type_ not in HANDLED:
         return None
+    if not event_id or len(event_id) > 100:
+        raise ValueError("not an event id")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _STORE,
+            [event_id, type_, object_id, created, timezone.now()],
+        )
+        row = cursor.fetchone()
+    return int(row[0]) if row else None
+
+
+def unprocessed(now: datetime | None = None, limit: int = 1000) -> list[int]:
+    """Stored events still unprocessed SWEEP_AFTER after they arrived, oldest first."""
+    before = (now or timezone.now()) - SWEEP_AFTER
+    return list(
+        StripeEvent.objects.filter(processed_at__isnull=True, received_at__lt=before)
+        .order_by("received_at")
+        .values_list("pk", flat=True)[:limit]
+    )
 
 
 def _when(epoch: Any) -> datetime | None:
