@@ -52,6 +52,7 @@ OTHER_JOBS = {
     "end-billing-grace-periods",
     "announce-policy-versions",
     "dispatch-subscriptions",
+    "sweep-stripe-events",
 }
 
 
