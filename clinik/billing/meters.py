@@ -1,12 +1,23 @@
 """Overage to Stripe Billing Meters, from the hourly usage rollups.
 
 For each organization on a plan billed by overage, the requests of each finished hour
-of the calendar month (UTC) beyond the plan's included amount are one meter event,
-identified by organization and hour. A report row is claimed (INSERT ... ON CONFLICT
-DO NOTHING) before its event is sent and marked sent after, so a rerun after a crash
-sends exactly the unsent hours again, with the same identifier, which Stripe
-accepts once: a retry, a killed worker or two workers never bill a request twice
-or miss one. Throttled requests (429) are not billed.
+of its billing period (clinik.billing.periods: Stripe's subscription period, else the
+calendar month, UTC; the one the quota and the Billing page count over) beyond the
+plan's included amount are one meter event, identified by organization and hour. A
+report row is claimed (INSERT ... ON CONFLICT DO NOTHING) before its event is sent and
+marked sent after, so a rerun after a crash sends exactly the unsent hours again, with
+the same identifier, which Stripe accepts once: a retry, a killed worker or two
+workers never bill a request twice or miss one. Throttled requests (429) are not billed.
+
+Periods and hours: the rollups are hourly and a Stripe period starts at any second
+(09:23:41). A period takes the hour buckets from the one its start falls in
+(date_trunc('hour', start), UTC) to the one the next period's start falls in: the
+boundary hour is wholly the new period's, as on the Billing page, and the period before
+ends at that same hour, so every hour is in exactly one period. Each claim covers each
+organization's current period and the one before it (computed in Python per account,
+passed to the SQL as arrays): a reporter down across a boundary still bills the old
+period's last hours, once (rows already claimed stay; the running sum of the old
+period is the same in every run).
 
 Events go on Stripe's high-throughput meter event stream (v2: a session token, then
 requests of up to 100 events on the meter-events address), not one API call each:
