@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import connection
 from django.utils import timezone
 
@@ -317,6 +317,8 @@ def test_a_reporter_down_across_the_boundary_bills_the_old_periods_last_hours_on
     assert (difference["expected"], difference["claimed"]) == (old, old - BILLABLE)
     assert difference["period_start"] == previous[0].isoformat()
     assert difference["period_end"] == boundary.isoformat()
+    with pytest.raises(CommandError, match="--period-of must be an ISO time"):
+        call_command("reconcile_meters", "--period-of", "2026-11")
 
 
 def test_the_periods_hours_meet_without_a_gap(owner, stripe_fake) -> None:
