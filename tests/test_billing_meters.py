@@ -4,21 +4,23 @@ rerun, and two at once, leave Stripe's total equal to what the rollups give, exa
 the reconciliation agrees. An expired stream session is renewed; what Stripe refuses
 in a stream request is an error, not a silent loss."""
 
+import json
 import os
 import subprocess
 import sys
 import threading
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import connection
 from django.utils import timezone
 
 from clinik.billing import meters
 from clinik.billing.models import Account, MeterReport, Plan
+from clinik.billing.periods import add_months, period_before, period_of
 from clinik.usage import store
 from tests.liveserver import database_url
 from tests.stripe_fake import SECRET_KEY, WEBHOOK_SECRET, paid_plans, stripe_fake
@@ -29,9 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 HOURS, PER_HOUR, THROTTLED, INCLUDED = 240, 30, 3, 100
 
 
-def _usage(org_id, month):
+def _usage(org_id, month, hours=HOURS):
     records = []
-    for hour in range(HOURS):
+    for hour in range(hours):
         at = (month + timedelta(hours=hour, minutes=10)).timestamp()
         for i in range(PER_HOUR):
             status = 429 if i < THROTTLED else 200
@@ -53,14 +55,25 @@ def _usage(org_id, month):
             )
     store.write_records(records)
     store.write_records(records[:40])  # written twice (push timed out, fallback): once
-    return (PER_HOUR - THROTTLED) * HOURS - INCLUDED
+    return (PER_HOUR - THROTTLED) * hours - INCLUDED
 
 
-def _account(owner, fake):
+def _account(owner, fake, period=None):
     Plan.objects.filter(slug="developer").update(included_requests=INCLUDED)
     customer = fake.route("POST", ["customers"], {"metadata": {"org_id": str(owner.org.pk)}})[1]
+    subscription = {}
+    if period is not None:  # a Stripe subscription: its period, as the webhook keeps it
+        subscription = {
+            "stripe_subscription_id": "sub_period",
+            "subscription_status": "active",
+            "current_period_start": period[0],
+            "current_period_end": period[1],
+        }
     return Account.objects.create(
-        org=owner.org, plan=Plan.objects.get(slug="developer"), stripe_customer_id=customer["id"]
+        org=owner.org,
+        plan=Plan.objects.get(slug="developer"),
+        stripe_customer_id=customer["id"],
+        **subscription,
     )
 
 
@@ -222,3 +235,105 @@ def test_the_stream_refuses_a_bad_batch_and_drops_invalid_events(stripe_fake) ->
 
 def _fresh(client):
     return client.v2.billing.meter_event_session.create().authentication_token
+
+
+# A Stripe period that starts mid-month, at 09:23 on the 17th of last month.
+BILLABLE = PER_HOUR - THROTTLED
+
+
+def _mid_month():
+    last_month = meters.month_start(meters.month_start(timezone.now()) - timedelta(seconds=1))
+    boundary = last_month + timedelta(days=16, hours=9, minutes=23)
+    return last_month + timedelta(days=15), boundary  # usage from the 16th, 00:00
+
+
+def test_a_mid_month_stripe_period_has_its_own_included_amount(owner, stripe_fake) -> None:
+    first_hour, boundary = _mid_month()
+    _account(owner, stripe_fake, (boundary, add_months(boundary, 1)))
+    # 48 hours, 16th 00:00 to 17th 23:00: 33 before the period's hour (09:00), 15 in it
+    _usage(owner.org.pk, first_hour, hours=48)
+    assert meters.claim(first_hour + timedelta(days=2, minutes=10)) == 30 + 12
+    per_hour = dict(MeterReport.objects.values_list("hour", "quantity"))
+    period_hour = boundary.replace(minute=0)  # the boundary's hour is the new period's
+    before = {h: q for h, q in per_hour.items() if h < period_hour}
+    after = {h: q for h, q in per_hour.items() if h >= period_hour}
+    # the period before: 33 hours, its own 100 included (hours 0-2; hour 3 crosses it)
+    assert sum(before.values()) == 33 * BILLABLE - INCLUDED
+    assert before[first_hour + timedelta(hours=3)] == 4 * BILLABLE - INCLUDED
+    assert first_hour + timedelta(hours=2) not in before
+    # this period: 15 hours from 09:00, 100 included again (09-11; 12:00 crosses it)
+    assert sum(after.values()) == 15 * BILLABLE - INCLUDED
+    assert period_hour + timedelta(hours=2) not in after
+    assert after[period_hour + timedelta(hours=3)] == 4 * BILLABLE - INCLUDED
+    assert all(after[period_hour + timedelta(hours=h)] == BILLABLE for h in range(4, 15))
+    # not the calendar month's 48 hours against one included amount
+    assert sum(per_hour.values()) != 48 * BILLABLE - INCLUDED
+    assert meters.claim(first_hour + timedelta(days=2, minutes=10)) == 0  # nothing twice
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_reporter_down_across_the_boundary_bills_the_old_periods_last_hours_once(
+    owner, stripe_fake, capsys
+) -> None:
+    first_hour, boundary = _mid_month()
+    previous = (add_months(boundary, -1), boundary)
+    account = _account(owner, stripe_fake, previous)
+    _usage(owner.org.pk, first_hour, hours=38)  # to 13:00 on the 17th
+    # The reporter runs at 05:10 on the 17th (hours to 04:00), then is down until
+    # 14:10; meanwhile Stripe renews the subscription and the webhook says so.
+    early = first_hour + timedelta(days=1, hours=5, minutes=10)
+    stripe_fake.clock_offset = early.timestamp() - time.time()
+    assert meters.report(early) == {"claimed": 26, "sent": 26}
+    Account.objects.filter(pk=account.pk).update(
+        current_period_start=boundary, current_period_end=add_months(boundary, 1)
+    )
+    late = first_hour + timedelta(days=1, hours=14, minutes=10)
+    stripe_fake.clock_offset = late.timestamp() - time.time()
+    # 05:00-08:00 of the old period, then 12:00 and 13:00 of the new one
+    assert meters.report(late) == {"claimed": 4 + 2, "sent": 4 + 2}
+    assert meters.report(late) == {"claimed": 0, "sent": 0}
+    old = 33 * BILLABLE - INCLUDED
+    new = 5 * BILLABLE - INCLUDED
+    assert stripe_fake.meter_total(account.stripe_customer_id) == old + new
+    assert len(stripe_fake.meter_log) == 32  # one event per hour, none repeated
+    assert not stripe_fake.meter_errors
+    hours = list(MeterReport.objects.values_list("hour", flat=True))
+    assert len(hours) == len(set(hours)) == 32
+
+    # The reconciliation agrees, over this period and over the one before.
+    call_command("reconcile_meters", "--now", late.isoformat())
+    at_old = (boundary - timedelta(hours=1)).isoformat()
+    call_command("reconcile_meters", "--now", late.isoformat(), "--period-of", at_old)
+    capsys.readouterr()
+    # A report row lost from the old period: that period differs, this one does not.
+    MeterReport.objects.filter(hour=first_hour + timedelta(days=1, hours=6)).delete()
+    call_command("reconcile_meters", "--now", late.isoformat())
+    with pytest.raises(SystemExit) as exit_:
+        call_command("reconcile_meters", "--now", late.isoformat(), "--period-of", at_old)
+    assert exit_.value.code == 1
+    (line,) = capsys.readouterr().out.splitlines()
+    difference = json.loads(line)
+    assert difference["org_id"] == str(owner.org.pk)
+    assert (difference["expected"], difference["claimed"]) == (old, old - BILLABLE)
+    assert difference["period_start"] == previous[0].isoformat()
+    assert difference["period_end"] == boundary.isoformat()
+    with pytest.raises(CommandError, match="--period-of must be an ISO time"):
+        call_command("reconcile_meters", "--period-of", "2026-11")
+
+
+def test_the_periods_hours_meet_without_a_gap(owner, stripe_fake) -> None:
+    """Consecutive periods share their boundary hour: every hour is in one of them."""
+    _, boundary = _mid_month()
+    account = _account(owner, stripe_fake, (boundary, add_months(boundary, 1)))
+    current = period_of(account, boundary + timedelta(days=3))
+    before = period_before(account, current)
+    assert meters.buckets(before)[1] == meters.buckets(current)[0] == boundary.replace(minute=0)
+    assert period_before(account, before)[1] == before[0]
+    # anchored on the 31st, held as Apr 30 - May 31: renewed on the 31st, not the 30th
+    held = (datetime(2027, 4, 30, 8, 45, tzinfo=UTC), datetime(2027, 5, 31, 8, 45, tzinfo=UTC))
+    account.current_period_start, account.current_period_end = held
+    assert period_of(account, datetime(2027, 7, 15, tzinfo=UTC)) == (
+        datetime(2027, 6, 30, 8, 45, tzinfo=UTC),
+        datetime(2027, 7, 31, 8, 45, tzinfo=UTC),
+    )
+    assert period_before(account, held) == (datetime(2027, 3, 31, 8, 45, tzinfo=UTC), held[0])

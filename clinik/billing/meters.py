@@ -1,12 +1,23 @@
 """Overage to Stripe Billing Meters, from the hourly usage rollups.
 
 For each organization on a plan billed by overage, the requests of each finished hour
-of the calendar month (UTC) beyond the plan's included amount are one meter event,
-identified by organization and hour. A report row is claimed (INSERT ... ON CONFLICT
-DO NOTHING) before its event is sent and marked sent after, so a rerun after a crash
-sends exactly the unsent hours again, with the same identifier, which Stripe
-accepts once: a retry, a killed worker or two workers never bill a request twice
-or miss one. Throttled requests (429) are not billed.
+of its billing period (clinik.billing.periods: Stripe's subscription period, else the
+calendar month, UTC; the one the quota and the Billing page count over) beyond the
+plan's included amount are one meter event, identified by organization and hour. A
+report row is claimed (INSERT ... ON CONFLICT DO NOTHING) before its event is sent and
+marked sent after, so a rerun after a crash sends exactly the unsent hours again, with
+the same identifier, which Stripe accepts once: a retry, a killed worker or two
+workers never bill a request twice or miss one. Throttled requests (429) are not billed.
+
+Periods and hours: the rollups are hourly and a Stripe period starts at any second
+(09:23:41). A period takes the hour buckets from the one its start falls in
+(date_trunc('hour', start), UTC) to the one the next period's start falls in: the
+boundary hour is wholly the new period's, as on the Billing page, and the period before
+ends at that same hour, so every hour is in exactly one period. Each claim covers each
+organization's current period and the one before it (computed in Python per account,
+passed to the SQL as arrays): a reporter down across a boundary still bills the old
+period's last hours, once (rows already claimed stay; the running sum of the old
+period is the same in every run).
 
 Events go on Stripe's high-throughput meter event stream (v2: a session token, then
 requests of up to 100 events on the meter-events address), not one API call each:
@@ -24,16 +35,30 @@ from django.db import connection
 from django.utils import timezone
 
 from clinik.billing import stripe_api
+from clinik.billing.models import Account
+from clinik.billing.periods import Period, period_before, period_of
 
 logger = logging.getLogger("clinik.billing")
 
 # A finished hour is reported once its request records have been drained (every 5 s).
 SETTLE = timedelta(minutes=5)
 
-# Only organizations whose month is beyond the included amount are windowed (the
-# others have no overage): the running sum then sorts a fifth of the rows, not all
-# (bench/README.md, "Billing").
+# Each organization's periods come in as arrays (org, first hour, end hour, included):
+# the running sum is windowed per organization and period, and only over the periods
+# beyond their included amount (the others have no overage): it then sorts a fifth of
+# the rows, not all (bench/README.md, "Billing").
 _CLAIM = """
+WITH periods AS (
+  SELECT * FROM unnest(%(orgs)s::uuid[], %(starts)s::timestamptz[], %(ends)s::timestamptz[],
+                       %(included)s::bigint[]) AS p(org_id, first_hour, end_hour, included)
+), over AS (
+  SELECT p.org_id, p.first_hour, p.end_hour, p.included
+  FROM periods p
+  JOIN usage_hourlyusage m ON m.org_id = p.org_id AND m.dim = 'all'
+   AND m.bucket >= p.first_hour AND m.bucket < p.end_hour
+  GROUP BY p.org_id, p.first_hour, p.end_hour, p.included
+  HAVING sum(m.requests - m.throttled) > p.included
+)
 INSERT INTO billing_meterreport (org_id, hour, quantity, identifier)
 SELECT org_id, bucket, overage, org_id::text || ':' || to_char(bucket, 'YYYYMMDDHH24')
 FROM (
@@ -41,20 +66,11 @@ FROM (
          GREATEST(0, cum - included) - GREATEST(0, cum - n - included) AS overage
   FROM (
     SELECT u.org_id, u.bucket, u.requests - u.throttled AS n, o.included,
-           sum(u.requests - u.throttled) OVER (PARTITION BY u.org_id ORDER BY u.bucket) AS cum
-    FROM (
-      SELECT m.org_id, p.included_requests AS included
-      FROM usage_hourlyusage m
-      JOIN billing_account a ON a.org_id = m.org_id
-      JOIN billing_plan p ON p.id = a.plan_id
-      WHERE m.dim = 'all' AND m.bucket >= %(month)s AND m.bucket < %(until)s
-        AND p.included_requests IS NOT NULL AND p.overage_per_1000_cents > 0
-        AND a.stripe_customer_id <> ''
-      GROUP BY m.org_id, p.included_requests
-      HAVING sum(m.requests - m.throttled) > p.included_requests
-    ) o
-    JOIN usage_hourlyusage u ON u.org_id = o.org_id
-    WHERE u.dim = 'all' AND u.bucket >= %(month)s AND u.bucket < %(until)s
+           sum(u.requests - u.throttled)
+             OVER (PARTITION BY u.org_id, o.first_hour ORDER BY u.bucket) AS cum
+    FROM over o
+    JOIN usage_hourlyusage u ON u.org_id = o.org_id AND u.dim = 'all'
+     AND u.bucket >= o.first_hour AND u.bucket < o.end_hour
   ) hours
 ) overage
 WHERE overage > 0
@@ -71,11 +87,64 @@ def finished_until(now: datetime | None = None) -> datetime:
     return ((now or timezone.now()) - SETTLE).replace(minute=0, second=0, microsecond=0)
 
 
+def hour_of(moment: datetime) -> datetime:
+    """The hour bucket a period boundary falls in (date_trunc('hour', ...), UTC): the
+    first bucket of the period that starts at that moment."""
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def buckets(period: Period) -> tuple[datetime, datetime]:
+    """The hour buckets [first, end) counted for a billing period: from the hour its
+    start falls in to the hour the next period's start falls in. A period starting at
+    09:23 takes the whole 09:00 hour (the Billing page counts from it too) and the period
+    before it ends at 09:00: consecutive periods share a boundary, so every hour is in
+    exactly one of them."""
+    return hour_of(period[0]), hour_of(period[1])
+
+
+def _billed_accounts(with_customer: bool = True) -> Any:
+    """Accounts on a plan billed by overage (included amount and a price for more)."""
+    accounts = Account.objects.filter(
+        plan__included_requests__isnull=False, plan__overage_per_1000_cents__gt=0
+    )
+    if with_customer:
+        accounts = accounts.exclude(stripe_customer_id="")
+    return accounts.select_related("plan").only(
+        "org_id",
+        "stripe_subscription_id",
+        "current_period_start",
+        "current_period_end",
+        "plan__included_requests",
+    )
+
+
 def claim(now: datetime | None = None) -> int:
-    """Write the report rows of every finished hour of this month not yet claimed."""
+    """Write the report rows of every finished hour not yet claimed, of each
+    organization's billing period (clinik.billing.periods) and the period before it (a
+    reporter down across the boundary still bills the old period's last hours; the
+    rows already claimed stay, ON CONFLICT on organization and hour)."""
     until = finished_until(now)
+    last = until - timedelta(microseconds=1)  # in the last finished hour
+    orgs: list[Any] = []
+    starts: list[datetime] = []
+    ends: list[datetime] = []
+    included: list[int] = []
+    for account in _billed_accounts().iterator(chunk_size=2000):
+        current = period_of(account, last)
+        while last < current[0]:  # a period Stripe has told us of that starts later
+            current = period_before(account, current)
+        for period in (period_before(account, current), current):
+            first, end = buckets(period)
+            end = min(end, until)
+            if first < end:
+                orgs.append(account.org_id)
+                starts.append(first)
+                ends.append(end)
+                included.append(account.plan.included_requests)
+    if not orgs:
+        return 0
     with connection.cursor() as cursor:
-        cursor.execute(_CLAIM, {"month": month_start(until - timedelta(seconds=1)), "until": until})
+        cursor.execute(_CLAIM, {"orgs": orgs, "starts": starts, "ends": ends, "included": included})
         return int(cursor.rowcount)
 
 
@@ -199,34 +268,59 @@ def report(now: datetime | None = None) -> dict[str, int]:
     return {"claimed": claim(now), "sent": send()}
 
 
-def reconcile(start: datetime, end: datetime) -> list[dict[str, Any]]:
-    """Per organization, for [start, end): the overage our rollups give against what
-    we claimed and sent. Rows that differ are returned."""
+_RECONCILE = """
+SELECT p.org_id, p.included,
+       COALESCE((SELECT sum(u.requests - u.throttled) FROM usage_hourlyusage u
+         WHERE u.org_id = p.org_id AND u.dim = 'all'
+           AND u.bucket >= p.first_hour AND u.bucket < p.end_hour), 0),
+       COALESCE((SELECT sum(m.quantity) FROM billing_meterreport m
+         WHERE m.org_id = p.org_id AND m.hour >= p.first_hour AND m.hour < p.end_hour), 0),
+       COALESCE((SELECT sum(m.quantity) FROM billing_meterreport m
+         WHERE m.org_id = p.org_id AND m.hour >= p.first_hour AND m.hour < p.end_hour
+           AND m.sent_at IS NOT NULL), 0)
+FROM unnest(%(orgs)s::uuid[], %(starts)s::timestamptz[], %(ends)s::timestamptz[],
+            %(included)s::bigint[]) AS p(org_id, first_hour, end_hour, included)
+"""
+
+
+def reconcile(at: datetime, until: datetime) -> list[dict[str, Any]]:
+    """Per organization, over its billing period that contains `at` (its hours before
+    `until`): the overage our rollups give against what we claimed and sent. Rows that
+    differ are returned, with the period."""
+    orgs: list[Any] = []
+    starts: list[datetime] = []
+    ends: list[datetime] = []
+    included: list[int] = []
+    periods = {}
+    for account in _billed_accounts(with_customer=False).iterator(chunk_size=2000):
+        period = period_of(account, at)
+        while at < period[0]:
+            period = period_before(account, period)
+        first, end = buckets(period)
+        end = min(end, until)
+        if first < end:
+            orgs.append(account.org_id)
+            starts.append(first)
+            ends.append(end)
+            included.append(account.plan.included_requests)
+            periods[str(account.org_id)] = period
+    if not orgs:
+        return []
     with connection.cursor() as cursor:
         cursor.execute(
-            """
-            SELECT a.org_id, p.included_requests,
-                   COALESCE((SELECT sum(u.requests - u.throttled) FROM usage_hourlyusage u
-                     WHERE u.org_id = a.org_id AND u.dim = 'all'
-                       AND u.bucket >= %(start)s AND u.bucket < %(end)s), 0),
-                   COALESCE((SELECT sum(m.quantity) FROM billing_meterreport m
-                     WHERE m.org_id = a.org_id AND m.hour >= %(start)s AND m.hour < %(end)s), 0),
-                   COALESCE((SELECT sum(m.quantity) FROM billing_meterreport m
-                     WHERE m.org_id = a.org_id AND m.hour >= %(start)s AND m.hour < %(end)s
-                       AND m.sent_at IS NOT NULL), 0)
-            FROM billing_account a JOIN billing_plan p ON p.id = a.plan_id
-            WHERE p.included_requests IS NOT NULL AND p.overage_per_1000_cents > 0
-            """,
-            {"start": start, "end": end},
+            _RECONCILE, {"orgs": orgs, "starts": starts, "ends": ends, "included": included}
         )
         rows = cursor.fetchall()
     differences = []
-    for org_id, included, used, claimed, sent in rows:
-        expected = max(0, int(used) - int(included))
+    for org_id, included_, used, claimed, sent in rows:
+        expected = max(0, int(used) - int(included_))
         if expected != int(claimed) or expected != int(sent):
+            start, end = periods[str(org_id)]
             differences.append(
                 {
                     "org_id": str(org_id),
+                    "period_start": start.isoformat(),
+                    "period_end": end.isoformat(),
                     "expected": expected,
                     "claimed": int(claimed),
                     "sent": int(sent),

@@ -12,7 +12,7 @@ cost count over.
 """
 
 from calendar import monthrange
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.utils import timezone
@@ -32,6 +32,21 @@ def add_months(anchor: datetime, months: int) -> datetime:
     return anchor.replace(year=year, month=month + 1, day=day)
 
 
+def _anchor_day(start: datetime, end: datetime) -> int:
+    """The day of the month a monthly subscription renews on, as one of its periods
+    shows it: the later of its start's and end's day (a period Feb 28 - Mar 31 renews
+    on the 31st; of two months in a row at most one is too short for the day)."""
+    return max(start.day, end.day)
+
+
+def _shift(anchor: datetime, day: int, months: int) -> datetime:
+    """The anchor moved by whole months with `day` (the anchor's true day, possibly
+    more than the anchor's month has) clamped to the target month's last day."""
+    index = anchor.year * 12 + anchor.month - 1 + months
+    year, month = divmod(index, 12)
+    return anchor.replace(year=year, month=month + 1, day=min(day, monthrange(year, month + 1)[1]))
+
+
 def calendar_month(now: datetime | None = None) -> Period:
     moment = (now or timezone.now()).astimezone(UTC)
     start = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
@@ -41,22 +56,38 @@ def calendar_month(now: datetime | None = None) -> Period:
 def period_of(account: Account | None, now: datetime | None = None) -> Period:
     """The billing period that contains `now` for this account (None: no account)."""
     now = now or timezone.now()
-    if (
-        account is None
-        or not account.stripe_subscription_id
-        or account.current_period_start is None
-        or account.current_period_end is None
-    ):
+    if account is None or not _subscribed(account):
         return calendar_month(now)
+    assert account.current_period_start is not None and account.current_period_end is not None
     start, end = account.current_period_start, account.current_period_end
     if now < end:
         return start, end
     # Renewed at Stripe, not yet told to us: the next periods start at `end`, then
-    # every month from the anchor (`start`).
+    # every month from the anchor (`start`, on the day the period shows, _anchor_day).
+    day = _anchor_day(start, end)
     months = 2
-    while add_months(start, months) <= now:
-        end, months = add_months(start, months), months + 1
-    return end, add_months(start, months)
+    while _shift(start, day, months) <= now:
+        end, months = _shift(start, day, months), months + 1
+    return end, _shift(start, day, months)
+
+
+def _subscribed(account: Account | None) -> bool:
+    return (
+        account is not None
+        and bool(account.stripe_subscription_id)
+        and account.current_period_start is not None
+        and account.current_period_end is not None
+    )
+
+
+def period_before(account: Account | None, period: Period) -> Period:
+    """The billing period just before `period` (one that period_of gave for this
+    account): it ends where `period` starts. A calendar month's is the month before; a
+    subscription's starts a month before, on the anchor's day."""
+    start, end = period
+    if not _subscribed(account):
+        return calendar_month(start - timedelta(microseconds=1))
+    return _shift(start, _anchor_day(start, end), -1), start
 
 
 def current_period(org_id: Any, now: datetime | None = None) -> Period:
