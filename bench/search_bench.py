@@ -168,8 +168,10 @@ WITH s AS (
       'system', '{UCUM}', 'code', 'mm[Hg]'))::text
   FROM s
 ), t AS (
-  INSERT INTO fhir_idx_token (org_id, resource_type, id, param, system, code)
-  SELECT %(org)s::uuid, 'Observation', id, p.param, p.system, p.code FROM s, LATERAL (VALUES
+  INSERT INTO fhir_idx_token (org_id, resource_type, id, param, system, code, subject_type,
+    subject_id)
+  SELECT %(org)s::uuid, 'Observation', id, p.param, p.system, p.code, 'Patient', patient
+  FROM s, LATERAL (VALUES
     ('category', '{CATEGORY}', 'vital-signs'), ('code', '{LOINC}', s.code),
     ('status', '', 'final')) p(param, system, code)
 ), d AS (

@@ -478,6 +478,48 @@ class Compiler:
             [*args, *org_args, criterion.source_type, *param_args, resource_type],
         )
 
+    def subject_ids(self, driver: Any, token: Clause, resource_type: str) -> Sql:
+        """SELECT of the ids whose token rows match `token` and carry a subject the
+        driver (a `subject` reference clause, or a chain through `subject`) accepts:
+        the same matches as the two criteria apart, from one index range per subject
+        (fhir_idx_token_subject, migration 0008)."""
+        alias = self.alias("x")
+        org, org_args = self.org(alias)
+        param, param_args = _params(alias, token.param)
+        values, value_args = self.values(token, alias)
+        rows = (
+            f"SELECT {alias}.id FROM fhir_idx_token {alias} WHERE {org}"
+            f"{alias}.resource_type = %s AND {param} AND {values}"
+        )
+        rows_args = [*org_args, resource_type, *param_args, *value_args]
+        if isinstance(driver, Clause):
+            (value,) = driver.values
+            sql, args = f"{rows} AND {alias}.subject_id = %s", [*rows_args, value.id]
+            target_type = value.type or _type_modifier(driver.modifier)
+            if target_type and "/" not in value.id:
+                sql, args = f"{sql} AND {alias}.subject_type = %s", [*args, target_type]
+            if driver.param.restrict_to:
+                sql, args = (
+                    f"{sql} AND {alias}.subject_type = %s",
+                    [*args, driver.param.restrict_to],
+                )
+            return sql, args
+        branches: list[Sql] = []
+        for target_type, inner in driver.targets:
+            inner_sql, inner_args = self.ids(inner, target_type)
+            restrict = driver.param.restrict_to
+            branches.append(
+                (
+                    f"SELECT {alias}.id FROM (SELECT DISTINCT * FROM ({inner_sql}) t) t (id)"
+                    f" CROSS JOIN LATERAL ({rows} AND {alias}.subject_id = t.id"
+                    f" AND {alias}.subject_type = %s"
+                    + (f" AND {alias}.subject_type = %s" if restrict else "")
+                    + f" OFFSET 0) {alias}",
+                    [*inner_args, *rows_args, target_type, *([restrict] if restrict else [])],
+                )
+            )
+        return _join(branches, " UNION ALL ")
+
     def probe(self, criterion: Any, target: str, resource_type: str) -> Sql:
         """Whether the resource of `resource_type` whose id is the SQL expression
         `target` matches a criterion: a correlated EXISTS, one index probe per row.
@@ -584,6 +626,43 @@ def _versions(rows: list[tuple[Any, ...]]) -> list[Version]:
     return [Version(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
 
+def _type_modifier(modifier: str | None) -> str | None:
+    return modifier if modifier and modifier[0].isupper() else None
+
+
+def _subject_token(driver: Any, criteria: Sequence[Any]) -> Clause | None:
+    """The token clause among `criteria` that can be read together with `driver`
+    from the subject on the token rows (Compiler.subject_ids), if any: the driver is
+    one plain `subject` reference value or a chain through `subject`, the clause a
+    plain positive token clause."""
+    if isinstance(driver, Clause):
+        if (
+            driver.param.type != "reference"
+            or driver.param.stored != ("subject",)
+            or driver.negated
+            or driver.missing is not None
+            or (driver.modifier is not None and _type_modifier(driver.modifier) is None)
+            or len(driver.values) != 1
+            or not isinstance(driver.values[0], ReferenceValue)
+        ):
+            return None
+    elif not (isinstance(driver, Chain) and driver.param.stored == ("subject",)):
+        return None
+    for criterion in criteria:
+        if (
+            isinstance(criterion, Clause)
+            and criterion is not driver
+            and criterion.param.type == "token"
+            and not criterion.param.column
+            and criterion.param.code != "_tag"
+            and criterion.modifier is None
+            and criterion.missing is None
+            and criterion.values
+        ):
+            return criterion
+    return None
+
+
 def _driver_rank(criterion: Any) -> int:
     if isinstance(criterion, Compartment):
         return 0
@@ -632,6 +711,11 @@ class _Statement:
             # criterion; otherwise the first that can drive, in the query's order.
             drivers = [c for c in criteria if self._drives(c) or isinstance(c, Has)]
             driver = min(drivers, key=_driver_rank) if drivers else None
+            # A subject (or a chain through it) next to a token clause: both are read
+            # from one range of the token rows, which carry the subject (0008).
+            paired = [c for c in drivers if _subject_token(c, criteria) is not None]
+            if paired:
+                driver = paired[0]
             if driver is not None:
                 rest = [c for c in criteria if c is not driver]
                 return self._from_index(types[0], driver, rest, sort=sort)
@@ -680,7 +764,12 @@ class _Statement:
         on the resource's own columns, or a criterion is no index probe (:not,
         :missing=true, a compartment)."""
         compiler = self.compiler
-        ids, ids_args = compiler.ids(driver, resource_type)
+        token = _subject_token(driver, rest)
+        if token is not None:
+            ids, ids_args = compiler.subject_ids(driver, token, resource_type)
+            rest = [c for c in rest if c is not token]
+        else:
+            ids, ids_args = compiler.ids(driver, resource_type)
         probes: list[Sql] = []
         on_row: list[Any] = []
         for criterion in rest:
