@@ -8,6 +8,7 @@ small data set with deleted resources among the candidates."""
 
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 from urllib.parse import parse_qsl
 from uuid import UUID, uuid4
 
@@ -24,8 +25,8 @@ LOINC = "http://loinc.org"
 
 def _observation(
     oid: str, patient: str, code: str, value: float | None, date: str | None
-) -> dict[str, object]:
-    resource: dict[str, object] = {
+) -> dict[str, Any]:
+    resource: dict[str, Any] = {
         "resourceType": "Observation",
         "id": oid,
         "status": "final",
@@ -42,7 +43,7 @@ def _observation(
 @pytest.fixture
 def org() -> Iterator[UUID]:
     tenant = uuid4()
-    patients = [
+    patients: list[dict[str, Any]] = [
         {"resourceType": "Patient", "id": "p1", "gender": "female", "name": [{"family": "Ada"}]},
         {"resourceType": "Patient", "id": "p2", "gender": "male", "name": [{"family": "Bo"}]},
         {"resourceType": "Patient", "id": "p3", "gender": "female", "name": [{"family": "Ada"}]},

@@ -5,6 +5,7 @@ before it, and searches that read subject and token together
 
 from collections.abc import Iterator
 from importlib import import_module
+from typing import Any
 from urllib.parse import parse_qsl
 from uuid import UUID, uuid4
 
@@ -22,8 +23,8 @@ LOINC = "http://loinc.org"
 BACKFILL = import_module("clinik.fhir.migrations.0008_token_subject").BACKFILL
 
 
-def _observation(oid: str, subject: str | None, code: str) -> dict[str, object]:
-    resource: dict[str, object] = {
+def _observation(oid: str, subject: str | None, code: str) -> dict[str, Any]:
+    resource: dict[str, Any] = {
         "resourceType": "Observation",
         "id": oid,
         "status": "final",
@@ -37,7 +38,7 @@ def _observation(oid: str, subject: str | None, code: str) -> dict[str, object]:
 @pytest.fixture
 def org() -> Iterator[UUID]:
     tenant = uuid4()
-    resources = [
+    resources: list[dict[str, Any]] = [
         {"resourceType": "Organization", "id": "acme", "name": "Acme"},
         {"resourceType": "Organization", "id": "beta", "name": "Beta"},
         {
