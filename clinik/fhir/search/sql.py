@@ -11,6 +11,12 @@ is not leakproof: PostgreSQL evaluates it after the policy, over the index range
 
 Every statement names the tenant (`org_id = %s`, the tag wall) unless the store was
 built with tag_wall=False, in which case row-level security alone restricts it.
+
+Plans must not depend on the statistics: a tenant created or loaded since the last
+ANALYZE is estimated at one row, and any join order then looks as good as another. A
+single-type search is driven from one criterion's ids (a set computed once), every
+other criterion and sort key is a probe by id per candidate (`EXISTS (... OFFSET 0)`),
+and fhir_resource is read by primary key; see _Statement._from_index.
 """
 
 from collections.abc import Sequence
