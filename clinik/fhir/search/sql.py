@@ -670,9 +670,14 @@ def _subject_token(driver: Any, criteria: Sequence[Any]) -> Clause | None:
 
 
 def _driver_rank(criterion: Any) -> int:
+    """References and compartments drive first (usually the narrowest); then `_has`,
+    whose probe by target, left to a planner that does not know the tenant, may scan
+    the source's references per candidate; then the rest, in the query's order."""
     if isinstance(criterion, Compartment):
         return 0
-    return 0 if isinstance(criterion, Clause) and criterion.param.type == "reference" else 1
+    if isinstance(criterion, Clause) and criterion.param.type == "reference":
+        return 0
+    return 1 if isinstance(criterion, Has) else 2
 
 
 def _shared_shape(query: SearchQuery) -> bool:
@@ -863,7 +868,10 @@ def _page(
     The matches (type, id and sort keys only) are computed once, MATERIALIZED, then
     counted and paged. Without the fence PostgreSQL may walk fhir_resource in id
     order betting that LIMIT stops it early, which reads every resource of the type
-    when few or none match; with it the cost follows the number of matches."""
+    when few or none match; with it the cost follows the number of matches. The page's
+    resources are then read by primary key, one lookup each (a LATERAL with OFFSET 0:
+    as a join, a planner that estimated the page at one row scanned the type's
+    resources once per page entry, comparing ids in a join filter)."""
     sql, args = statement.matching(sort=bool(query.sort))
     where, where_args, offset = "", [], 0
     reverse = False
@@ -885,8 +893,8 @@ def _page(
         f" SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.content, t.total"
         f" FROM (SELECT {total} AS total) t LEFT JOIN LATERAL ("
         f"SELECT q.resource_type, q.id{keys} FROM m q{where} ORDER BY {order} LIMIT %s OFFSET %s"
-        f") q ON TRUE LEFT JOIN fhir_resource r ON {org}r.resource_type = q.resource_type"
-        f" AND r.id = q.id ORDER BY {order}",
+        f") q ON TRUE LEFT JOIN LATERAL (SELECT r.* FROM fhir_resource r WHERE {org}"
+        f"r.resource_type = q.resource_type AND r.id = q.id OFFSET 0) r ON TRUE ORDER BY {order}",
         [*args, *where_args, query.count + 1, offset, *org_args],
     )
     rows = cursor.fetchall()
