@@ -249,6 +249,14 @@ def check_sample(org: str, observations: int) -> None:
             ).fetchone()
             if extract(json.loads(content)) != _stored_rows(conn, resource_id):
                 raise SystemExit(f"generated index rows of {resource_id} differ from extract()")
+            subject = json.loads(content)["subject"]["reference"].split("/")
+            subjects = conn.execute(
+                "SELECT DISTINCT subject_type, subject_id FROM fhir_idx_token"
+                " WHERE resource_type = 'Observation' AND id = %s",
+                [resource_id],
+            ).fetchall()
+            if subjects != [tuple(subject)]:  # the subject on the token rows (0008)
+                raise SystemExit(f"token rows of {resource_id} lack their subject")
 
 
 def analyze() -> None:
