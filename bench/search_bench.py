@@ -168,8 +168,10 @@ WITH s AS (
       'system', '{UCUM}', 'code', 'mm[Hg]'))::text
   FROM s
 ), t AS (
-  INSERT INTO fhir_idx_token (org_id, resource_type, id, param, system, code)
-  SELECT %(org)s::uuid, 'Observation', id, p.param, p.system, p.code FROM s, LATERAL (VALUES
+  INSERT INTO fhir_idx_token (org_id, resource_type, id, param, system, code, subject_type,
+    subject_id)
+  SELECT %(org)s::uuid, 'Observation', id, p.param, p.system, p.code, 'Patient', patient
+  FROM s, LATERAL (VALUES
     ('category', '{CATEGORY}', 'vital-signs'), ('code', '{LOINC}', s.code),
     ('status', '', 'final')) p(param, system, code)
 ), d AS (
@@ -247,6 +249,14 @@ def check_sample(org: str, observations: int) -> None:
             ).fetchone()
             if extract(json.loads(content)) != _stored_rows(conn, resource_id):
                 raise SystemExit(f"generated index rows of {resource_id} differ from extract()")
+            subject = json.loads(content)["subject"]["reference"].split("/")
+            subjects = conn.execute(
+                "SELECT DISTINCT subject_type, subject_id FROM fhir_idx_token"
+                " WHERE resource_type = 'Observation' AND id = %s",
+                [resource_id],
+            ).fetchall()
+            if subjects != [tuple(subject)]:  # the subject on the token rows (0008)
+                raise SystemExit(f"token rows of {resource_id} lack their subject")
 
 
 def analyze() -> None:

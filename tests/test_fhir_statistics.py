@@ -3,6 +3,7 @@
 searches the search index (never the rows-by-id index, whatever the statistics), and
 the FHIR tables are analyzed again after a fixed number of changed rows."""
 
+import re
 from collections.abc import Iterator
 from typing import Any
 from uuid import UUID, uuid4
@@ -137,3 +138,78 @@ def test_a_value_search_of_a_new_tenant_reads_the_search_index(tenants) -> None:
     _patients(new, 5600)
     plan = _search_plan(new, [("family", "Family07")])
     assert "fhir_idx_string_search1" in plan and "_by_id" not in plan, plan
+
+
+@pytest.fixture
+def fresh_observations() -> Iterator[UUID]:
+    """Patients with Observations, loaded into search tables last analyzed empty."""
+    s = connection.settings_dict
+    owner = settings.DATABASE_OWNER_CREDENTIALS["USER"]
+    url = f"postgresql://{owner}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
+    tables = ("fhir_resource", "fhir_idx_token", "fhir_idx_reference", "fhir_idx_quantity")
+    with psycopg.connect(url, autocommit=True) as session:
+        for table in tables:
+            session.execute(f"ANALYZE {table}")
+    tenant = uuid4()
+    resources: list[tuple[dict[str, Any], str]] = []
+    for n in range(300):
+        resources.append(({"resourceType": "Patient", "gender": "female"}, f"p{n}"))
+        for k in range(4):
+            code = "8867-4" if k == 0 else "8480-6"
+            observation = {
+                "resourceType": "Observation",
+                "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+                "subject": {"reference": f"Patient/p{n}"},
+                "valueQuantity": {"value": 60 + k, "unit": "mmHg"},
+            }
+            resources.append((observation, f"o{n}-{k}"))
+    with tenant_transaction(tenant):
+        STORE.create_many(tenant, resources)
+    yield tenant
+    STORE.purge_tenant(tenant)
+    with psycopg.connect(url, autocommit=True) as session:
+        for table in tables:
+            session.execute(f"ANALYZE {table}")
+
+
+@pytest.mark.parametrize(
+    ("resource_type", "params", "total"),
+    [
+        ("Patient", [("_has:Observation:patient:code", "8867-4")], 300),
+        ("Observation", [("value-quantity", "gt0"), ("_sort", "-value-quantity")], 1200),
+        ("Patient", [("gender", "female"), ("_has:Observation:patient:code:not", "1")], 300),
+    ],
+)
+def test_searches_on_fresh_tables_compare_no_ids_in_join_filters(
+    fresh_observations: UUID, resource_type: str, params: list[tuple[str, str]], total: int
+) -> None:
+    """Every statement the planner sees as one row per tenant: `r.id IN (subquery)`
+    joins became nested loops that scanned a whole parameter per candidate and
+    compared the ids in a join filter (`_has` and a sorted quantity search hit the
+    10 s statement timeout at 18,000 resources). The ids are index conditions now."""
+    query = parse_search(params, [resource_type])
+    sent: list[tuple[str, Any]] = []
+
+    def capture(execute: Any, sql: str, args: Any, many: bool, context: Any) -> Any:
+        sent.append((sql, args))
+        return execute(sql, args, many, context)
+
+    tenant = fresh_observations
+    with tenant_transaction(tenant):
+        with connection.execute_wrapper(capture):
+            result = STORE.search(tenant, query)
+        sql, args = next((s, p) for s, p in sent if "WITH m AS" in s)
+        start = sql.index("WITH m AS")
+        args = list(args or [])[sql[:start].count("%s") :]
+        with connection.cursor() as cursor:
+            cursor.execute(f"EXPLAIN (ANALYZE, COSTS OFF) {sql[start:]}", args)
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert result.total == total
+    assert "Join Filter" not in plan, plan
+    # what runs once per candidate is a lookup by id, never a scan of a parameter
+    lines = plan.splitlines()
+    for number, line in enumerate(lines):
+        loops = re.search(r"loops=(\d+)", line)
+        if "_by_id on" in line and loops and int(loops.group(1)) > 1:
+            assert "Index Cond: ((id = " in lines[number + 1], plan

@@ -21,7 +21,11 @@ from clinik.lib.db import defer, send_ahead
 # table -> (IndexRows attribute, columns after org_id/resource_type/id, SQL array types)
 _LAYOUT: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     "fhir_idx_string": ("string", ("param", "value", "exact"), ("text",) * 3),
-    "fhir_idx_token": ("token", ("param", "system", "code"), ("text",) * 3),
+    "fhir_idx_token": (
+        "token",
+        ("param", "system", "code", "subject_type", "subject_id"),
+        ("text",) * 5,
+    ),
     "fhir_idx_date": ("date", ("param", "low", "high"), ("text", "timestamptz", "timestamptz")),
     "fhir_idx_number": ("number", ("param", "low", "high"), ("text", "float8", "float8")),
     "fhir_idx_quantity": (
@@ -83,6 +87,13 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def _subjects(rows: IndexRows) -> list[tuple[str | None, str | None]]:
+    """The resource's `subject` references (type, id), repeated on its token rows
+    (migration 0008): one copy of the token rows per subject, one with none."""
+    subjects = sorted((t, i) for param, t, i in rows.reference if param == "subject")
+    return list(subjects) or [(None, None)]
+
+
 def _statement(
     tenant: UUID,
     written: list[tuple[str, str, IndexRows]],
@@ -104,11 +115,19 @@ def _statement(
     for number, table in enumerate(TABLES):
         attribute, columns, _types = _LAYOUT[table]
         composite = table == "fhir_idx_composite"
-        rows = [
-            [resource_type, resource_id, *(map(_finite, value) if composite else value)]
-            for resource_type, resource_id, index_rows in written
-            for value in getattr(index_rows, attribute)
-        ]
+        if table == "fhir_idx_token":
+            rows = [
+                [resource_type, resource_id, *value, *subject]
+                for resource_type, resource_id, index_rows in written
+                for subject in _subjects(index_rows)
+                for value in index_rows.token
+            ]
+        else:
+            rows = [
+                [resource_type, resource_id, *(map(_finite, value) if composite else value)]
+                for resource_type, resource_id, index_rows in written
+                for value in getattr(index_rows, attribute)
+            ]
         if not rows:
             continue
         parts.append(
