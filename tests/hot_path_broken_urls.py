@@ -12,9 +12,9 @@ from clinik.urls import urlpatterns as site
 
 
 def create_outside_tenancy(request: HttpRequest, resource_type: str) -> HttpResponse:
-    """POST <type>: audits (and would store) the create with a plain statement, in
-    autocommit, instead of inside `tenant_transaction`."""
-    if request.method != "POST":
+    """POST Observation: audits (and would store) the create with a plain statement,
+    in autocommit, instead of inside `tenant_transaction`; the rest as usual."""
+    if request.method != "POST" or resource_type != "Observation":
         return views.type_root(request, resource_type)
     audit.record(
         "fhir.create",

@@ -23,6 +23,7 @@ from clinik.gateway.middleware import _RECHECKED_ROUTES
 
 BASE = "/fhir/R4/"
 PATIENT = {"resourceType": "Patient", "name": [{"family": "Hotpath"}]}
+OBSERVATION = {"resourceType": "Observation", "status": "final", "code": {"text": "x"}}
 
 
 def _bundle(kind: str) -> dict[str, Any]:
@@ -66,10 +67,10 @@ _SAMPLE = {
 }
 
 
-def _send(api: Any, interaction: str, pid: str) -> Any:
-    method, path, body, headers = INTERACTIONS[interaction]
+def _send(api: Any, interaction: tuple[str, str, Any, dict[str, str]], pid: str) -> Any:
+    method, path, body, headers = interaction
     path = path.replace("{pid}", pid)
-    if interaction == "search by POST":
+    if isinstance(body, str):  # a search by POST
         return api.send(method, path, body, content_type="application/x-www-form-urlencoded")
     if body is not None:
         body = json.loads(json.dumps(body).replace("{pid}", pid))
@@ -105,7 +106,9 @@ def test_every_view_on_a_rechecked_route_has_an_interaction_here() -> None:
     assert kinds >= _RECHECKED_ROUTES, _RECHECKED_ROUTES - kinds
 
 
-def _refused_with_nothing_done(api: Any, owner: Any, interaction: str) -> None:
+def _refused_with_nothing_done(
+    api: Any, owner: Any, interaction: tuple[str, str, Any, dict[str, str]]
+) -> None:
     from clinik.fhir.tenancy import tenant_query
     from clinik.gateway.ratelimit import known_keys
     from clinik.keys.models import ApiKey
@@ -144,7 +147,7 @@ def _refused_with_nothing_done(api: Any, owner: Any, interaction: str) -> None:
 def test_a_revoked_known_key_gets_nothing_read_written_or_audited(
     api: Any, owner: Any, interaction: str
 ) -> None:
-    _refused_with_nothing_done(api, owner, interaction)
+    _refused_with_nothing_done(api, owner, INTERACTIONS[interaction])
 
 
 @pytest.mark.django_db(transaction=True)
@@ -153,4 +156,4 @@ def test_a_view_writing_outside_the_tenant_transaction_is_caught(api: Any, owner
     """The check above fails for a view that breaks the rule: its write commits before
     the gateway's after-the-view re-check answers 401."""
     with pytest.raises(AssertionError, match="before the key was re-checked"):
-        _refused_with_nothing_done(api, owner, "create")
+        _refused_with_nothing_done(api, owner, ("POST", "Observation", OBSERVATION, {}))
