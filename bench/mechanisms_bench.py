@@ -51,6 +51,8 @@ def worker(off: str) -> None:
             "RATE_LIMIT_ORG_REQUESTS": HIGH,
             "DJANGO_SETTINGS_MODULE": "bench.mechanisms_settings",
             "BENCH_MECHANISM_OFF": off,
+            # One connection (one backend whose CPU is read) for the whole run.
+            "DATABASE_CONN_MAX_AGE": "36000",
         }
     )
     import django
