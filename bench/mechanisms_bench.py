@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -65,7 +66,7 @@ def worker(off: str) -> None:
 
     if off == "dispatch":
 
-        def through_django(self, request):  # type: ignore[no-untyped-def]
+        def through_django(self: Any, request: Any) -> Any:
             return middleware._dispatch(request, self.get_response)
 
         middleware.GatewayMiddleware.dispatch = through_django  # type: ignore[method-assign]
@@ -100,7 +101,7 @@ def worker(off: str) -> None:
             environ["CONTENT_LENGTH"] = str(len(data))
         answer = application(environ, lambda status, headers, exc=None: statuses.append(status))
         out = b"".join(answer)
-        answer.close()
+        answer.close()  # type: ignore[attr-defined]
         return out
 
     pid = json.loads(call("POST", "/fhir/R4/Patient", data=body))["id"]

@@ -11,6 +11,6 @@ from bench.nodebug_settings import DATABASES
 if "pgbackend" in os.environ.get("BENCH_MECHANISM_OFF", "").split(","):
     DATABASES["default"]["ENGINE"] = "django.db.backends.postgresql"
     DATABASES["default"]["OPTIONS"] = {
-        **DATABASES["default"]["OPTIONS"],
+        **DATABASES["default"]["OPTIONS"],  # type: ignore[dict-item]
         "server_side_binding": True,
     }

@@ -75,7 +75,7 @@ def main() -> None:
             environ["CONTENT_LENGTH"] = str(len(data))
         answer = application(environ, lambda status, headers, exc=None: statuses.append(status))
         out = b"".join(answer)
-        answer.close()
+        answer.close()  # type: ignore[attr-defined]
         return out
 
     body = (ROOT / "bench" / "wrk" / "patient.json").read_bytes()

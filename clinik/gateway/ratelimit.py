@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import redis
 from django.conf import settings
@@ -242,7 +242,8 @@ class Limiter:
         pid = os.getpid()
         held = conns.get(url)
         if held is None or held[0] != pid:  # new thread, or a forked child
-            held = conns[url] = (pid, script.registered_client.connection_pool.make_connection())
+            client = cast(redis.Redis, script.registered_client)
+            held = conns[url] = (pid, client.connection_pool.make_connection())
         conn = held[1]
         command = ("EVALSHA", script.sha, len(keys), *keys, *args)
         for attempt in (0, 1):
