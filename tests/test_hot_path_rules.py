@@ -157,3 +157,40 @@ def test_a_view_writing_outside_the_tenant_transaction_is_caught(api: Any, owner
     the gateway's after-the-view re-check answers 401."""
     with pytest.raises(AssertionError, match="before the key was re-checked"):
         _refused_with_nothing_done(api, owner, ("POST", "Observation", OBSERVATION, {}))
+
+
+# Middleware after the gateway serves the dashboard only: the gateway calls API views
+# itself, so none of it runs for /fhir/ (docs/architecture.md, "The API's hot path").
+DASHBOARD_ONLY = [
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.middleware.csp.ContentSecurityPolicyMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+
+def test_no_middleware_is_added_after_the_gateway_unnoticed() -> None:
+    """A middleware added after the gateway would never see an API request: what
+    every API request needs goes into the gateway or the view. Adding one for the
+    dashboard means adding it here too, knowing that."""
+    from django.conf import settings
+
+    gateway = settings.MIDDLEWARE.index("clinik.gateway.middleware.GatewayMiddleware")
+    assert settings.MIDDLEWARE[gateway + 1 :] == DASHBOARD_ONLY
+
+
+@pytest.mark.django_db
+def test_an_api_request_passes_no_middleware_after_the_gateway(api: Any) -> None:
+    """The dashboard's middleware leaves marks an API answer must not carry: no
+    session cookie, no CSRF cookie, no X-Frame-Options from the clickjacking
+    middleware, no Vary: Cookie."""
+    response = api.get("Patient?family=Nobody")
+    assert response.status_code == 200
+    assert not response.cookies
+    assert "X-Frame-Options" not in response
+    assert "Cookie" not in response.get("Vary", "")
