@@ -33,6 +33,14 @@ from clinik.keys import tokens  # noqa: E402
 
 CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE SAVEPOINT")
 
+# Statements sent through a cursor are logged with `$1` placeholders (server-side
+# binding: Django shows the text psycopg sent); the floor replays them as text, so
+# compose them with their values here, as the backend does for queued statements.
+_compose = connection.ops.compose_sql  # type: ignore[attr-defined]
+connection.ops.last_executed_query = (  # type: ignore[method-assign]
+    lambda cursor, sql, params: sql if params is None else _compose(sql, params)
+)
+
 
 def main() -> None:
     key, patient_id, family = sys.argv[1:4]

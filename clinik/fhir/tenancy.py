@@ -109,16 +109,16 @@ def tenant_query(org_id: UUID, sql: str, params: list[Any]) -> list[tuple[Any, .
     (bind parameters, one Sync), which PostgreSQL runs as one implicit transaction:
     the setting holds for the statement and ends with it, as in `tenant_transaction`.
     Inside one, the statement joins it (through `tenant_transaction`)."""
-    if not connection.get_autocommit():
+    if not connection.get_autocommit() or not hasattr(connection, "defer"):
+        # (in a transaction; or Django's own backend, which has no queue: benchmarks)
         with tenant_transaction(org_id), connection.cursor() as cursor:
             cursor.execute(sql, params)
             return cast(list[tuple[Any, ...]], cursor.fetchall())
     with connection.cursor() as cursor:
-        raw = cursor.cursor
         ahead = [_set_tenant(org_id)]
         if (check := recheck.statement(sent=True)) is not None:
             ahead.append(check)  # an error there stops the rest
         # Queued on the connection, they travel with the statement (clinik.lib.pgbackend).
-        raw.connection.clinik_queue.extend(ahead)
+        connection.queue_ahead(ahead)  # type: ignore[attr-defined]
         cursor.execute(sql, params)
         return cast(list[tuple[Any, ...]], cursor.fetchall())

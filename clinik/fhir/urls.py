@@ -27,6 +27,11 @@ register_converter(ResourceTypeConverter, "rtype")
 register_converter(FhirIdConverter, "fid")
 
 urlpatterns = [
+    # The busiest routes first: Django tries patterns in order, and no other pattern
+    # matches what these two do (a type starts with a capital letter; an id has no
+    # "_", "$" or "/"), so their place changes nothing but the time to resolve.
+    path("<rtype:resource_type>", views.type_root, name="fhir_type"),
+    path("<rtype:resource_type>/<fid:resource_id>", views.instance, name="fhir_instance"),
     path("", views.base, name="fhir_base"),
     path("metadata", views.metadata, name="fhir_metadata"),
     path("$export", export_views.export_system, name="fhir_export"),
@@ -35,10 +40,8 @@ urlpatterns = [
     path("Patient/$export", export_views.export_patient, name="fhir_export_patient"),
     path("Group/<fid:group_id>/$export", export_views.export_group, name="fhir_export_group"),
     path("_history", views.history, name="fhir_history_system"),
-    path("<rtype:resource_type>", views.type_root, name="fhir_type"),
     path("<rtype:resource_type>/_history", views.history, name="fhir_history_type"),
     path("<rtype:resource_type>/_search", views.type_search, name="fhir_type_search"),
-    path("<rtype:resource_type>/<fid:resource_id>", views.instance, name="fhir_instance"),
     path(
         "<rtype:resource_type>/<fid:resource_id>/_history",
         views.history,

@@ -28,6 +28,8 @@ _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 def normalize(text: str) -> str:
     """Case- and accent-insensitive form (FHIR string search): NFKD, combining marks
     removed, casefolded, truncated to what the index holds."""
+    if text.isascii():  # the same answer, faster: ASCII has no decompositions or marks
+        return text.lower()[:MAX_INDEXED_CHARS]
     decomposed = unicodedata.normalize("NFKD", text)
     stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
     return stripped.casefold()[:MAX_INDEXED_CHARS]

@@ -296,8 +296,15 @@ class DatabaseWrapper(base.DatabaseWrapper):
             with self.cursor() as cursor:
                 cursor.execute(sql, params)
             return
-        self._queue().append((sql, params))
-        if self.queries_logged:
+        self.queue_ahead([(sql, params)])
+
+    def queue_ahead(self, statements: list[Statement]) -> None:
+        """Queue statements to travel ahead of the next one (also outside a
+        transaction: `clinik.fhir.tenancy.tenant_query`), logged as `defer` logs."""
+        self.connection.clinik_queue.extend(statements)
+        if not self.queries_logged:
+            return
+        for sql, params in statements:
             # In memory only (DEBUG, CaptureQueriesContext), composed the way Django
             # shows its executed statements (bench/bare_capture.py replays them);
             # PostgreSQL itself gets the values as bind parameters.
