@@ -43,7 +43,8 @@ def stored_secrets_readable(
         for secret in sealed.iterator():
             if secret.startswith(sealing.PREFIX):
                 plain += 1  # before migration 0005: migrate seals them
-            elif sealing.sealed_with_current_key(secret):
+                continue
+            if sealing.sealed_with_current_key(secret):
                 continue
             try:
                 sealing.unseal(secret)
