@@ -32,7 +32,7 @@ def stored_secrets_readable(
 ) -> list[CheckMessage]:
     if not databases or "default" not in databases:
         return []
-    from django.db import DatabaseError
+    from django.db import ProgrammingError
 
     from clinik.subscriptions import sealing
     from clinik.subscriptions.models import Subscription
@@ -51,7 +51,7 @@ def stored_secrets_readable(
                 old += 1
             except sealing.SecretUnavailable:
                 unreadable += 1
-    except DatabaseError:
+    except ProgrammingError:
         return []  # not migrated yet: migrate runs this check again afterwards
     problems: list[CheckMessage] = []
     if unreadable:
