@@ -13,7 +13,7 @@ import django_stubs_ext
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.csp import CSP
 
-from clinik.lib.env import env_bool, env_int, env_list, env_str
+from clinik.lib.env import env_bool, env_fernet_keys, env_int, env_list, env_str
 
 django_stubs_ext.monkeypatch()
 
@@ -522,6 +522,12 @@ FHIR_MAX_HEADER_BYTES = env_int("FHIR_MAX_HEADER_BYTES", 16384, minimum=4096)
 # Endpoints on private, loopback or link-local addresses (and plain http to loopback)
 # are allowed only here: on by default in development, off in production.
 SUBSCRIPTIONS_ALLOW_PRIVATE_ENDPOINTS = env_bool("SUBSCRIPTIONS_ALLOW_PRIVATE_ENDPOINTS", DEBUG)
+# Signing secrets are sealed at rest with these Fernet keys (comma-separated): the first
+# seals, all unseal (key rotation; then `manage.py subscriptions_reseal`). Development
+# without it: a key derived from SECRET_KEY (HKDF). Production refuses to start without.
+SUBSCRIPTIONS_SECRET_KEYS = env_fernet_keys("SUBSCRIPTIONS_SECRET_KEYS")
+if not DEBUG and not SUBSCRIPTIONS_SECRET_KEYS:
+    raise ImproperlyConfigured("SUBSCRIPTIONS_SECRET_KEYS must be set when DEBUG=false")
 SUBSCRIPTIONS_CONNECT_TIMEOUT = env_int("SUBSCRIPTIONS_CONNECT_TIMEOUT", 5, minimum=1)
 SUBSCRIPTIONS_READ_TIMEOUT = env_int("SUBSCRIPTIONS_READ_TIMEOUT", 10, minimum=1)
 # Retries: base * 2^(attempt-1), +0-50 % jitter, capped; ~24 h with the defaults.

@@ -21,6 +21,7 @@ PRODUCTION_ENV = {
     "DATABASE_URL": "postgres://clinik:pw@db.internal:5432/clinik",
     "SITE_URL": "https://api.clinikapi.com",
     "CLINIK_TESTING": "0",
+    "SUBSCRIPTIONS_SECRET_KEYS": "V3bhO0aUYvB8pIYkJ5iQq0m7Yb3mJ0aR2vX9cQ4fN1k=",
 }
 
 

@@ -6,6 +6,7 @@ from typing import Any
 import pytest
 
 from clinik.subscriptions.models import Subscription
+from clinik.subscriptions.sealing import signing_secret
 from tests.conftest import Persona
 from tests.test_browser import OUTPUT, browser_page  # noqa: F401 (the fixture)
 from tests.test_subscriptions_dispatch import receiver, subscribe  # noqa: F401 (fixture)
@@ -44,7 +45,7 @@ def test_ping_and_rotate_in_the_browser(
     page.on("dialog", accept)
     page.get_by_role("button", name="Rotate secret").click()
     page.locator("#new-secret").wait_for()
-    secret = Subscription.objects.get(resource_id=created["id"]).secret
+    secret = signing_secret(Subscription.objects.get(resource_id=created["id"]))
     assert page.locator("#new-secret").inner_text().strip() == secret
     assert dialogs and "Rotate the signing secret" in dialogs[0]
     assert page.evaluate("window.__samePage") is True

@@ -21,6 +21,7 @@ from clinik.subscriptions import dispatch
 from clinik.subscriptions.actions import purge_org
 from clinik.subscriptions.delivery import _claim
 from clinik.subscriptions.models import Delivery, OutboxEvent, Subscription
+from clinik.subscriptions.sealing import signing_secret
 from clinik.subscriptions.tasks import dispatch_subscriptions
 from tests.conftest import wait_for
 from tests.webhook_receiver import Receiver, serving
@@ -90,7 +91,7 @@ def test_a_matching_change_is_delivered_once_signed_and_id_only(api, receiver):
 
     assert len(receiver.requests) == 1
     got = receiver.requests[0]
-    secret = mirror(api.org, sub["id"]).secret
+    secret = signing_secret(mirror(api.org, sub["id"]))
     assert verify(secret, got.body, got.headers["ClinikAPI-Signature"])
     assert not verify("whsec_wrong", got.body, got.headers["ClinikAPI-Signature"])
     bundle = orjson.loads(got.body)

@@ -11,6 +11,7 @@ from clinik.audit.models import AuditEvent
 from clinik.fhir.tenancy import tenant_transaction
 from clinik.lib.webhooks import verify
 from clinik.subscriptions.models import Delivery, Subscription
+from clinik.subscriptions.sealing import signing_secret
 from clinik.subscriptions.tasks import dispatch_subscriptions
 from tests.test_subscriptions_dispatch import observation, subscribe
 from tests.webhook_receiver import Receiver, serving
@@ -38,7 +39,7 @@ def test_the_page_lists_subscriptions_without_criteria_values(owner, sub, api):
     page = response.content.decode()
     assert "Observation" in page and "http://127.0.0.1:" in page
     assert "8867-4" not in page and "/hook" not in page and sub.resource_id not in page
-    assert sub.secret not in page
+    assert signing_secret(sub) not in page
 
 
 def test_outsiders_get_404_everywhere(outsider, sub, api):
@@ -79,20 +80,20 @@ def test_the_secret_is_shown_once_and_signs_deliveries(
 ):
     client = owner.client()
     first = client.post(url(owner.org, f"{sub.pk}/secret/"))
-    assert first.status_code == 200 and sub.secret in first.content.decode()
+    assert first.status_code == 200 and signing_secret(sub) in first.content.decode()
     assert "no-store" in first["Cache-Control"] or "no-cache" in first["Cache-Control"]
     again = client.post(url(owner.org, f"{sub.pk}/secret/"), follow=True)
-    assert sub.secret not in again.content.decode()
+    assert signing_secret(sub) not in again.content.decode()
     assert AuditEvent.objects.filter(action="webhook.reveal").count() == 1
 
     rotated = client.post(url(owner.org, f"{sub.pk}/rotate/"))
     sub.refresh_from_db()
-    assert sub.secret in rotated.content.decode()
+    assert signing_secret(sub) in rotated.content.decode()
     with django_capture_on_commit_callbacks(execute=True):
         api.post("Observation", observation("8867-4"))
         dispatch_subscriptions()
     [got] = receiver.requests
-    assert verify(sub.secret, got.body, got.headers["ClinikAPI-Signature"])
+    assert verify(signing_secret(sub), got.body, got.headers["ClinikAPI-Signature"])
 
 
 def test_ping_and_replay_reach_the_receiver(
@@ -147,15 +148,17 @@ def test_secret_and_rotate_with_htmx_return_the_subscriptions_part(owner, sub):
     shown = htmx_post(client, url(owner.org, f"{sub.pk}/secret/"))
     html = shown.content.decode()
     assert html.lstrip().startswith('<div id="webhook-subscriptions">') and "<html" not in html
-    assert sub.secret in html and "Show secret (once)" not in html
+    assert signing_secret(sub) in html and "Show secret (once)" not in html
     assert "no-store" in shown["Cache-Control"] or "no-cache" in shown["Cache-Control"]
     again = htmx_post(client, url(owner.org, f"{sub.pk}/secret/")).content.decode()
-    assert "shown already" in again and sub.secret not in again
+    assert "shown already" in again and signing_secret(sub) not in again
 
     rotated = htmx_post(client, url(owner.org, f"{sub.pk}/rotate/"))
     sub.refresh_from_db()
     html = rotated.content.decode()
-    assert html.lstrip().startswith('<div id="webhook-subscriptions">') and sub.secret in html
+    assert (
+        html.lstrip().startswith('<div id="webhook-subscriptions">') and signing_secret(sub) in html
+    )
     assert "no-store" in rotated["Cache-Control"] or "no-cache" in rotated["Cache-Control"]
 
 

@@ -46,3 +46,23 @@ def env_list(name: str, default: list[str]) -> list[str]:
     if raw is None:
         return default
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def env_fernet_keys(name: str) -> list[str]:
+    """Comma-separated Fernet keys (url-safe base64 of 32 bytes), first one first.
+    A malformed key stops start-up, named by its position only (never its value)."""
+    import base64
+    import binascii
+
+    keys = env_list(name, [])
+    for position, key in enumerate(keys, start=1):
+        try:
+            ok = len(base64.urlsafe_b64decode(key.encode("ascii"))) == 32
+        except (binascii.Error, ValueError):
+            ok = False
+        if not ok:
+            raise ImproperlyConfigured(
+                f"{name}: key {position} is not a Fernet key (url-safe base64 of 32 bytes;"
+                " make one with `manage.py subscriptions_reseal --new-key`)"
+            )
+    return keys

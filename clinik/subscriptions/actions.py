@@ -10,6 +10,7 @@ from django.utils import timezone
 from clinik import audit
 from clinik.accounts.models import Organization, User
 from clinik.fhir.tenancy import tenant_transaction
+from clinik.subscriptions import sealing
 from clinik.subscriptions.models import Delivery, OutboxEvent, Subscription
 
 PURGE_BATCH = 5000
@@ -63,13 +64,11 @@ def do_rotate_secret(
     *, org: Organization, subscription: Subscription, actor: User, request: HttpRequest | None
 ) -> str:
     """A new signing secret, effective for the next delivery. Returned to be shown once."""
-    from secrets import token_hex
-
-    secret = f"whsec_{token_hex(32)}"
+    secret = sealing.new_secret()
     with transaction.atomic():
         org.lock_writable()
         Subscription.objects.filter(pk=subscription.pk).update(
-            secret=secret, secret_shown=True, updated_at=timezone.now()
+            secret=sealing.seal(secret), secret_shown=True, updated_at=timezone.now()
         )
         audit.record("webhook.rotate", org=org, actor=actor, target=subscription, request=request)
     return secret
@@ -78,15 +77,18 @@ def do_rotate_secret(
 def do_reveal_secret(
     *, org: Organization, subscription: Subscription, actor: User, request: HttpRequest | None
 ) -> str | None:
-    """The secret the trigger generated, exactly once; None once it has been shown."""
+    """The subscription's secret (made now if no delivery made it yet), exactly once;
+    None once it has been shown. Raises sealing.SecretUnavailable (nothing is marked
+    shown) when the stored secret is sealed with a key no longer configured."""
     with transaction.atomic():
         shown = Subscription.objects.filter(pk=subscription.pk, secret_shown=False).update(
             secret_shown=True
         )
         if not shown:
             return None
+        secret = sealing.signing_secret(subscription)
         audit.record("webhook.reveal", org=org, actor=actor, target=subscription, request=request)
-    return subscription.secret
+    return secret
 
 
 def do_replay(

@@ -2,6 +2,7 @@
 it), POST it signed, record the outcome (status code, latency, attempt: never the
 payload or the answer), and schedule the retry."""
 
+import logging
 import random
 import time
 from dataclasses import dataclass
@@ -15,11 +16,13 @@ from django.utils import timezone
 from clinik.fhir.store import get_store
 from clinik.fhir.tenancy import format_instant, tenant_transaction
 from clinik.lib import webhooks
+from clinik.subscriptions import sealing
 from clinik.subscriptions.dispatch import lease_until, write_status
 from clinik.subscriptions.models import Delivery, Subscription
 from clinik.usage import store as usage_store
 
 USER_AGENT = "ClinikAPI-Webhooks/1"
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -56,7 +59,9 @@ def notification(delivery: Delivery, subscription: Subscription, content: str | 
     return orjson.dumps(bundle)
 
 
-def _headers(delivery: Delivery, subscription: Subscription, body: bytes) -> dict[str, str]:
+def _headers(
+    delivery: Delivery, subscription: Subscription, body: bytes, secret: str
+) -> dict[str, str]:
     headers: dict[str, str] = {}
     for line in subscription.headers if isinstance(subscription.headers, list) else []:
         name, _, value = str(line).partition(":")
@@ -67,7 +72,7 @@ def _headers(delivery: Delivery, subscription: Subscription, body: bytes) -> dic
             "User-Agent": USER_AGENT,
             "ClinikAPI-Event-Id": str(delivery.event_id),
             "ClinikAPI-Event-Type": str(delivery.kind),
-            "ClinikAPI-Signature": webhooks.sign(subscription.secret, body, int(time.time())),
+            "ClinikAPI-Signature": webhooks.sign(secret, body, int(time.time())),
         }
     )
     return headers
@@ -138,10 +143,11 @@ def deliver(org_id: UUID, delivery_id: int) -> Outcome:
         return Outcome("skipped")
     delivery, subscription, body = claimed
     try:
+        secret = sealing.signing_secret(subscription)
         result = webhooks.post(
             subscription.endpoint,
             body,
-            _headers(delivery, subscription, body),
+            _headers(delivery, subscription, body, secret),
             allow_private=settings.SUBSCRIPTIONS_ALLOW_PRIVATE_ENDPOINTS,
             connect_timeout=settings.SUBSCRIPTIONS_CONNECT_TIMEOUT,
             read_timeout=settings.SUBSCRIPTIONS_READ_TIMEOUT,
@@ -149,6 +155,13 @@ def deliver(org_id: UUID, delivery_id: int) -> Outcome:
         refused = ""
     except webhooks.EndpointRefused as error:
         result, refused = webhooks.PostResult(None, 0, "refused"), str(error)
+    except sealing.SecretUnavailable:
+        # Not sent, retried like a network failure: the operator restores the key
+        # (`manage.py check --database default` names the problem).
+        logger.error(
+            "subscription %s: signing secret not readable with the configured keys", subscription.pk
+        )
+        result, refused = webhooks.PostResult(None, 0, "signing secret unreadable"), ""
 
     now = timezone.now()
     code = result.status

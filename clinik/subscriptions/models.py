@@ -36,7 +36,9 @@ class Subscription(models.Model):
     headers = models.JSONField(default=list)
     status = models.CharField(max_length=16, choices=Status.choices)
     error = models.TextField(blank=True)
-    secret = models.CharField(max_length=80)
+    # Sealed (Fernet token, clinik.subscriptions.sealing), never plain text; "" until
+    # the first delivery or "show secret" makes one.
+    secret = models.TextField(blank=True, default="")
     secret_shown = models.BooleanField(default=False)
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()

@@ -21,6 +21,7 @@ from clinik.fhir.tenancy import tenant_transaction
 from clinik.lib.http import AuthedHttpRequest
 from clinik.subscriptions.actions import do_ping, do_replay, do_reveal_secret, do_rotate_secret
 from clinik.subscriptions.models import Delivery, Subscription
+from clinik.subscriptions.sealing import SecretUnavailable
 
 RECENT = 50
 PING_SENT = "A test ping is on its way; its delivery appears below."
@@ -94,11 +95,15 @@ def webhooks_secret(request: AuthedHttpRequest, org_id: UUID, subscription_id: i
     rotation shows a (new) secret."""
     membership = get_managing_membership(request, org_id)
     subscription = _subscription(membership, subscription_id)
-    secret = do_reveal_secret(
-        org=membership.org, subscription=subscription, actor=request.user, request=request
-    )
-    if secret is None:
+    try:
+        secret = do_reveal_secret(
+            org=membership.org, subscription=subscription, actor=request.user, request=request
+        )
         shown = "That secret was shown already: rotate it to get a new one."
+    except SecretUnavailable:
+        secret = None
+        shown = "That secret cannot be read with the server's keys: rotate it to get a new one."
+    if secret is None:
         if request.htmx:
             return _page(request, membership, "subscriptions", notice=shown)
         messages.error(request, shown)
