@@ -63,6 +63,16 @@ urlpatterns = [
         views.compartment_search,
         name="fhir_compartment_all",
     ),
+    path(
+        "<rtype:compartment>/<fid:resource_id>/<rtype:resource_type>/_search",
+        views.compartment_search_form,
+        name="fhir_compartment_search",
+    ),
+    path(
+        "<rtype:compartment>/<fid:resource_id>/_search",
+        views.compartment_search_form,
+        name="fhir_compartment_search_all",
+    ),
     # Anything else under the base: an OperationOutcome, never an HTML page.
     re_path(r"^.*$", views.unknown_route, name="fhir_unknown"),
 ]

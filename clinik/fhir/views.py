@@ -396,6 +396,21 @@ def compartment_search(
     """GET [compartment]/[id]/[type] (or `*`): a search inside one compartment. The
     focal resource is looked up first, exactly as a read: another tenant's (or an
     unknown) id is a 404, a deleted one a 410."""
+    return _compartment_search(request, compartment, resource_id, resource_type)
+
+
+@fhir_view(("POST",))
+def compartment_search_form(
+    request: ApiHttpRequest, compartment: str, resource_id: str, resource_type: str | None = None
+) -> HttpResponse:
+    """POST [compartment]/[id]/[type]/_search (or [compartment]/[id]/_search for every
+    type): the same search with form-encoded parameters (values stay out of URLs)."""
+    return _compartment_search(request, compartment, resource_id, resource_type)
+
+
+def _compartment_search(
+    request: ApiHttpRequest, compartment: str, resource_id: str, resource_type: str | None
+) -> HttpResponse:
     target = (compartment, resource_id)
     store = get_store()
     definition = compartments.get(compartment)
