@@ -40,6 +40,7 @@ urlpatterns = [
     path("Patient/$export", export_views.export_patient, name="fhir_export_patient"),
     path("Group/<fid:group_id>/$export", export_views.export_group, name="fhir_export_group"),
     path("_history", views.history, name="fhir_history_system"),
+    path("_search", views.system_search, name="fhir_system_search"),
     path("<rtype:resource_type>/_history", views.history, name="fhir_history_type"),
     path("<rtype:resource_type>/_search", views.type_search, name="fhir_type_search"),
     path(

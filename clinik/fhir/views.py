@@ -348,6 +348,12 @@ def _conditional_delete(request: ApiHttpRequest, resource_type: str) -> HttpResp
 
 
 @fhir_view(("POST",))
+def system_search(request: ApiHttpRequest) -> HttpResponse:
+    """POST _search: the system-level search (`_type`) with form-encoded parameters."""
+    return _search(request, None)
+
+
+@fhir_view(("POST",))
 def type_search(request: ApiHttpRequest, resource_type: str) -> HttpResponse:
     """POST [type]/_search with form-encoded parameters (values stay out of URLs)."""
     return _search(request, resource_type)

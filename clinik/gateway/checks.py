@@ -216,6 +216,8 @@ def guard_path(path: str) -> Route:
             return Route(f"{BASE}/metadata", "", "metadata")
         if first == "_history":
             return Route(f"{BASE}/_history", "", "history")
+        if first == "_search":
+            return Route(f"{BASE}/_search", "", "search")
         if first.startswith("$"):
             return Route(f"{BASE}/{_operation(first)}", "", "operation")
     if first not in RESOURCE_TYPES:
