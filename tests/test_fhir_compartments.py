@@ -287,3 +287,125 @@ def test_capability_statement_declares_the_compartments(client) -> None:
         "http://hl7.org/fhir/CompartmentDefinition/practitioner",
         "http://hl7.org/fhir/CompartmentDefinition/relatedPerson",
     ]
+
+
+# --- POST [compartment]/[id]/[type]/_search and [compartment]/[id]/_search ------------
+# (R4 http.html, search: the compartment variants have a form-body POST form too)
+
+FORM = "application/x-www-form-urlencoded"
+
+
+def _post(api, path: str, body: str, **kw: Any) -> Any:
+    return api.post(path, body, content_type=FORM, **kw)
+
+
+def test_compartment_search_by_post_answers_as_get(stored) -> None:
+    for get, post, body in [
+        (
+            f"Patient/p1/Observation?code={LOINC}|8867-4",
+            "Patient/p1/Observation/_search",
+            f"code={LOINC}|8867-4",
+        ),
+        (
+            "Patient/p1/Observation?_sort=-_id&_count=2",
+            "Patient/p1/Observation/_search",
+            "_sort=-_id&_count=2",
+        ),
+        ("Patient/p1/*?_count=50", "Patient/p1/_search", "_count=50"),
+        (
+            "Patient/p1/*?_type=Condition,RelatedPerson",
+            "Patient/p1/_search",
+            "_type=Condition,RelatedPerson",
+        ),
+        ("Encounter/enc1/*", "Encounter/enc1/_search", ""),
+    ]:
+        expected = stored.get(get)
+        response = _post(stored, post, body)
+        assert response.status_code == expected.status_code == 200, response.content
+        bundle = response.json()
+        assert _ids(bundle) == _ids(expected.json()) != []
+        assert bundle["total"] == expected.json()["total"]
+        # The links are the GET form of the same search.
+        assert bundle["link"][0]["url"] == expected.json()["link"][0]["url"]
+    # Parameters in the query string and in the body both count.
+    both = _post(stored, "Patient/p1/Observation/_search?_count=1", f"code={LOINC}|8867-4")
+    assert _ids(both.json()) == ["Observation/obs1"]
+    assert both.json()["total"] == 2
+
+
+def test_compartment_search_by_post_refuses_what_get_refuses(stored, owner) -> None:
+    from tests.conftest import _api_for
+
+    # Not a form body: 415, for either path.
+    for path in ("Patient/p1/Observation/_search", "Patient/p1/_search"):
+        response = stored.post(path, {"code": "x"})
+        assert response.status_code == 415
+        assert response.json()["resourceType"] == "OperationOutcome"
+    # The same OperationOutcomes as the GET form.
+    for get, post, body in [
+        ("Patient/nobody/Observation", "Patient/nobody/Observation/_search", ""),
+        ("Observation/obs1/*", "Observation/obs1/_search", ""),
+        ("Patient/p1/Device", "Patient/p1/Device/_search", ""),
+        ("Patient/p1/*?_type=Device", "Patient/p1/_search", "_type=Device"),
+        ("Patient/p1/Observation?date=notadate", "Patient/p1/Observation/_search", "date=notadate"),
+        ("Patient/p1/Observation?_count=x", "Patient/p1/Observation/_search", "_count=x"),
+    ]:
+        expected, response = stored.get(get), _post(stored, post, body)
+        assert response.status_code == expected.status_code != 200, (post, body)
+        assert response.json()["issue"] == expected.json()["issue"], (post, body)
+    # Strict handling refuses an unknown parameter, as for GET.
+    strict = {"Prefer": "handling=strict"}
+    response = _post(stored, "Patient/p1/Observation/_search", "nonsense=1", headers=strict)
+    assert response.status_code == 400
+    # Not a FHIR path, wrong methods.
+    assert _post(stored, "Patient/p1/Nothing/_search", "").status_code == 404
+    assert _post(stored, "Patient/p_1/_search", "").status_code == 400  # not an id
+    for method in ("GET", "PUT", "DELETE"):
+        for path in ("Patient/p1/Observation/_search", "Patient/p1/_search"):
+            assert stored.send(method, path, "", content_type=FORM).status_code == 405
+    # A search reads: a read-only key may POST it.
+    reader = _api_for(owner, scopes="read")
+    assert _post(reader, "Patient/p1/_search", "_count=1").status_code == 200
+
+
+def test_compartment_search_by_post_of_another_tenant_is_an_unknown_id(
+    stored, outsider_api
+) -> None:
+    for path in ("Patient/p1/Observation/_search", "Patient/p1/_search"):
+        theirs = _post(outsider_api, path, "")
+        unknown = _post(outsider_api, path.replace("/p1/", "/nobody/"), "")
+        assert theirs.status_code == unknown.status_code == 404
+        assert theirs.json()["issue"][0]["code"] == unknown.json()["issue"][0]["code"]
+        assert "entry" not in theirs.json()
+
+
+def test_compartment_search_by_post_is_audited_and_logged_without_values(stored) -> None:
+    from clinik.usage import requestlog, store
+    from clinik.usage.models import RequestLog
+
+    requestlog.buffer.clear()
+    requestlog.redis_client().delete(store.BUFFER_KEY, store.DRAINING_KEY, store.TOKEN_KEY)
+    _post(
+        stored,
+        "Patient/p1/Observation/_search",
+        "code=Secretcode",
+    )
+    _post(
+        stored,
+        "Patient/nobody/_search?family=Secretname",
+        "code=Secretcode",
+    )
+    rows = list(
+        AuditEvent.objects.filter(action="fhir.search", target_type="Patient")
+        .order_by("id")
+        .values_list("target_id", "outcome")
+    )
+    assert rows == [("p1", "success"), ("nobody", "failure")]
+    requestlog.flush()
+    store.drain()
+    logged = {r.route: r for r in RequestLog.objects.all()}
+    assert logged["/fhir/R4/Patient/{id}/Observation/_search"].status == 200
+    assert logged["/fhir/R4/Patient/{id}/_search"].status == 404
+    for record in logged.values():
+        values = json.dumps({f.name: str(getattr(record, f.name)) for f in record._meta.fields})
+        assert "Secret" not in values and "nobody" not in values

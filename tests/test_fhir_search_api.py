@@ -218,3 +218,24 @@ def test_capability_statement_lists_real_search_parameters(client) -> None:
     observation = next(r for r in rest["resource"] if r["type"] == "Observation")
     types = {p["name"]: p["type"] for p in observation["searchParam"]}
     assert types["code-value-quantity"] == "composite" and types["value-quantity"] == "quantity"
+
+
+def test_system_search_by_post_answers_as_get(stored, owner) -> None:
+    from tests.conftest import _api_for
+
+    form = "application/x-www-form-urlencoded"
+    for qs in ("_type=Patient,Practitioner&name=smith", "_id=o1,vs1", "_type=Patient&_count=2"):
+        expected = stored.get(f"?{qs}").json()
+        response = stored.post("_search", qs, content_type=form)
+        assert response.status_code == 200, response.content
+        assert _ids(response.json()) == _ids(expected) != []
+        assert response.json()["link"][0]["url"] == expected["link"][0]["url"]
+    for qs in ("_type=Nothing", "_type=Patient,Practitioner&birthdate=x", "_count=x"):
+        expected, response = stored.get(f"?{qs}"), stored.post("_search", qs, content_type=form)
+        assert response.status_code == expected.status_code == 400, qs
+        assert response.json()["issue"] == expected.json()["issue"]
+    assert stored.post("_search", {"_type": "Patient"}).status_code == 415
+    for method in ("GET", "PUT", "DELETE"):
+        assert stored.send(method, "_search", "", content_type=form).status_code == 405
+    reader = _api_for(owner, scopes="read")
+    assert reader.post("_search", "_type=Patient", content_type=form).status_code == 200

@@ -264,3 +264,69 @@ def test_a_pooled_client_polling_at_retry_after_always_gets_an_answer(
     assert deleted.status == 202, deleted.data[:300]
     assert set(answers) <= {200, 202, 429}, answers
     assert pool.num_connections == 1
+
+
+def _form(target: str, key: str, body: bytes, content_type: str) -> bytes:
+    head = (
+        f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode("latin-1") + body
+
+
+def test_compartment_and_system_search_by_post_on_the_wire(
+    server: LiveServer, live_key: str
+) -> None:
+    """POST [compartment]/[id]/[type]/_search, [compartment]/[id]/_search and _search
+    with a form body, through the HTTP server and the gateway: the GET answers."""
+    auth = f"Authorization: Bearer {live_key}\r\n"
+    patient = b'{"resourceType": "Patient", "name": [{"family": "Wireform"}]}'
+    status, _headers, body = server.exchange(_post("/fhir/R4/Patient", live_key, patient))
+    assert status == 201, body
+    pid = json.loads(body)["id"]
+    observation = json.dumps(
+        {
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+            "subject": {"reference": f"Patient/{pid}"},
+        }
+    ).encode()
+    status, _headers, body = server.exchange(_post("/fhir/R4/Observation", live_key, observation))
+    assert status == 201, body
+    oid = json.loads(body)["id"]
+    form = "application/x-www-form-urlencoded"
+    for get, post, data in [
+        (
+            f"/fhir/R4/Patient/{pid}/Observation?code=8867-4",
+            f"/fhir/R4/Patient/{pid}/Observation/_search",
+            b"code=8867-4",
+        ),
+        (
+            f"/fhir/R4/Patient/{pid}/*?_type=Observation",
+            f"/fhir/R4/Patient/{pid}/_search",
+            b"_type=Observation",
+        ),
+        (
+            f"/fhir/R4/?_type=Observation&subject=Patient/{pid}",
+            "/fhir/R4/_search",
+            f"_type=Observation&subject=Patient/{pid}".encode(),
+        ),
+    ]:
+        status, _headers, expected = server.exchange(_get(get, auth))
+        assert status == 200, expected
+        status, headers, body = server.exchange(_form(post, live_key, data, form))
+        assert status == 200, body
+        assert headers["content-type"].startswith("application/fhir+json")
+        found = [e["resource"]["id"] for e in json.loads(body)["entry"]]
+        assert found == [e["resource"]["id"] for e in json.loads(expected)["entry"]] == [oid]
+    # A JSON body is 415, a bad value 400, each an OperationOutcome.
+    target = f"/fhir/R4/Patient/{pid}/Observation/_search"
+    status, headers, body = server.exchange(
+        _form(target, live_key, b'{"code": 1}', "application/json")
+    )
+    assert status == 415
+    assert _outcome(status, headers, body)["issue"][0]["code"] == "not-supported"
+    status, headers, body = server.exchange(_form(target, live_key, b"date=notadate", form))
+    assert status == 400
+    _outcome(status, headers, body)

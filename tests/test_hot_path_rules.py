@@ -39,6 +39,7 @@ INTERACTIONS: dict[str, tuple[str, str, Any, dict[str, str]]] = {
     "transaction": ("POST", "", _bundle("transaction"), {}),
     "batch": ("POST", "", _bundle("batch"), {}),
     "system search": ("GET", "?_type=Patient", None, {}),
+    "system search by POST": ("POST", "_search", "_type=Patient", {}),
     "system history": ("GET", "_history", None, {}),
     "create": ("POST", "Patient", PATIENT, {}),
     "conditional create": ("POST", "Patient", PATIENT, {"If-None-Exist": "family=Nobody"}),
@@ -53,6 +54,8 @@ INTERACTIONS: dict[str, tuple[str, str, Any, dict[str, str]]] = {
     "vread": ("GET", "Patient/{pid}/_history/1", None, {}),
     "compartment": ("GET", "Patient/{pid}/Observation", None, {}),
     "compartment, every type": ("GET", "Patient/{pid}/*", None, {}),
+    "compartment by POST": ("POST", "Patient/{pid}/Observation/_search", "code=x", {}),
+    "compartment by POST, every type": ("POST", "Patient/{pid}/_search", "_count=1", {}),
 }
 
 # URL names of the FHIR URLconf that need no interaction here, and why.

@@ -40,6 +40,7 @@ urlpatterns = [
     path("Patient/$export", export_views.export_patient, name="fhir_export_patient"),
     path("Group/<fid:group_id>/$export", export_views.export_group, name="fhir_export_group"),
     path("_history", views.history, name="fhir_history_system"),
+    path("_search", views.system_search, name="fhir_system_search"),
     path("<rtype:resource_type>/_history", views.history, name="fhir_history_type"),
     path("<rtype:resource_type>/_search", views.type_search, name="fhir_type_search"),
     path(
@@ -62,6 +63,16 @@ urlpatterns = [
         "<rtype:compartment>/<fid:resource_id>/*",
         views.compartment_search,
         name="fhir_compartment_all",
+    ),
+    path(
+        "<rtype:compartment>/<fid:resource_id>/<rtype:resource_type>/_search",
+        views.compartment_search_form,
+        name="fhir_compartment_search",
+    ),
+    path(
+        "<rtype:compartment>/<fid:resource_id>/_search",
+        views.compartment_search_form,
+        name="fhir_compartment_search_all",
     ),
     # Anything else under the base: an OperationOutcome, never an HTML page.
     re_path(r"^.*$", views.unknown_route, name="fhir_unknown"),

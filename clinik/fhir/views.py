@@ -348,6 +348,12 @@ def _conditional_delete(request: ApiHttpRequest, resource_type: str) -> HttpResp
 
 
 @fhir_view(("POST",))
+def system_search(request: ApiHttpRequest) -> HttpResponse:
+    """POST _search: the system-level search (`_type`) with form-encoded parameters."""
+    return _search(request, None)
+
+
+@fhir_view(("POST",))
 def type_search(request: ApiHttpRequest, resource_type: str) -> HttpResponse:
     """POST [type]/_search with form-encoded parameters (values stay out of URLs)."""
     return _search(request, resource_type)
@@ -396,6 +402,21 @@ def compartment_search(
     """GET [compartment]/[id]/[type] (or `*`): a search inside one compartment. The
     focal resource is looked up first, exactly as a read: another tenant's (or an
     unknown) id is a 404, a deleted one a 410."""
+    return _compartment_search(request, compartment, resource_id, resource_type)
+
+
+@fhir_view(("POST",))
+def compartment_search_form(
+    request: ApiHttpRequest, compartment: str, resource_id: str, resource_type: str | None = None
+) -> HttpResponse:
+    """POST [compartment]/[id]/[type]/_search (or [compartment]/[id]/_search for every
+    type): the same search with form-encoded parameters (values stay out of URLs)."""
+    return _compartment_search(request, compartment, resource_id, resource_type)
+
+
+def _compartment_search(
+    request: ApiHttpRequest, compartment: str, resource_id: str, resource_type: str | None
+) -> HttpResponse:
     target = (compartment, resource_id)
     store = get_store()
     definition = compartments.get(compartment)

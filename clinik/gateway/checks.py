@@ -216,6 +216,8 @@ def guard_path(path: str) -> Route:
             return Route(f"{BASE}/metadata", "", "metadata")
         if first == "_history":
             return Route(f"{BASE}/_history", "", "history")
+        if first == "_search":
+            return Route(f"{BASE}/_search", "", "search")
         if first.startswith("$"):
             return Route(f"{BASE}/{_operation(first)}", "", "operation")
     if first not in RESOURCE_TYPES:
@@ -242,6 +244,11 @@ def guard_path(path: str) -> Route:
     if len(rest) == 2 and (third in RESOURCE_TYPES or third == "*"):
         # Compartment search; the type is the compartment's, as the id is its focal one.
         return Route(f"{base}/{{id}}/{third}", first, "compartment")
+    # A compartment search by POST (form body): a search, as POST [type]/_search.
+    if len(rest) == 2 and third == "_search":
+        return Route(f"{base}/{{id}}/_search", first, "search")
+    if len(rest) == 3 and third in RESOURCE_TYPES and rest[2] == "_search":
+        return Route(f"{base}/{{id}}/{third}/_search", first, "search")
     if len(rest) == 3 and third == "_history":
         _check_id(rest[2])
         return Route(f"{base}/{{id}}/_history/{{vid}}", first, "vread")
