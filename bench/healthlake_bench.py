@@ -50,7 +50,8 @@ STORES = ("postgres", "healthlake-before", "healthlake-urllib3", "healthlake")
 """PostgreSQL; HealthLake with urllib3 and a signing key derived per request (the
 adapter before the CPU work of issue 19); HealthLake with today's signer and urllib3
 used lean; HealthLake as it is (libcurl through pycurl). `--stores` picks some of
-them (and `healthlake-keepalive` while clinik/lib/keepalive.py existed)."""
+them. (The hand-written clinik/lib/keepalive.py client, measured against these in
+bench/README.md, was `healthlake-keepalive` until it was removed.)"""
 
 _FAKE = """
 import sys, time
@@ -123,34 +124,17 @@ class LeanUrllib3:
         return Answer(r.status, r.data, {k.lower(): v for k, v in r.headers.items()})
 
 
-class Keepalive:
-    """The hand-written clinik.lib.keepalive client ("healthlake-keepalive"), for the
-    three-way comparison that chose libcurl; gone with that module."""
-
-    def __init__(self, origin: str) -> None:
-        from clinik.lib.keepalive import Origin  # type: ignore[import-not-found]
-
-        self.origin = Origin(origin, connect_timeout=2.0, read_timeout=10.0)
-
-    def request(self, method, target, headers, body=None, *, reuse=True):
-        from clinik.fhir.store.healthlake_client import Answer
-
-        r = self.origin.request(method, target, headers, body, reuse=reuse)
-        return Answer(r.status, r.data, r.headers)
-
-
 def use(store: str, datastore_id: str, origin: str) -> None:
     settings.FHIR_STORE = store.split("-")[0]
     settings.HEALTHLAKE_DATASTORE_ID = datastore_id
     settings.HEALTHLAKE_REGION = "us-east-1"
     settings.HEALTHLAKE_ENDPOINT_URL = origin
     _store.cache_clear()
-    if store in ("healthlake-urllib3", "healthlake-keepalive"):
+    if store == "healthlake-urllib3":
         from clinik.fhir.store import get_store
 
         client = get_store().client  # type: ignore[attr-defined]
-        transport = LeanUrllib3 if store == "healthlake-urllib3" else Keepalive
-        client._pool = transport(client.origin)
+        client._pool = LeanUrllib3(client.origin)
     if store == "healthlake-before":
         from botocore.auth import SigV4Auth
         from botocore.awsrequest import AWSRequest

@@ -270,6 +270,7 @@ class CurlTransport:
         if curl is None:
             curl = pycurl.Curl()
             curl.setopt(pycurl.NOSIGNAL, 1)
+            curl.setopt(pycurl.USERAGENT, "ClinikAPI")  # not libcurl's and OpenSSL's versions
             curl.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
             curl.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1)
             curl.setopt(pycurl.FOLLOWLOCATION, 0)
