@@ -5,6 +5,7 @@ included), paging, HealthLake's limits, throttling and the quota, closure."""
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -703,8 +704,9 @@ class RawServer:
     """Answers each request with the next scripted bytes (None: closes without an
     answer; "silent": reads it and never answers). One thread per connection."""
 
-    def __init__(self, answers: list[bytes | str | None]) -> None:
+    def __init__(self, answers: list[bytes | str | None], tls: Any = None) -> None:
         self.answers = answers
+        self.tls = tls
         self.requests: list[bytes] = []
         self.connections = 0
         self.lock = threading.Lock()
@@ -714,7 +716,8 @@ class RawServer:
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.sock.getsockname()[1]}/datastore/x/r4/"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.sock.getsockname()[1]}/datastore/x/r4/"
 
     def accept(self) -> None:
         while True:
@@ -727,6 +730,12 @@ class RawServer:
             threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
 
     def serve(self, conn: socket.socket) -> None:
+        if self.tls:
+            try:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            except OSError:  # the client refused the certificate
+                conn.close()
+                return
         with conn:
             while True:
                 data = b""
@@ -767,8 +776,10 @@ class RawServer:
 def raw(settings) -> Iterator[Any]:
     servers: list[RawServer] = []
 
-    def start(answers: list[bytes | str | None], **options: Any) -> tuple[RawServer, Any]:
-        server = RawServer(answers)
+    def start(
+        answers: list[bytes | str | None], tls: Any = None, **options: Any
+    ) -> tuple[RawServer, Any]:
+        server = RawServer(answers, tls)
         servers.append(server)
         quota = Quota.from_url(settings.REDIS_URL, uuid4().hex, {"crud": 1000, "search": 1000})
         options = {"connect_timeout": 1.0, "read_timeout": 2.0, "retry_budget": 2.0, **options}
@@ -857,3 +868,35 @@ def test_a_header_cannot_split_the_request(raw) -> None:
     with pytest.raises(ValueError):
         client.call("GET", "Patient/a", headers={"If-Match": 'W/"1"\r\nInjected: 1'})
     assert server.requests == []
+
+
+def test_tls_is_verified_against_the_trusted_cas(raw, tmp_path, monkeypatch) -> None:
+    from tests.test_lib_webhooks import _self_signed
+
+    cert, key = _self_signed(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    server, client = raw([OK], tls=context, max_attempts=1)
+    with pytest.raises(FhirError) as untrusted:  # a certificate no system CA signed
+        client.call("GET", "Patient/a")
+    assert untrusted.value.status == 503 and server.requests == []
+    monkeypatch.setenv("SSL_CERT_FILE", cert)  # now a trusted CA: the same call goes through
+    server, client = raw([OK], tls=context, max_attempts=1)
+    assert client.call("GET", "Patient/a").status == 200
+    assert server.requests[0].startswith(b"GET /datastore/x/r4/Patient/a HTTP/1.1")
+
+
+def test_a_forked_worker_opens_its_own_connection(raw) -> None:
+    server, client = raw([OK, OK, OK])
+    assert client.call("GET", "Patient/a").status == 200
+    pid = os.fork()
+    if pid == 0:  # the child: a worker forked after the parent had called
+        code = 1
+        try:
+            code = 0 if client.call("GET", "Patient/b").status == 200 else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert client.call("GET", "Patient/c").status == 200  # the parent's is intact
+    assert server.connections == 2 and len(server.requests) == 3

@@ -13,6 +13,7 @@ import random
 import ssl
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlencode, urlsplit
@@ -259,11 +260,7 @@ class CurlTransport:
         self.cafile = paths.cafile or paths.openssl_cafile
         self.capath = paths.capath or paths.openssl_capath
         self._local = threading.local()
-        os.register_at_fork(after_in_child=self._forget)
-
-    def _forget(self) -> None:
-        """A forked worker opens its own connections, never its parent's."""
-        self._local = threading.local()
+        _TRANSPORTS.add(self)
 
     def _handle(self) -> "pycurl.Curl":
         curl = getattr(self._local, "curl", None)
@@ -315,6 +312,18 @@ class CurlTransport:
                 raise TransportFailure("timed out") from None
             raise TransportFailure(f"the connection failed (libcurl error {code})") from None
         return Answer(curl.getinfo(pycurl.RESPONSE_CODE), b"".join(chunks), _headers(head))
+
+
+_TRANSPORTS: "weakref.WeakSet[CurlTransport]" = weakref.WeakSet()
+
+
+def _forget_connections() -> None:
+    """A forked worker opens its own connections, never its parent's."""
+    for transport in list(_TRANSPORTS):
+        transport._local = threading.local()
+
+
+os.register_at_fork(after_in_child=_forget_connections)
 
 
 def _headers(lines: list[bytes]) -> dict[str, str]:
