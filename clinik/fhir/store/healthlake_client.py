@@ -104,11 +104,28 @@ def unavailable(retry_after: int, why: str = "busy") -> FhirError:
     )
 
 
-@dataclass
 class Answer:
-    status: int
-    body: bytes
-    headers: dict[str, str]
+    """The datastore's answer. `headers`: lower-case names, parsed from the raw header
+    lines only when asked for (most answers never are)."""
+
+    __slots__ = ("_head", "_headers", "body", "status")
+
+    def __init__(
+        self,
+        status: int,
+        body: bytes,
+        headers: dict[str, str] | None = None,
+        *,
+        head: list[bytes] | None = None,
+    ) -> None:
+        self.status, self.body = status, body
+        self._headers, self._head = headers, head
+
+    @property
+    def headers(self) -> dict[str, str]:
+        if self._headers is None:
+            self._headers = _headers(self._head or [])
+        return self._headers
 
     def json(self) -> Any:
         return orjson.loads(self.body) if self.body else None
@@ -215,9 +232,10 @@ class HealthLakeClient:
                 # are PUTs of ids we chose) is safe to send again; a transaction is not.
                 status, answer_headers = 0, {}
             else:
-                status, answer_headers = response.status, response.headers
+                status = response.status
                 if status not in RETRYABLE_STATUSES:
                     return response
+                answer_headers = response.headers
             if status in THROTTLED_STATUSES:
                 self.quota.slow_down(kind)
             if not idempotent and status != 429:
@@ -311,7 +329,7 @@ class CurlTransport:
             if code == pycurl.E_OPERATION_TIMEDOUT:
                 raise TransportFailure("timed out") from None
             raise TransportFailure(f"the connection failed (libcurl error {code})") from None
-        return Answer(curl.getinfo(pycurl.RESPONSE_CODE), b"".join(chunks), _headers(head))
+        return Answer(curl.getinfo(pycurl.RESPONSE_CODE), b"".join(chunks), head=head)
 
 
 _TRANSPORTS: "weakref.WeakSet[CurlTransport]" = weakref.WeakSet()
