@@ -2,6 +2,7 @@
 reads/s, latency and the application CPU per request of each, alternating rounds.
 
     make db && .venv/bin/python bench/healthlake_bench.py [--requests 300] [--rounds 5]
+        [--stores postgres,healthlake-before,healthlake-urllib3,healthlake]
 
 The application runs in this process through the full WSGI stack (Django's test
 client, every middleware, the gateway, audit). HealthLake is the local fake
@@ -13,6 +14,7 @@ wall figures are a floor, a real datastore adds its own network latency.
 """
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -45,9 +47,12 @@ from django.test import Client  # noqa: E402
 from bench.common import create_org  # noqa: E402
 from clinik.fhir.store import _store  # noqa: E402
 
-STORES = ("postgres", "healthlake-before", "healthlake")
+STORES = ("postgres", "healthlake-before", "healthlake-urllib3", "healthlake")
 """PostgreSQL; HealthLake with urllib3 and a signing key derived per request (the
-adapter before the CPU work of issue 19); HealthLake as it is."""
+adapter before the CPU work of issue 19); HealthLake with today's signer and urllib3
+used lean; HealthLake as it is (libcurl through pycurl). `--stores` picks some of
+them. (The hand-written clinik/lib/keepalive.py client, measured against these in
+bench/README.md, was `healthlake-keepalive` until it was removed.)"""
 
 _FAKE = """
 import sys, time
@@ -74,7 +79,7 @@ class Urllib3Pool:
         ).connection_from_url(base)
 
     def request(self, method, target, headers, body=None, *, reuse=True):
-        from clinik.lib.keepalive import Response
+        from clinik.fhir.store.healthlake_client import Answer
 
         r = self.pool.urlopen(
             method,
@@ -85,7 +90,39 @@ class Urllib3Pool:
             redirect=False,
             assert_same_host=False,
         )
-        return Response(r.status, {k.lower(): v for k, v in r.headers.items()}, r.data)
+        return Answer(r.status, r.data, {k.lower(): v for k, v in r.headers.items()})
+
+
+class LeanUrllib3:
+    """urllib3 used lean: one connection pool for the origin, no retries, no
+    redirects, no decoding, the body read at once ("healthlake-urllib3")."""
+
+    def __init__(self, origin: str) -> None:
+        import urllib3
+
+        self.pool = urllib3.connection_from_url(
+            origin,
+            maxsize=10,
+            block=False,
+            timeout=urllib3.Timeout(connect=2.0, read=10.0),
+            retries=False,
+        )
+
+    def request(self, method, target, headers, body=None, *, reuse=True):
+        from clinik.fhir.store.healthlake_client import Answer
+
+        r = self.pool.urlopen(
+            method,
+            target,
+            body=body,
+            headers=headers,
+            retries=False,
+            redirect=False,
+            assert_same_host=False,
+            preload_content=True,
+            decode_content=False,
+        )
+        return Answer(r.status, r.data, {k.lower(): v for k, v in r.headers.items()})
 
 
 def use(store: str, datastore_id: str, origin: str) -> None:
@@ -94,6 +131,11 @@ def use(store: str, datastore_id: str, origin: str) -> None:
     settings.HEALTHLAKE_REGION = "us-east-1"
     settings.HEALTHLAKE_ENDPOINT_URL = origin
     _store.cache_clear()
+    if store == "healthlake-urllib3":
+        from clinik.fhir.store import get_store
+
+        client = get_store().client  # type: ignore[attr-defined]
+        client._pool = LeanUrllib3(client.origin)
     if store == "healthlake-before":
         from botocore.auth import SigV4Auth
         from botocore.awsrequest import AWSRequest
@@ -114,6 +156,7 @@ def use(store: str, datastore_id: str, origin: str) -> None:
 
 
 def measure(send, requests: int) -> dict[str, float]:
+    gc.collect()  # the garbage of earlier rounds (store set-up) is not this round's
     c0, w0 = time.process_time(), time.perf_counter()
     for _ in range(requests):
         send()
@@ -127,7 +170,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--stores", default=",".join(STORES))
     args = parser.parse_args()
+    stores = tuple(args.stores.split(","))
+    assert stores[0] == "postgres", "PostgreSQL first: the others are measured against it"
     from tests.healthlake_fake import ACCESS_KEY, SECRET_KEY
 
     os.environ["AWS_ACCESS_KEY_ID"] = ACCESS_KEY
@@ -142,7 +188,7 @@ def main() -> None:
         client = Client(HTTP_AUTHORIZATION=f"Bearer {org['api_key']}")
         body = (ROOT / "bench" / "wrk" / "patient.json").read_bytes()
         ids = {}
-        for store in STORES:
+        for store in stores:
             use(store, datastore_id, origin)
             created = client.post("/fhir/R4/Patient", body, content_type="application/fhir+json")
             assert created.status_code == 201, created.content
@@ -160,12 +206,34 @@ def main() -> None:
             response = client.post("/fhir/R4/Patient", body, content_type="application/fhir+json")
             assert response.status_code == 201
 
+        def calls(store: str):
+            """The store's client alone: a signed, quota-counted read (`call`), and the
+            transport alone with headers signed once (`transport`)."""
+            from clinik.fhir.store import get_store
+
+            hl = get_store().client  # type: ignore[attr-defined]
+            url = hl.url(f"Patient/{ids[store]}")
+            target = url[len(hl.origin) :]
+            signed = hl._signed("GET", url, None, {"Accept": "application/fhir+json"})
+
+            def call() -> None:
+                assert hl.call("GET", f"Patient/{ids[store]}").status == 200
+
+            def transport() -> None:
+                assert hl._pool.request("GET", target, signed, None, reuse=True).status == 200
+
+            return (("call", call), ("transport", transport))
+
         results: dict[str, dict[str, list[float]]] = {}
         for _round in range(args.rounds):
-            for store in STORES:  # alternating, same run
+            turn = _round % (len(stores) - 1)  # PostgreSQL first, the others rotating
+            for store in (stores[0], *stores[1 + turn :], *stores[1 : 1 + turn]):
                 use(store, datastore_id, origin)
                 reader(store)()  # warm
-                for name, send in (("GET Patient/{id}", reader(store)), ("POST Patient", writer)):
+                work = [("GET Patient/{id}", reader(store)), ("POST Patient", writer)]
+                if store != "postgres":
+                    work += calls(store)
+                for name, send in work:
                     figures = measure(send, args.requests)
                     slot = results.setdefault(f"{name} {store}", {"cpu_us": [], "wall_us": []})
                     slot["cpu_us"].append(figures["cpu_us"])
@@ -178,11 +246,11 @@ def main() -> None:
             }
             for name, r in results.items()
         }
-        print(f"{'request':<34} {'CPU µs':>8} {'wall µs':>8} {'req/s':>7}")
+        print(f"{'request':<38} {'CPU µs':>8} {'wall µs':>8} {'req/s':>7}")
         for name, r in summary.items():
-            print(f"{name:<34} {r['cpu_us_median']:>8} {r['wall_us_median']:>8} {r['per_s']:>7}")
+            print(f"{name:<38} {r['cpu_us_median']:>8} {r['wall_us_median']:>8} {r['per_s']:>7}")
         for name in ("GET Patient/{id}", "POST Patient"):
-            for store in STORES[1:]:
+            for store in stores[1:]:
                 extra = (
                     summary[f"{name} {store}"]["cpu_us_median"]
                     - summary[f"{name} postgres"]["cpu_us_median"]

@@ -4,14 +4,19 @@ included), paging, HealthLake's limits, throttling and the quota, closure."""
 
 import os
 import signal
+import socket
+import ssl
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
 import pytest
+from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 from django.core import checks
 from django.db import connection
@@ -19,7 +24,7 @@ from django.db import connection
 from clinik.fhir.http import FhirError
 from clinik.fhir.store import get_store
 from clinik.fhir.store.healthlake_checks import healthlake_datastore
-from clinik.fhir.store.healthlake_client import DatastoreRefused
+from clinik.fhir.store.healthlake_client import DatastoreRefused, HealthLakeClient, TransportFailure
 from clinik.fhir.store.healthlake_quota import Quota
 from clinik.fhir.store.healthlake_setup import build_store
 from clinik.fhir.tenancy import TENANT_SYSTEM
@@ -690,3 +695,208 @@ def test_the_fake_datastore_runs_transactions_all_or_nothing_with_urn_uuids(
     assert len(healthlake.live()) == 2  # the first entry of the failed one was undone
     too_big = client.call("POST", "", body=_tx(*[bundle["entry"][0]] * 161), idempotent=False)
     assert too_big.status == 400
+
+
+# --- the transport (libcurl) against a raw socket server -------------------------------
+
+
+class RawServer:
+    """Answers each request with the next scripted bytes (None: closes without an
+    answer; "silent": reads it and never answers). One thread per connection."""
+
+    def __init__(self, answers: list[bytes | str | None], tls: Any = None) -> None:
+        self.answers = answers
+        self.tls = tls
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self.lock = threading.Lock()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.stopped = threading.Event()
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    @property
+    def endpoint(self) -> str:
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.sock.getsockname()[1]}/datastore/x/r4/"
+
+    def accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.connections += 1
+            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+
+    def serve(self, conn: socket.socket) -> None:
+        if self.tls:
+            try:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            except OSError:  # the client refused the certificate
+                conn.close()
+                return
+        with conn:
+            while True:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = next(
+                    (
+                        int(line.split(b":")[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length")
+                    ),
+                    0,
+                )
+                while len(body) < length:
+                    body += conn.recv(65536)
+                with self.lock:
+                    self.requests.append(head + b"\r\n\r\n" + body)
+                    answer = self.answers.pop(0) if self.answers else None
+                if answer == "silent":
+                    self.stopped.wait(10)
+                    return
+                if not isinstance(answer, bytes):
+                    return
+                conn.sendall(answer)
+                if b"Connection: close" in answer or b"HTTP/1.0" in answer:
+                    return
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.sock.close()
+
+
+@pytest.fixture
+def raw(settings) -> Iterator[Any]:
+    servers: list[RawServer] = []
+
+    def start(
+        answers: list[bytes | str | None], tls: Any = None, **options: Any
+    ) -> tuple[RawServer, Any]:
+        server = RawServer(answers, tls)
+        servers.append(server)
+        quota = Quota.from_url(settings.REDIS_URL, uuid4().hex, {"crud": 1000, "search": 1000})
+        options = {"connect_timeout": 1.0, "read_timeout": 2.0, "retry_budget": 2.0, **options}
+        client = HealthLakeClient(
+            server.endpoint,
+            region=REGION,
+            quota=quota,
+            credentials=Credentials(ACCESS_KEY, SECRET_KEY),
+            **options,
+        )
+        return server, client
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/fhir+json\r\nContent-Length: 2\r\n\r\n{}"
+CHUNKED = (
+    b'HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\nETag: W/"1"\r\n\r\n'
+    b'4\r\n{"a"\r\n3;x=y\r\n:1}\r\n0\r\nTrailer: t\r\n\r\n'
+)
+UNTIL_CLOSED = b"HTTP/1.0 200 OK\r\n\r\nuntil close"
+
+
+def test_the_transport_keeps_one_connection_and_reads_every_kind_of_body(raw) -> None:
+    server, client = raw([OK, CHUNKED, b"HTTP/1.1 100 Continue\r\n\r\n" + OK, UNTIL_CLOSED, OK])
+    assert client.call("GET", "Patient/a", params=[("x", "1")]).body == b"{}"
+    created = client.call("PUT", "Patient/b", body={"x": 1})
+    assert (created.status, created.json(), created.headers["etag"]) == (201, {"a": 1}, 'W/"1"')
+    assert client.call("DELETE", "Patient/c").status == 200  # after a 100 Continue
+    assert server.connections == 1  # one connection kept alive for all three
+    assert client.call("GET", "Patient/d").body == b"until close"
+    assert client.call("GET", "Patient/e").status == 200
+    assert server.connections == 2  # a close-delimited answer ends its connection
+    first, put = server.requests[0], server.requests[1]
+    assert first.startswith(b"GET /datastore/x/r4/Patient/a?x=1 HTTP/1.1\r\n")
+    assert b"\r\nHost: 127.0.0.1:" in first and b"\r\nAuthorization: AWS4-HMAC-SHA256 " in first
+    assert b"Expect:" not in put and put.endswith(b'Content-Length: 7\r\n\r\n{"x":1}')
+    assert b"\r\nUser-Agent: ClinikAPI\r\n" in first  # no library versions told
+
+
+def test_an_idle_connection_the_server_closed_is_replaced_once(raw) -> None:
+    server, client = raw([OK, None, OK], max_attempts=1)  # no retry by the client
+    assert client.call("GET", "Patient/a").status == 200
+    # The server drops the kept connection without answering: sent again, anew.
+    assert client.call("GET", "Patient/a").status == 200
+    assert server.connections == 2
+
+
+def test_a_transaction_is_sent_once_on_a_new_connection_and_never_resent(raw) -> None:
+    server, client = raw([OK, None])
+    assert client.call("GET", "Patient/a").status == 200
+    with pytest.raises(FhirError) as refused:  # read and closed without an answer
+        client.call("POST", "", body={"resourceType": "Bundle"}, idempotent=False)
+    assert refused.value.status == 503 and refused.value.headers == {"Retry-After": "5"}
+    assert len(server.requests) == 2 and server.connections == 2
+
+
+def test_timeouts_and_refused_connections_are_503_and_a_transaction_not_resent(raw) -> None:
+    server, client = raw(["silent"] * 4, read_timeout=0.2, max_attempts=2)
+    started = time.monotonic()
+    with pytest.raises(FhirError) as timed_out:
+        client.call("GET", "Patient/a")
+    assert timed_out.value.status == 503 and timed_out.value.code == "transient"
+    assert len(server.requests) == 2 and time.monotonic() - started < 5
+    with pytest.raises(FhirError):
+        client.call("POST", "", body={"resourceType": "Bundle"}, idempotent=False)
+    assert len(server.requests) == 3  # the transaction once: its outcome is unknown
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        port = closed.getsockname()[1]
+    nowhere = HealthLakeClient(
+        f"http://127.0.0.1:{port}/datastore/x/r4/",
+        region=REGION,
+        quota=client.quota,
+        connect_timeout=0.5,
+        credentials=Credentials(ACCESS_KEY, SECRET_KEY),
+    )
+    with pytest.raises(TransportFailure) as failure:
+        nowhere._pool.request("GET", "/datastore/x/r4/Patient/secret", {}, None, reuse=True)
+    assert "secret" not in str(failure.value) and "127.0.0.1" not in str(failure.value)
+
+
+def test_a_header_cannot_split_the_request(raw) -> None:
+    server, client = raw([OK])
+    with pytest.raises(ValueError):
+        client.call("GET", "Patient/a", headers={"If-Match": 'W/"1"\r\nInjected: 1'})
+    assert server.requests == []
+
+
+def test_tls_is_verified_against_the_trusted_cas(raw, tmp_path, monkeypatch) -> None:
+    from tests.test_lib_webhooks import _self_signed
+
+    cert, key = _self_signed(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    server, client = raw([OK], tls=context, max_attempts=1)
+    with pytest.raises(FhirError) as untrusted:  # a certificate no system CA signed
+        client.call("GET", "Patient/a")
+    assert untrusted.value.status == 503 and server.requests == []
+    monkeypatch.setenv("SSL_CERT_FILE", cert)  # now a trusted CA: the same call goes through
+    server, client = raw([OK], tls=context, max_attempts=1)
+    assert client.call("GET", "Patient/a").status == 200
+    assert server.requests[0].startswith(b"GET /datastore/x/r4/Patient/a HTTP/1.1")
+
+
+def test_a_forked_worker_opens_its_own_connection(raw) -> None:
+    server, client = raw([OK, OK, OK])
+    assert client.call("GET", "Patient/a").status == 200
+    pid = os.fork()
+    if pid == 0:  # the child: a worker forked after the parent had called
+        code = 1
+        try:
+            code = 0 if client.call("GET", "Patient/b").status == 200 else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert client.call("GET", "Patient/c").status == 200  # the parent's is intact
+    assert server.connections == 2 and len(server.requests) == 3

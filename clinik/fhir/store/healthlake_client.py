@@ -1,20 +1,26 @@
 """The wire to an AWS HealthLake datastore: the control plane (boto3 `healthlake`,
 `describe_fhir_datastore`) checked at start-up, and FHIR calls to the datastore
 endpoint over HTTPS, signed with SigV4 by botocore's signer (its signing key kept for
-the day), on one pooled keep-alive session with timeouts (clinik.lib.keepalive),
-inside the quota (healthlake_quota) with adaptive retries.
+the day), sent by libcurl (pycurl: one handle and kept-alive connection per thread,
+connect and overall timeouts, TLS verified against the system's CAs), inside the quota
+(healthlake_quota) with adaptive retries.
 
 Nothing here logs a URL, a query string or a body: they carry PHI.
 """
 
+import os
 import random
+import ssl
+import threading
 import time
+import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlencode, urlsplit
 
 import boto3
 import orjson
+import pycurl
 from botocore.auth import SIGNED_HEADERS_BLACKLIST, SigV4Auth, _host_from_url
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
@@ -22,7 +28,6 @@ from botocore.credentials import Credentials
 
 from clinik.fhir.http import FhirError
 from clinik.fhir.store.healthlake_quota import Quota
-from clinik.lib.keepalive import HttpFailure, Origin
 
 SERVICE = "healthlake"
 THROTTLED_STATUSES = frozenset({429, 503})
@@ -99,11 +104,28 @@ def unavailable(retry_after: int, why: str = "busy") -> FhirError:
     )
 
 
-@dataclass
 class Answer:
-    status: int
-    body: bytes
-    headers: dict[str, str]
+    """The datastore's answer. `headers`: lower-case names, parsed from the raw header
+    lines only when asked for (most answers never are)."""
+
+    __slots__ = ("_head", "_headers", "body", "status")
+
+    def __init__(
+        self,
+        status: int,
+        body: bytes,
+        headers: dict[str, str] | None = None,
+        *,
+        head: list[bytes] | None = None,
+    ) -> None:
+        self.status, self.body = status, body
+        self._headers, self._head = headers, head
+
+    @property
+    def headers(self) -> dict[str, str]:
+        if self._headers is None:
+            self._headers = _headers(self._head or [])
+        return self._headers
 
     def json(self) -> Any:
         return orjson.loads(self.body) if self.body else None
@@ -122,7 +144,6 @@ class HealthLakeClient:
         read_timeout: float = 10.0,
         max_attempts: int = 4,
         retry_budget: float = 3.0,
-        pool_size: int = 10,
         credentials: Credentials | None = None,
     ) -> None:
         self.base = endpoint.rstrip("/") + "/"
@@ -134,12 +155,9 @@ class HealthLakeClient:
         self.retry_budget = retry_budget
         self._session = boto3.session.Session(region_name=region)
         self._credentials = credentials
-        # One pool for the datastore's one origin (paging links are refused elsewhere).
-        self._pool = Origin(
-            self.origin,
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            pool_size=pool_size,
+        # The datastore's one origin (paging links elsewhere are refused before a call).
+        self._pool: Transport = CurlTransport(
+            self.origin, connect_timeout=connect_timeout, read_timeout=read_timeout
         )
         self._signer: tuple[Any, SigV4Auth] | None = None
 
@@ -209,14 +227,15 @@ class HealthLakeClient:
                 response = self._pool.request(
                     method, url[len(self.origin) :], signed, data, reuse=idempotent
                 )
-            except HttpFailure:
+            except TransportFailure:
                 # Timeouts and broken connections: every idempotent call we make (creates
                 # are PUTs of ids we chose) is safe to send again; a transaction is not.
                 status, answer_headers = 0, {}
             else:
-                status, answer_headers = response.status, response.headers
+                status = response.status
                 if status not in RETRYABLE_STATUSES:
-                    return Answer(status, response.data, answer_headers)
+                    return response
+                answer_headers = response.headers
             if status in THROTTLED_STATUSES:
                 self.quota.slow_down(kind)
             if not idempotent and status != 429:
@@ -228,6 +247,118 @@ class HealthLakeClient:
                 break
             time.sleep(pause)
         raise unavailable(retry_after, "busy" if status in THROTTLED_STATUSES else "down")
+
+
+class TransportFailure(Exception):
+    """The call failed at the connection: refused, reset, timed out or a malformed
+    answer. Whether the datastore acted on it is unknown. The message names the
+    failure only: never a URL or a body."""
+
+
+class Transport(Protocol):
+    def request(
+        self, method: str, target: str, headers: dict[str, str], body: bytes | None, *, reuse: bool
+    ) -> Answer: ...
+
+
+class CurlTransport:
+    """HTTP/1.1 to one origin through libcurl (pycurl). Each thread keeps its own easy
+    handle, and with it its kept-alive connection: libcurl checks a kept connection
+    before reusing it and, when the server had closed it and nothing came back, sends
+    the request once more on a new one. `reuse=False` (a request that must not be sent
+    twice) takes a new connection, which libcurl never resends on. Timeouts: connect,
+    and the whole call (connect + read). No redirects, HTTP(S) only, TLS verified
+    against the system's CAs; nothing logged (libcurl's verbose output stays off)."""
+
+    def __init__(self, origin: str, *, connect_timeout: float, read_timeout: float) -> None:
+        self.origin = origin
+        self.connect_ms = max(1, round(connect_timeout * 1000))
+        self.total_ms = max(1, round((connect_timeout + read_timeout) * 1000))
+        paths = ssl.get_default_verify_paths()
+        self.cafile = paths.cafile or paths.openssl_cafile
+        self.capath = paths.capath or paths.openssl_capath
+        self._local = threading.local()
+        _TRANSPORTS.add(self)
+
+    def _handle(self) -> "pycurl.Curl":
+        curl = getattr(self._local, "curl", None)
+        if curl is None:
+            curl = pycurl.Curl()
+            curl.setopt(pycurl.NOSIGNAL, 1)
+            curl.setopt(pycurl.USERAGENT, "ClinikAPI")  # not libcurl's and OpenSSL's versions
+            curl.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
+            curl.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1)
+            curl.setopt(pycurl.FOLLOWLOCATION, 0)
+            curl.setopt(pycurl.MAXCONNECTS, 1)
+            curl.setopt(pycurl.TCP_NODELAY, 1)
+            curl.setopt(pycurl.CONNECTTIMEOUT_MS, self.connect_ms)
+            curl.setopt(pycurl.TIMEOUT_MS, self.total_ms)
+            curl.setopt(pycurl.SSL_VERIFYPEER, 1)
+            curl.setopt(pycurl.SSL_VERIFYHOST, 2)
+            if self.cafile and os.path.exists(self.cafile):
+                curl.setopt(pycurl.CAINFO, self.cafile)
+            if self.capath and os.path.isdir(self.capath):
+                curl.setopt(pycurl.CAPATH, self.capath)
+            self._local.curl = curl
+        return curl
+
+    def request(
+        self, method: str, target: str, headers: dict[str, str], body: bytes | None, *, reuse: bool
+    ) -> Answer:
+        lines = [f"{name}: {value}" for name, value in headers.items()]
+        if any("\r" in line or "\n" in line for line in lines):
+            raise ValueError("a request header holds a line break")
+        lines.append("Expect:")  # no 100-continue round trip before a large body
+        curl = self._handle()
+        curl.setopt(pycurl.URL, self.origin + target)
+        curl.setopt(pycurl.HTTPHEADER, lines)
+        if body is None and method not in ("POST", "PUT", "PATCH"):
+            curl.setopt(pycurl.HTTPGET, 1)
+        else:
+            curl.setopt(pycurl.POSTFIELDS, body or b"")
+        curl.setopt(pycurl.CUSTOMREQUEST, method)
+        curl.setopt(pycurl.FRESH_CONNECT, 0 if reuse else 1)
+        head: list[bytes] = []
+        chunks: list[bytes] = []
+        curl.setopt(pycurl.HEADERFUNCTION, head.append)
+        curl.setopt(pycurl.WRITEFUNCTION, chunks.append)
+        try:
+            curl.perform()
+        except pycurl.error as error:
+            code = error.args[0] if error.args else 0
+            if code == pycurl.E_OPERATION_TIMEDOUT:
+                raise TransportFailure("timed out") from None
+            raise TransportFailure(f"the connection failed (libcurl error {code})") from None
+        return Answer(curl.getinfo(pycurl.RESPONSE_CODE), b"".join(chunks), head=head)
+
+
+_TRANSPORTS: "weakref.WeakSet[CurlTransport]" = weakref.WeakSet()
+
+
+def _forget_connections() -> None:
+    """A forked worker opens its own connections, never its parent's."""
+    for transport in list(_TRANSPORTS):
+        transport._local = threading.local()
+
+
+os.register_at_fork(after_in_child=_forget_connections)
+
+
+def _headers(lines: list[bytes]) -> dict[str, str]:
+    """The final answer's headers (after any 1xx interim answer), lower-case names,
+    repeated ones joined with commas."""
+    found: dict[str, str] = {}
+    for line in lines:
+        if line.startswith(b"HTTP/"):
+            found = {}
+            continue
+        name, colon, value = line.partition(b":")
+        if not colon:
+            continue
+        key = name.strip().lower().decode("latin-1")
+        text = value.strip().decode("latin-1")
+        found[key] = f"{found[key]}, {text}" if key in found else text
+    return found
 
 
 class _ToSign:
