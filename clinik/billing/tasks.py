@@ -1,4 +1,5 @@
 import logging
+import threading
 from typing import Any
 
 import stripe
@@ -21,13 +22,41 @@ def process_stripe_event(event_pk: int) -> bool:
     return webhooks.process(event_pk)
 
 
+# The webhook's publish, on a connection of its own: one connect attempt of at most
+# this long, no retries (the app's pooled connection retries for ~6 s with the broker
+# down, which would hold Stripe's delivery that long). Only this publish uses it.
+PUBLISH_TIMEOUT = 0.5
+_publish = threading.local()
+
+
+def _publisher() -> Any:
+    """This thread's fail-fast broker connection (kombu connections are not shared
+    between threads), made on first use and again after a failure."""
+    conn = getattr(_publish, "connection", None)
+    if conn is None:
+        conn = process_stripe_event.app.connection_for_write(
+            connect_timeout=PUBLISH_TIMEOUT,
+            transport_options={
+                "max_retries": 0,
+                "socket_connect_timeout": PUBLISH_TIMEOUT,
+                "socket_timeout": PUBLISH_TIMEOUT,
+            },
+        )
+        _publish.connection = conn
+    return conn
+
+
 def enqueue_stripe_event(event_pk: int) -> None:
-    """Queue a stored event's processing, once, without the publish's own retries: the
-    webhook answers at once even with the broker down, and the sweeper queues what
-    could not be queued now."""
+    """Queue a stored event's processing, once, without retries and with a short
+    connect timeout (PUBLISH_TIMEOUT): the webhook answers within milliseconds even
+    with the broker down, and the sweeper queues what could not be queued now."""
     try:
-        process_stripe_event.apply_async((event_pk,), retry=False)
+        process_stripe_event.apply_async((event_pk,), retry=False, connection=_publisher())
     except (OperationalError, OSError):
+        conn = getattr(_publish, "connection", None)
+        _publish.connection = None
+        if conn is not None:
+            conn.release()
         logger.warning("Broker unreachable: a stored Stripe event waits for the sweeper")
 
 
