@@ -36,7 +36,7 @@ from django.utils import timezone
 
 from clinik.billing import stripe_api
 from clinik.billing.models import Account
-from clinik.billing.periods import Period, period_before, period_of
+from clinik.billing.periods import buckets, period_before, period_of
 
 logger = logging.getLogger("clinik.billing")
 
@@ -85,21 +85,6 @@ def month_start(moment: datetime) -> datetime:
 def finished_until(now: datetime | None = None) -> datetime:
     """The end of the last hour considered finished (its records drained)."""
     return ((now or timezone.now()) - SETTLE).replace(minute=0, second=0, microsecond=0)
-
-
-def hour_of(moment: datetime) -> datetime:
-    """The hour bucket a period boundary falls in (date_trunc('hour', ...), UTC): the
-    first bucket of the period that starts at that moment."""
-    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-
-
-def buckets(period: Period) -> tuple[datetime, datetime]:
-    """The hour buckets [first, end) counted for a billing period: from the hour its
-    start falls in to the hour the next period's start falls in. A period starting at
-    09:23 takes the whole 09:00 hour (the Billing page counts from it too) and the period
-    before it ends at 09:00: consecutive periods share a boundary, so every hour is in
-    exactly one of them."""
-    return hour_of(period[0]), hour_of(period[1])
 
 
 def _billed_accounts(with_customer: bool = True) -> Any:
