@@ -14,11 +14,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import time_machine
 from django.core.management import CommandError, call_command
 from django.db import connection
 from django.utils import timezone
 
-from clinik.billing import meters
+from clinik.billing import meters, tasks
 from clinik.billing.models import Account, MeterReport, Plan
 from clinik.billing.periods import add_months, period_before, period_of
 from clinik.usage import store
@@ -340,7 +341,7 @@ def test_the_periods_hours_meet_without_a_gap(owner, stripe_fake) -> None:
 
 
 def test_reconciling_against_stripe_finds_the_events_stripe_dropped_and_resends_them(
-    owner, outsider, stripe_fake
+    owner, outsider, stripe_fake, caplog
 ) -> None:
     """Stripe validates streamed events afterwards: the outsider's, sent for a customer
     Stripe does not know, are accepted by the stream, marked sent in our ledger and
@@ -373,6 +374,10 @@ def test_reconciling_against_stripe_finds_the_events_stripe_dropped_and_resends_
 
     code, rows = against_stripe()
     assert code == 1
+    with time_machine.travel(as_of, tick=False), caplog.at_level("WARNING", "clinik.billing"):
+        assert tasks.reconcile_meters_with_stripe() == {"organizations": 1, "hours": HOURS - 3}
+    assert "1 organization(s), 237 hour(s)" in caplog.text
+    assert str(outsider.org.pk) not in caplog.text and "cus_gone" not in caplog.text
     [row] = rows
     assert row["org_id"] == str(outsider.org.pk)
     assert (row["sent"], row["stripe"]) == (expected_outsider, 0)

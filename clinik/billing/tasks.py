@@ -6,7 +6,7 @@ import stripe
 from celery import shared_task
 from kombu.exceptions import OperationalError
 
-from clinik.billing import dunning, event_retention, meters, records, webhooks
+from clinik.billing import dunning, event_retention, meters, records, stripe_api, webhooks
 
 logger = logging.getLogger("clinik.billing")
 
@@ -73,6 +73,31 @@ def sweep_stripe_events() -> int:
 def report_meters() -> dict[str, Any]:
     """Hourly: overage of finished hours to Stripe's meter (idempotent per org and hour)."""
     return meters.report()
+
+
+@shared_task(expires=3000)
+def reconcile_meters_with_stripe() -> dict[str, int]:
+    """Daily: our ledger's sent hours of the current periods against Stripe's meter
+    event summaries (reconcile_meters --against-stripe). Stripe validates streamed
+    events afterwards and drops the invalid ones; this is where that shows. Logged as
+    counts only; nothing is resent by itself (an hour too old for Stripe can never
+    be, a wrong customer needs a person): the operator runs the command with --resend."""
+    from django.utils import timezone
+
+    now = timezone.now()
+    try:
+        differences = meters.reconcile_with_stripe(now, meters.finished_until(now), now)
+    except (stripe_api.BillingOff, meters.NoMeter):
+        return {"organizations": 0, "hours": 0}
+    hours = sum(len(row["hours"]) for row in differences)
+    if differences:
+        logger.warning(
+            "Stripe's meter differs from our ledger: %d organization(s), %d hour(s);"
+            " run reconcile_meters --against-stripe",
+            len(differences),
+            hours,
+        )
+    return {"organizations": len(differences), "hours": hours}
 
 
 @shared_task
