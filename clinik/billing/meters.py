@@ -21,7 +21,12 @@ period is the same in every run).
 
 Events go on Stripe's high-throughput meter event stream (v2: a session token, then
 requests of up to 100 events on the meter-events address), not one API call each:
-a month of 10,000 organizations in seconds instead of minutes (bench/README.md)."""
+a month of 10,000 organizations in seconds instead of minutes (bench/README.md).
+
+Stripe validates streamed events afterwards: one it drops then (unknown customer, too
+old) stays marked sent here. `reconcile` compares our rollups with our ledger;
+`reconcile_with_stripe` compares the ledger's sent hours with Stripe's meter event
+summaries, which count only what Stripe kept (reconcile_meters --against-stripe)."""
 
 import logging
 import threading
