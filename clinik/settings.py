@@ -379,6 +379,10 @@ CELERY_BEAT_SCHEDULE |= {
         "task": "clinik.billing.tasks.sweep_stripe_events",
         "schedule": 600.0,
     },
+    "reconcile-meters-with-stripe": {
+        "task": "clinik.billing.tasks.reconcile_meters_with_stripe",
+        "schedule": 86400.0,
+    },
 }
 
 # --- Security headers ----------------------------------------------------------

@@ -69,6 +69,16 @@ class FakeStripe:
         self.meter_seen: dict[str, float] = {}  # identifier: when it was counted
         self.meter_errors: list[dict[str, Any]] = []  # dropped by the async validation
         self.stream_sessions: dict[str, dict[str, Any]] = {}  # token: session
+        # Stripe's meters (the one our events go to, by its event name)
+        self.meters = [
+            {
+                "id": "mtr_clinik_000001",
+                "object": "billing.meter",
+                "event_name": "api_requests",
+                "status": "active",
+                "default_aggregation": {"formula": "sum"},
+            }
+        ]
         self.stream_requests = 0
         self.expire_tokens_after: int | None = None  # stream requests a token serves
         self.clock_offset = 0.0  # Stripe's clock, ahead of ours by this many seconds
@@ -167,6 +177,65 @@ class FakeStripe:
             for e in self.meter_log
             if e["payload"]["stripe_customer_id"] == customer
         )
+
+    def event_summaries(self, meter_id: str, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """`GET /v1/billing/meters/{id}/event_summaries`: the sum of the events Stripe
+        counted (the dropped ones are not) for a customer, over [start_time, end_time),
+        one summary, or one per hour or UTC day with value_grouping_window; times must be
+        minute aligned (hour / day aligned for those windows). A page of `limit` (10 by
+        default, at most 100), `starting_after` for the next one."""
+        meter = next((m for m in self.meters if m["id"] == meter_id), None)
+        if meter is None:
+            return 404, {"error": {"type": "invalid_request_error", "message": "No such meter"}}
+        try:
+            start, end = int(params["start_time"]), int(params["end_time"])
+            customer = params["customer"]
+            limit = int(params.get("limit", 10))
+        except (KeyError, ValueError):
+            return 400, {"error": {"type": "invalid_request_error", "message": "bad params"}}
+        window = params.get("value_grouping_window")
+        step = {"hour": 3600, "day": 86400, None: None}.get(window, -1)
+        align = step or 60
+        if step == -1 or start % align or end % align or not 1 <= limit <= 100 or end <= start:
+            return 400, {"error": {"type": "invalid_request_error", "message": "bad window"}}
+        windows = (
+            [(start, end)] if step is None else [(t, t + step) for t in range(start, end, step)]
+        )
+        totals = dict.fromkeys(windows, 0.0)
+        for event in self.meter_log:
+            if event.get("event_name") != meter["event_name"]:
+                continue
+            if event["payload"].get("stripe_customer_id") != customer:
+                continue
+            stamp = event.get("timestamp")
+            if stamp is None:
+                continue
+            when = float(stamp) if str(stamp).isdigit() else _rfc3339(stamp)
+            if start <= when < end:
+                t0 = start if step is None else start + (int(when) - start) // step * step
+                totals[(t0, t0 + (step or end - start))] += float(event["payload"]["value"])
+        data = [
+            {
+                "id": f"mtrusu_{meter_id}_{customer}_{t0}",
+                "object": "billing.meter_event_summary",
+                "aggregated_value": value,
+                "start_time": t0,
+                "end_time": t1,
+                "meter": meter_id,
+                "livemode": False,
+            }
+            for (t0, t1), value in sorted(totals.items(), reverse=True)  # newest first
+        ]
+        after = params.get("starting_after")
+        if after:
+            ids = [d["id"] for d in data]
+            data = data[ids.index(after) + 1 :] if after in ids else []
+        return 200, {
+            "object": "list",
+            "url": f"/v1/billing/meters/{meter_id}/event_summaries",
+            "data": data[:limit],
+            "has_more": len(data) > limit,
+        }
 
     def now(self) -> float:
         return time.time() + self.clock_offset
@@ -343,6 +412,11 @@ class FakeStripe:
                 case "GET", ["subscriptions", sub_id]:
                     found = self.subscriptions.get(sub_id)
                     return (200, found) if found else missing
+                case "GET", ["billing", "meters"]:
+                    data = [m for m in self.meters if params.get("status") in (None, m["status"])]
+                    return 200, {"object": "list", "data": data, "has_more": False}
+                case "GET", ["billing", "meters", meter_id, "event_summaries"]:
+                    return self.event_summaries(meter_id, params)
                 case "GET", ["invoices", inv_id]:
                     found = self.invoices.get(inv_id)
                     return (200, found) if found else missing

@@ -14,11 +14,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import time_machine
 from django.core.management import CommandError, call_command
 from django.db import connection
 from django.utils import timezone
 
-from clinik.billing import meters
+from clinik.billing import meters, tasks
 from clinik.billing.models import Account, MeterReport, Plan
 from clinik.billing.periods import add_months, period_before, period_of
 from clinik.usage import store
@@ -337,3 +338,84 @@ def test_the_periods_hours_meet_without_a_gap(owner, stripe_fake) -> None:
         datetime(2027, 7, 31, 8, 45, tzinfo=UTC),
     )
     assert period_before(account, held) == (datetime(2027, 3, 31, 8, 45, tzinfo=UTC), held[0])
+
+
+def test_reconciling_against_stripe_finds_the_events_stripe_dropped_and_resends_them(
+    owner, outsider, stripe_fake, caplog
+) -> None:
+    """Stripe validates streamed events afterwards: the outsider's, sent for a customer
+    Stripe does not know, are accepted by the stream, marked sent in our ledger and
+    dropped by Stripe. Our own reconciliation cannot see it; the one against Stripe's
+    meter event summaries does (per hour, exit 1), and with --resend the hours Stripe
+    holds nothing of go out again once the customer is right."""
+    from io import StringIO
+
+    month = meters.month_start(timezone.now())
+    as_of = _as_of(stripe_fake, month).isoformat()
+    account = _account(owner, stripe_fake)
+    expected = _usage(owner.org.pk, month)
+    wrong = Account.objects.create(
+        org=outsider.org, plan=Plan.objects.get(slug="developer"), stripe_customer_id="cus_gone"
+    )
+    expected_outsider = _usage(outsider.org.pk, month)
+    call_command("report_meters", "--now", as_of)
+    assert not MeterReport.objects.filter(sent_at__isnull=True).exists()
+    assert {e["code"] for e in stripe_fake.meter_errors} == {"meter_event_customer_not_found"}
+    call_command("reconcile_meters", "--now", as_of)  # our ledger agrees with itself
+
+    def against_stripe(*extra: str) -> tuple[int, list[dict]]:
+        out = StringIO()
+        try:
+            call_command("reconcile_meters", "--now", as_of, "--against-stripe", *extra, stdout=out)
+            code = 0
+        except SystemExit as exit_:
+            code = int(exit_.code or 0)
+        return code, [json.loads(line) for line in out.getvalue().splitlines()]
+
+    code, rows = against_stripe()
+    assert code == 1
+    with time_machine.travel(as_of, tick=False), caplog.at_level("WARNING", "clinik.billing"):
+        assert tasks.reconcile_meters_with_stripe() == {"organizations": 1, "hours": HOURS - 3}
+    assert "1 organization(s), 237 hour(s)" in caplog.text
+    assert str(outsider.org.pk) not in caplog.text and "cus_gone" not in caplog.text
+    [row] = rows
+    assert row["org_id"] == str(outsider.org.pk)
+    assert (row["sent"], row["stripe"]) == (expected_outsider, 0)
+    assert len(row["hours"]) == HOURS - 3 and row["resent"] == 0
+    assert stripe_fake.meter_total(account.stripe_customer_id) == expected  # the owner's: equal
+    # The account pointed at a customer Stripe does not have; put right, then resent.
+    customer = stripe_fake.route("POST", ["customers"], {"metadata": {}})[1]["id"]
+    Account.objects.filter(pk=wrong.pk).update(stripe_customer_id=customer)
+    code, rows = against_stripe("--resend")
+    assert code == 1 and rows[0]["resent"] == HOURS - 3
+    assert MeterReport.objects.filter(org_id=outsider.org.pk, sent_at__isnull=True).count() == (
+        HOURS - 3
+    )
+    call_command("report_meters", "--now", as_of)
+    assert stripe_fake.meter_total(customer) == expected_outsider
+    assert against_stripe() == (0, [])
+    assert stripe_fake.meter_total(account.stripe_customer_id) == expected  # never twice
+    # an event Stripe counted that our ledger never sent (another sender): a difference
+    stripe_fake.meter_log.append(
+        {
+            "event_name": "api_requests",
+            "timestamp": (month + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+            "payload": {"stripe_customer_id": account.stripe_customer_id, "value": "5"},
+        }
+    )
+    code, rows = against_stripe()
+    assert code == 1
+    assert rows[0]["hours"] == [
+        {"hour": (month + timedelta(hours=1)).isoformat(), "sent": 0, "stripe": 5}
+    ]
+
+
+def test_reconciling_against_stripe_needs_the_meter_and_billing_on(owner, stripe_fake, settings):
+    stripe_fake.meters[0]["event_name"] = "something_else"
+    with pytest.raises(CommandError, match="no active meter"):
+        call_command("reconcile_meters", "--against-stripe")
+    with pytest.raises(CommandError, match="--resend goes with --against-stripe"):
+        call_command("reconcile_meters", "--resend")
+    settings.BILLING_ENABLED = False
+    with pytest.raises(CommandError, match="billing is off"):
+        call_command("reconcile_meters", "--against-stripe")

@@ -11,6 +11,7 @@ import pytest
 import time_machine
 from django.test import Client
 
+from clinik.billing import meters
 from clinik.billing.actions import do_assign_plan
 from clinik.billing.models import Account, Plan
 from clinik.billing.periods import add_months, calendar_month, period_of
@@ -203,6 +204,39 @@ def test_the_billing_page_counts_the_stripe_period(owner, stripe_fake) -> None:
         body = owner.client().get(f"/o/{owner.org.pk}/billing/").content.decode()
     assert "15 Apr 2027, 14:00 \u2013 15 May 2027, 14:00 (UTC)" in body
     assert "<strong>0</strong> requests of 100 included" in body
+
+
+def test_the_billing_page_attributes_the_boundary_hours_as_the_meter_does(
+    owner, stripe_fake
+) -> None:
+    """A period from 09:23:41 to 09:23:41 a month later: the 09:00 hour of its start is
+    wholly this period's (requests at 09:10 count), the 09:00 hour of its end wholly
+    the next one's (requests at 09:05 on the last day do not), as the meter claims
+    attribute them (clinik.billing.periods.buckets): the page and the invoice agree."""
+    developer = Plan.objects.get(slug="developer")
+    Plan.objects.filter(pk=developer.pk).update(included_requests=100, overage_per_1000_cents=500)
+    start, end = _at("2027-03-15T09:23:41"), _at("2027-04-15T09:23:41")
+    Account.objects.create(
+        org=owner.org,
+        plan=developer,
+        stripe_subscription_id="sub_1",
+        subscription_status="active",
+        current_period_start=start,
+        current_period_end=end,
+    )
+    _requests(owner.org.pk, _at("2027-03-15T08:59:00"), 7, "before")  # the last period
+    _requests(owner.org.pk, _at("2027-03-15T09:10:00"), 30, "first-hour")
+    _requests(owner.org.pk, _at("2027-03-30T12:00:00"), 50, "in")
+    _requests(owner.org.pk, _at("2027-04-15T09:05:00"), 40, "end-hour")
+    with time_machine.travel(_at("2027-04-15T09:20:00"), tick=False):  # still this period
+        body = owner.client().get(f"/o/{owner.org.pk}/billing/").content.decode()
+    assert "15 Mar 2027, 09:23 \u2013 15 Apr 2027, 09:23 (UTC)" in body
+    assert "<strong>80</strong> requests of 100 included" in body
+    assert meters.buckets((start, end)) == (_at("2027-03-15T09:00"), _at("2027-04-15T09:00"))
+    with time_machine.travel(_at("2027-04-15T10:00:00"), tick=False):  # the next period
+        body = owner.client().get(f"/o/{owner.org.pk}/billing/").content.decode()
+    assert "15 Apr 2027, 09:23 \u2013 15 May 2027, 09:23 (UTC)" in body
+    assert "<strong>40</strong> requests of 100 included" in body
 
 
 def test_a_free_organization_counts_the_calendar_month(owner, paid_plans) -> None:

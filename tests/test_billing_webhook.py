@@ -285,3 +285,54 @@ def test_with_the_broker_down_the_event_is_kept_and_the_sweeper_queues_it(
     stored.refresh_from_db()
     assert stored.processed_at is not None
     assert Account.objects.get(org=owner.org).plan.slug == "developer"
+
+
+def test_the_publish_reconnects_after_a_broker_restart_and_fails_once_when_down(
+    settings, caplog
+) -> None:
+    """The webhook's publish (clinik.billing.tasks.enqueue_stripe_event) against a real
+    Redis broker behind a proxy the test cuts: queued while the broker is up; after the
+    broker dropped the connection (a restart) the publish reconnects and
+    the task still queued; with the broker down, one warning and nothing queued (the
+    sweeper's job), no retry loop."""
+    from urllib.parse import urlparse
+
+    import redis
+
+    from clinik.billing import tasks
+    from tests.tcpproxy import TcpProxy
+
+    target = urlparse(settings.REDIS_URL)
+    db = (target.path or "/0").lstrip("/") or "0"
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 6379)
+    app = tasks.process_stripe_event.app
+    saved = {key: app.conf[key] for key in ("task_always_eager", "broker_url", "broker_write_url")}
+    app.conf.update(
+        task_always_eager=False,
+        broker_url=f"redis://127.0.0.1:{proxy.port}/{db}",
+        broker_write_url=None,
+    )
+    tasks._publish.connection = None
+    queue = redis.Redis.from_url(settings.REDIS_URL)
+    queue.delete("celery")
+    try:
+        with caplog.at_level("WARNING", "clinik.billing"):
+            tasks.enqueue_stripe_event(1)
+            assert queue.llen("celery") == 1
+            proxy.cut()  # the broker drops every connection (restarted)...
+            proxy.restore()  # ...and is back
+            tasks.enqueue_stripe_event(2)
+            assert queue.llen("celery") == 2
+            assert "Broker unreachable" not in caplog.text
+            proxy.cut()  # down
+            tasks.enqueue_stripe_event(3)
+            assert queue.llen("celery") == 2
+            assert caplog.text.count("Broker unreachable") == 1
+    finally:
+        conn = getattr(tasks._publish, "connection", None)
+        if conn is not None:
+            conn.release()
+        tasks._publish.connection = None
+        app.conf.update(saved)
+        queue.delete("celery")
+        proxy.close()

@@ -53,6 +53,7 @@ OTHER_JOBS = {
     "announce-policy-versions",
     "dispatch-subscriptions",
     "sweep-stripe-events",
+    "reconcile-meters-with-stripe",
 }
 
 

@@ -21,7 +21,12 @@ period is the same in every run).
 
 Events go on Stripe's high-throughput meter event stream (v2: a session token, then
 requests of up to 100 events on the meter-events address), not one API call each:
-a month of 10,000 organizations in seconds instead of minutes (bench/README.md)."""
+a month of 10,000 organizations in seconds instead of minutes (bench/README.md).
+
+Stripe validates streamed events afterwards: one it drops then (unknown customer, too
+old) stays marked sent here. `reconcile` compares our rollups with our ledger;
+`reconcile_with_stripe` compares the ledger's sent hours with Stripe's meter event
+summaries, which count only what Stripe kept (reconcile_meters --against-stripe)."""
 
 import logging
 import threading
@@ -36,7 +41,7 @@ from django.utils import timezone
 
 from clinik.billing import stripe_api
 from clinik.billing.models import Account
-from clinik.billing.periods import Period, period_before, period_of
+from clinik.billing.periods import buckets, period_before, period_of
 
 logger = logging.getLogger("clinik.billing")
 
@@ -87,21 +92,6 @@ def finished_until(now: datetime | None = None) -> datetime:
     return ((now or timezone.now()) - SETTLE).replace(minute=0, second=0, microsecond=0)
 
 
-def hour_of(moment: datetime) -> datetime:
-    """The hour bucket a period boundary falls in (date_trunc('hour', ...), UTC): the
-    first bucket of the period that starts at that moment."""
-    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-
-
-def buckets(period: Period) -> tuple[datetime, datetime]:
-    """The hour buckets [first, end) counted for a billing period: from the hour its
-    start falls in to the hour the next period's start falls in. A period starting at
-    09:23 takes the whole 09:00 hour (the Billing page counts from it too) and the period
-    before it ends at 09:00: consecutive periods share a boundary, so every hour is in
-    exactly one of them."""
-    return hour_of(period[0]), hour_of(period[1])
-
-
 def _billed_accounts(with_customer: bool = True) -> Any:
     """Accounts on a plan billed by overage (included amount and a price for more)."""
     accounts = Account.objects.filter(
@@ -111,6 +101,7 @@ def _billed_accounts(with_customer: bool = True) -> Any:
         accounts = accounts.exclude(stripe_customer_id="")
     return accounts.select_related("plan").only(
         "org_id",
+        "stripe_customer_id",
         "stripe_subscription_id",
         "current_period_start",
         "current_period_end",
@@ -326,4 +317,120 @@ def reconcile(at: datetime, until: datetime) -> list[dict[str, Any]]:
                     "sent": int(sent),
                 }
             )
+    return differences
+
+
+# Stripe aggregates meter events asynchronously: hours whose event we sent this
+# recently are left out of the comparison with Stripe's summaries (on both sides).
+SUMMARY_LAG = timedelta(minutes=15)
+
+# Our ledger's sent rows of one organization over [first, end), by hour.
+_SENT_HOURS = """
+SELECT hour, quantity, sent_at FROM billing_meterreport
+WHERE org_id = %s AND hour >= %s AND hour < %s AND sent_at IS NOT NULL
+"""
+# The hours of reports Stripe holds nothing of: unmarked, the next report sends them
+# again (same identifier: Stripe counts one that it dropped as invalid).
+_UNMARK = """
+UPDATE billing_meterreport SET sent_at = NULL
+WHERE org_id = %s AND hour = ANY(%s) AND sent_at IS NOT NULL
+"""
+
+
+class NoMeter(Exception):
+    """Stripe has no active meter with our event name (STRIPE_METER_EVENT_NAME)."""
+
+
+def meter_id(client: stripe.StripeClient) -> str:
+    """The id of Stripe's active meter our events go to, found by its event name."""
+    name = settings.STRIPE_METER_EVENT_NAME
+    for meter in client.v1.billing.meters.list(
+        {"status": "active", "limit": 100}
+    ).auto_paging_iter():
+        if meter.event_name == name:
+            return str(meter.id)
+    raise NoMeter(f"Stripe has no active meter with the event name {name!r}")
+
+
+def stripe_hours(
+    client: stripe.StripeClient, meter: str, customer: str, first: datetime, end: datetime
+) -> dict[datetime, int]:
+    """What Stripe's meter holds for a customer, per hour of [first, end) (hour
+    aligned): its event summaries with an hourly window. Only the events Stripe
+    accepted count: one it dropped later (unknown customer, too old) is not there."""
+    summaries = client.v1.billing.meters.event_summaries.list(
+        meter,
+        {
+            "customer": customer,
+            "start_time": int(first.timestamp()),
+            "end_time": int(end.timestamp()),
+            "value_grouping_window": "hour",
+            "limit": 100,
+        },
+    )
+    hours: dict[datetime, int] = {}
+    for summary in summaries.auto_paging_iter():
+        hour = datetime.fromtimestamp(summary.start_time, UTC)
+        hours[hour] = hours.get(hour, 0) + round(summary.aggregated_value)
+    return {hour: value for hour, value in hours.items() if value}
+
+
+def reconcile_with_stripe(
+    at: datetime, until: datetime, now: datetime, resend: bool = False
+) -> list[dict[str, Any]]:
+    """Per organization with a Stripe customer, over its billing period that contains
+    `at` (its hours before `until`): what our ledger marks sent against what Stripe's
+    meter holds (its event summaries), hour by hour. Hours sent within SUMMARY_LAG of
+    `now` are left out (Stripe may not have aggregated them yet). Differences are
+    returned with the hours that differ (times and counts only). With `resend`, the
+    hours Stripe holds nothing of are marked unsent, for the next report to send
+    again with the same identifier (an hour Stripe holds part of is never resent:
+    that could bill twice)."""
+    client = stripe_api.client()
+    meter = meter_id(client)
+    recent = now - SUMMARY_LAG
+    differences = []
+    for account in _billed_accounts().iterator(chunk_size=2000):
+        period = period_of(account, at)
+        while at < period[0]:
+            period = period_before(account, period)
+        first, end = buckets(period)
+        end = min(end, until)
+        if first >= end:
+            continue
+        with connection.cursor() as cursor:
+            cursor.execute(_SENT_HOURS, [account.org_id, first, end])
+            rows = cursor.fetchall()
+        skip = {hour for hour, _quantity, sent_at in rows if sent_at >= recent}
+        ours = {hour: int(quantity) for hour, quantity, _sent_at in rows if hour not in skip}
+        theirs = {
+            hour: value
+            for hour, value in stripe_hours(
+                client, meter, account.stripe_customer_id, first, end
+            ).items()
+            if hour not in skip
+        }
+        differ = sorted(
+            hour for hour in ours.keys() | theirs.keys() if ours.get(hour) != theirs.get(hour)
+        )
+        if not differ:
+            continue
+        missing = [hour for hour in differ if hour not in theirs]
+        if resend and missing:
+            with connection.cursor() as cursor:
+                cursor.execute(_UNMARK, [account.org_id, missing])
+        differences.append(
+            {
+                "org_id": str(account.org_id),
+                "period_start": period[0].isoformat(),
+                "period_end": period[1].isoformat(),
+                "sent": sum(ours.values()),
+                "stripe": sum(theirs.values()),
+                "hours": [
+                    {"hour": h.isoformat(), "sent": ours.get(h, 0), "stripe": theirs.get(h, 0)}
+                    for h in differ
+                ],
+                "resent": len(missing) if resend else 0,
+            }
+        )
     return differences

@@ -93,3 +93,18 @@ def period_before(account: Account | None, period: Period) -> Period:
 def current_period(org_id: Any, now: datetime | None = None) -> Period:
     account = Account.objects.filter(org_id=org_id).first()
     return period_of(account, now)
+
+
+def hour_of(moment: datetime) -> datetime:
+    """The hour bucket a period boundary falls in (date_trunc('hour', ...), UTC): the
+    first bucket of the period that starts at that moment."""
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def buckets(period: Period) -> tuple[datetime, datetime]:
+    """The hour buckets [first, end) counted for a billing period, by the meter claims
+    (clinik.billing.meters) and the Billing page alike: from the hour its start falls
+    in to the hour the next period's start falls in. A period starting at 09:23 takes
+    the whole 09:00 hour and the period before it ends at 09:00: consecutive periods
+    share a boundary, so every hour is in exactly one of them."""
+    return hour_of(period[0]), hour_of(period[1])

@@ -1,11 +1,12 @@
 import logging
+import threading
 from typing import Any
 
 import stripe
 from celery import shared_task
 from kombu.exceptions import OperationalError
 
-from clinik.billing import dunning, event_retention, meters, records, webhooks
+from clinik.billing import dunning, event_retention, meters, records, stripe_api, webhooks
 
 logger = logging.getLogger("clinik.billing")
 
@@ -21,13 +22,46 @@ def process_stripe_event(event_pk: int) -> bool:
     return webhooks.process(event_pk)
 
 
+# The webhook's publish, on a connection of its own: one connect attempt of at most
+# this long, no retries (the app's pooled connection retries for ~6 s with the broker
+# down, which would hold Stripe's delivery that long). Only this publish uses it.
+PUBLISH_TIMEOUT = 0.5
+_publish = threading.local()
+
+
+def _publisher() -> Any:
+    """This thread's fail-fast broker connection (kombu connections are not shared
+    between threads), made on first use and again after a failure."""
+    conn = getattr(_publish, "connection", None)
+    if conn is None:
+        conn = process_stripe_event.app.connection_for_write(
+            connect_timeout=PUBLISH_TIMEOUT,
+            transport_options={
+                "max_retries": 0,
+                "socket_connect_timeout": PUBLISH_TIMEOUT,
+                "socket_timeout": PUBLISH_TIMEOUT,
+            },
+        )
+        _publish.connection = conn
+    return conn
+
+
 def enqueue_stripe_event(event_pk: int) -> None:
-    """Queue a stored event's processing, once, without the publish's own retries: the
-    webhook answers at once even with the broker down, and the sweeper queues what
-    could not be queued now."""
+    """Queue a stored event's processing, once, without retries and with a short
+    connect timeout (PUBLISH_TIMEOUT): the webhook answers within milliseconds even
+    with the broker down, and the sweeper queues what could not be queued now. A
+    connection the broker dropped (a restart) is reconnected by the Redis client on
+    the next publish (tests/test_billing_webhook.py)."""
     try:
-        process_stripe_event.apply_async((event_pk,), retry=False)
+        # `connection` reaches send_task through **options (not in the stubs)
+        process_stripe_event.apply_async(  # type: ignore[call-arg]
+            (event_pk,), retry=False, connection=_publisher()
+        )
     except (OperationalError, OSError):
+        conn = getattr(_publish, "connection", None)
+        _publish.connection = None
+        if conn is not None:
+            conn.release()
         logger.warning("Broker unreachable: a stored Stripe event waits for the sweeper")
 
 
@@ -44,6 +78,31 @@ def sweep_stripe_events() -> int:
 def report_meters() -> dict[str, Any]:
     """Hourly: overage of finished hours to Stripe's meter (idempotent per org and hour)."""
     return meters.report()
+
+
+@shared_task(expires=3000)
+def reconcile_meters_with_stripe() -> dict[str, int]:
+    """Daily: our ledger's sent hours of the current periods against Stripe's meter
+    event summaries (reconcile_meters --against-stripe). Stripe validates streamed
+    events afterwards and drops the invalid ones; this is where that shows. Logged as
+    counts only; nothing is resent by itself (an hour too old for Stripe can never
+    be, a wrong customer needs a person): the operator runs the command with --resend."""
+    from django.utils import timezone
+
+    now = timezone.now()
+    try:
+        differences = meters.reconcile_with_stripe(now, meters.finished_until(now), now)
+    except (stripe_api.BillingOff, meters.NoMeter):
+        return {"organizations": 0, "hours": 0}
+    hours = sum(len(row["hours"]) for row in differences)
+    if differences:
+        logger.warning(
+            "Stripe's meter differs from our ledger: %d organization(s), %d hour(s);"
+            " run reconcile_meters --against-stripe",
+            len(differences),
+            hours,
+        )
+    return {"organizations": len(differences), "hours": hours}
 
 
 @shared_task

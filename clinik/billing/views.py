@@ -23,7 +23,7 @@ from clinik.billing import stripe_api, webhooks
 from clinik.billing.actions import do_open_portal, do_start_checkout
 from clinik.billing.forms import PlanChoiceForm
 from clinik.billing.models import Account, Invoice, Plan
-from clinik.billing.periods import period_of
+from clinik.billing.periods import buckets, period_of
 from clinik.billing.plans import effective_plan
 from clinik.lib.http import AuthedHttpRequest
 from clinik.lib.money import money
@@ -46,10 +46,12 @@ def _usage(org_id: UUID, plan: Plan | None, account: Account | None) -> dict[str
     amount, a daily chart, and the cost projected to the period's end."""
     now = timezone.now()
     start, end = period_of(account, now)
-    # Counted from the hourly rollups (a Stripe period starts at any hour); the chart
-    # has one bar per UTC day of the period.
-    first_hour = start.replace(minute=0, second=0, microsecond=0)
-    hours = queries.Range("period", "This period", first_hour, end, "hour")
+    # Counted from the hourly rollups over the hours the meter claims attribute to the
+    # period (a Stripe period starts at any second: the hour its start falls in is
+    # wholly this period's, the one its end falls in the next's); the chart has one
+    # bar per UTC day of the period.
+    first_hour, end_hour = buckets((start, end))
+    hours = queries.Range("period", "This period", first_hour, end_hour, "hour")
     used_summary = queries.summary(org_id, hours)
     used = used_summary.total - used_summary.throttled
     first_day = start.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
