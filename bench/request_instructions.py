@@ -1,12 +1,17 @@
 """Instructions per API request in the application process, counted by callgrind:
 the one figure about our Python that other work on a shared machine does not move.
 
-    make db && valgrind --tool=callgrind --collect-atstart=no \\
+    make db && valgrind --tool=callgrind --separate-threads=yes --collect-atstart=no \\
         --toggle-collect=functools_reduce --dump-after=functools_reduce \\
         --callgrind-out-file=/tmp/req.cg .venv/bin/python bench/request_instructions.py \\
         [--requests 20] post get search
-    grep -h "^summary:" /tmp/req.cg.*  # a dump per workload, in order (and maybe one
-                                       # tiny dump from start-up: ignore it)
+    grep -h "^summary:" /tmp/req.cg.*-01  # the main thread: a dump per workload, in
+                                          # order (and a tiny one from start-up: ignore it)
+
+Count the main thread only (--separate-threads=yes): without it, one run of the same
+code on the loaded machine counted 8.5 M instructions per POST instead of 3.7 M
+(bench/README.md, "Python per request, second pass"); the main thread's count
+repeats within 0.2 %.
 
 Drives the full WSGI application (every middleware, the gateway, views, the real
 PostgreSQL and Redis) directly, one request after another, for a key the process

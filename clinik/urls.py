@@ -30,6 +30,10 @@ org_patterns: list[URLPattern | URLResolver] = [
 ]
 
 urlpatterns = [
+    # The API first: Django tries patterns in order, and no other pattern matches a
+    # path under fhir/, so the place changes nothing but the time to resolve.
+    path("fhir/R4", fhir_views.base),
+    path("fhir/R4/", include("clinik.fhir.urls")),
     path("", views.landing, name="landing"),
     path("healthz", views.healthz, name="healthz"),
     path("privacy", privacy_views.policy, name="privacy"),
@@ -46,8 +50,6 @@ urlpatterns = [
     path("dashboard/", account_views.dashboard, name="dashboard"),
     path("orgs/new/", account_views.org_create, name="org_create"),
     path("o/<uuid:org_id>/", include(org_patterns)),
-    path("fhir/R4", fhir_views.base),
-    path("fhir/R4/", include("clinik.fhir.urls")),
     path("billing/", include(billing_urls.urlpatterns)),
     path("staff/", admin.site.urls),
 ]

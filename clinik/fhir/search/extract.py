@@ -6,7 +6,7 @@ CodeableConcept, an Identifier or a plain code; a date range from a date, a Peri
 or a Timing; ...), following the R4 search page's tables.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import product
@@ -18,6 +18,7 @@ from clinik.fhir.search.registry import SearchParam
 from clinik.fhir.search.values import (
     HIGHEST,
     LOWEST,
+    MAX_INDEXED_CHARS,
     clip,
     date_range,
     normalize,
@@ -215,40 +216,84 @@ def _uris(value: Any, type_: str) -> Iterator[str]:
 # --- rows ---------------------------------------------------------------------------------
 
 
-def _add(rows: IndexRows, param: SearchParam, items: list[Item]) -> None:
-    code, kind = param.code, param.type
+def _add_string(rows: IndexRows, param: SearchParam, items: list[Item]) -> None:
+    code, add = param.code, rows.string.add
     for value, type_ in items:
-        if kind == "string":
-            for text in _strings(value, type_):
-                rows.string.add((code, normalize(text), clip(text)))
-        elif kind == "token":
-            for system, token, display in _codings(value, type_):
-                if token:
-                    rows.token.add((code, clip(system), clip(token)))
-                if isinstance(display, str) and display:
-                    rows.string.add((code + TEXT_SUFFIX, normalize(display), clip(display)))
-        elif kind == "date":
-            for start, end in _dates(value, type_):
-                rows.date.add((code, start, end))
-        elif kind == "number":
-            for low, high in _numbers(value, type_):
-                rows.number.add((code, low, high))
-        elif kind == "quantity":
-            for q_low, q_high, q_system, unit_code, unit in _quantities(value, type_):
-                rows.quantity.add(
-                    (code, q_low, q_high, clip(q_system), clip(unit_code), clip(unit))
-                )
-        elif kind == "reference":
-            # (a restricted parameter's reference rows are its base's: registry)
-            for target_type, target_id in _references(value, type_):
-                if not param.restrict_to:
-                    rows.reference.add((code, target_type, clip(target_id)))
-            if isinstance(value, dict) and isinstance(value.get("identifier"), dict):
-                for system, token, _text in _codings(value["identifier"], "Identifier"):
-                    rows.token.add((code + IDENTIFIER_SUFFIX, clip(system), clip(token)))
-        elif kind == "uri":
-            for uri in _uris(value, type_):
-                rows.uri.add((code, clip(uri)))
+        if isinstance(value, str):  # what _strings yields for it, without a generator
+            add((code, normalize(value), value[:MAX_INDEXED_CHARS]))
+            continue
+        for text in _strings(value, type_):
+            add((code, normalize(text), text[:MAX_INDEXED_CHARS]))
+
+
+def _add_token(rows: IndexRows, param: SearchParam, items: list[Item]) -> None:
+    code = param.code
+    for value, type_ in items:
+        for system, token, display in _codings(value, type_):
+            if token:
+                rows.token.add((code, clip(system), clip(token)))
+            if isinstance(display, str) and display:
+                rows.string.add((code + TEXT_SUFFIX, normalize(display), clip(display)))
+
+
+def _add_date(rows: IndexRows, param: SearchParam, items: list[Item]) -> None:
+    code = param.code
+    for value, type_ in items:
+        for start, end in _dates(value, type_):
+            rows.date.add((code, start, end))
+
+
+def _add_number(rows: IndexRows, param: SearchParam, items: list[Item]) -> None:
+    code = param.code
+    for value, type_ in items:
+        for low, high in _numbers(value, type_):
+            rows.number.add((code, low, high))
+
+
+def _add_quantity(rows: IndexRows, param: SearchParam, items: list[Item]) -> None:
+    code = param.code
+    for value, type_ in items:
+        for q_low, q_high, q_system, unit_code, unit in _quantities(value, type_):
+            rows.quantity.add((code, q_low, q_high, clip(q_system), clip(unit_code), clip(unit)))
+
+
+def _add_reference(rows: IndexRows, param: SearchParam, items: list[Item]) -> None:
+    code = param.code
+    for value, type_ in items:
+        # (a restricted parameter's reference rows are its base's: registry)
+        for target_type, target_id in _references(value, type_):
+            if not param.restrict_to:
+                rows.reference.add((code, target_type, clip(target_id)))
+        if isinstance(value, dict) and isinstance(value.get("identifier"), dict):
+            for system, token, _text in _codings(value["identifier"], "Identifier"):
+                rows.token.add((code + IDENTIFIER_SUFFIX, clip(system), clip(token)))
+
+
+def _add_uri(rows: IndexRows, param: SearchParam, items: list[Item]) -> None:
+    code = param.code
+    for value, type_ in items:
+        for uri in _uris(value, type_):
+            rows.uri.add((code, clip(uri)))
+
+
+def _add_nothing(rows: IndexRows, param: SearchParam, items: list[Item]) -> None:
+    """Kinds without index rows (`special`)."""
+
+
+Adder = Callable[[IndexRows, SearchParam, list[Item]], None]
+_ADDERS: dict[str, Adder] = {
+    "string": _add_string,
+    "token": _add_token,
+    "date": _add_date,
+    "number": _add_number,
+    "quantity": _add_quantity,
+    "reference": _add_reference,
+    "uri": _add_uri,
+}
+
+
+def _add(rows: IndexRows, param: SearchParam, items: list[Item]) -> None:
+    _ADDERS.get(param.type, _add_nothing)(rows, param, items)
 
 
 COMPOSITE_COLUMNS = (
@@ -328,14 +373,33 @@ def extract_params(resource: dict[str, Any], codes: tuple[str, ...]) -> IndexRow
     return rows
 
 
+_PLANS: dict[str, tuple[tuple[SearchParam, Adder | None], ...]] = {}
+"""Per resource type: the parameters `extract` indexes, in registry order, each with
+its adder (None: composite). The registry is immutable, so a type's plan is built once."""
+
+
+def _plan(resource_type: str) -> tuple[tuple[SearchParam, Adder | None], ...]:
+    plan = _PLANS.get(resource_type)
+    if plan is None:
+        plan = tuple(
+            (param, None if param.type == "composite" else _ADDERS.get(param.type, _add_nothing))
+            for param in registry.PARAMS.get(resource_type, {}).values()
+            # (a parameter with parts is searched through their rows)
+            if param.extract is not None
+            and not param.unsupported
+            and not (param.parts and not param.restrict_to)
+        )
+        if resource_type in registry.PARAMS:  # (not any string a client sends)
+            _PLANS[resource_type] = plan
+    return plan
+
+
 def extract(resource: dict[str, Any]) -> IndexRows:
     """Every index row of a resource (of a known type; others get none)."""
     rows = IndexRows()
-    for param in registry.PARAMS.get(resource.get("resourceType", ""), {}).values():
-        if param.extract is None or param.unsupported or (param.parts and not param.restrict_to):
-            continue  # (a parameter with parts is searched through their rows)
-        if param.type == "composite":
+    for param, adder in _plan(resource.get("resourceType", "")):
+        if adder is None:
             _add_composite(rows, param, resource)
         else:
-            _add(rows, param, param.extract(resource))
+            adder(rows, param, param.extract(resource))  # type: ignore[misc]
     return rows

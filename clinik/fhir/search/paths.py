@@ -226,9 +226,10 @@ def _field_step(name: str, in_types: frozenset[str]) -> tuple[Step, frozenset[st
     def step(items: list[Item]) -> list[Item]:
         found: list[Item] = []
         for node, type_key in items:
-            if not isinstance(node, dict):
+            keys = plan.get(type_key)
+            if keys is None or not isinstance(node, dict):
                 continue
-            for key, child_type in plan.get(type_key, ()):
+            for key, child_type in keys:
                 value = node.get(key)
                 if value is None:
                     continue
@@ -280,6 +281,9 @@ def _equals_step(name: str, literal: str) -> Step:
 
 
 def _chain(steps: list[Step]) -> Step:
+    if len(steps) == 1:
+        return steps[0]  # (a step of no items returns none)
+
     def run(items: list[Item]) -> list[Item]:
         for step in steps:
             if not items:
