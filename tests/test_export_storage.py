@@ -14,6 +14,7 @@ from moto import mock_aws
 from clinik.fhir import export, export_actions
 from clinik.fhir.store import get_store
 from clinik.privacy.storage import LocalStorage, delete_org_files, get_storage
+from tests.test_guards import PRODUCTION_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 BUCKET = "clinik-exports-test"
@@ -138,11 +139,8 @@ def test_local_files_are_private_and_appear_only_when_complete(tmp_path) -> None
 
 
 PRODUCTION = {
-    "DEBUG": "false",
-    "SECRET_KEY": "k3y-Fr0m-a-Vault-9f8e7d6c5b4a3928171605f4e3d2c1b0a9988776655443322",
-    "ALLOWED_HOSTS": "api.clinikapi.com",
+    **PRODUCTION_ENV,
     "DATABASE_SSLMODE": "require",
-    "CLINIK_TESTING": "0",
     "DJANGO_SETTINGS_MODULE": "clinik.settings",
 }
 
