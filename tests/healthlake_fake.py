@@ -119,6 +119,7 @@ class FakeHealthLake:
         self.transactions = 0  # transaction bundles received
         self.fail_transaction_entry: int | None = None  # that entry fails (412): all undone
         self.hold_erase_after: int | None = None  # then every $erase waits for `release`
+        self.fail_erase = False  # every $erase answers 500
         self.held = threading.Event()
         self.release = threading.Event()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -339,6 +340,8 @@ class FakeHealthLake:
         with self.lock:
             stored = self.resources.get(key)
             if len(parts) == 3 and parts[2] == "$erase" and method == "POST":
+                if self.fail_erase:
+                    return 500, _outcome("exception", "Internal error"), {}
                 erased = sum(1 for a in self.applied if a[0] == "ERASE")
                 if self.hold_erase_after is not None and erased >= self.hold_erase_after:
                     self.held.set()

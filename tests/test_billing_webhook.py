@@ -185,6 +185,31 @@ def test_a_processing_failure_is_retried_and_the_event_stays_unprocessed(
         process(stored.pk)
     stored.refresh_from_db()
     assert stored.processed_at is None
+    assert stored.attempts == 1  # counted although its transaction rolled back
+
+
+def test_the_sweeper_stops_queueing_an_event_that_always_fails(owner, stripe_fake) -> None:
+    import stripe
+
+    from clinik.billing import webhooks
+    from clinik.billing.tasks import sweep_stripe_events
+
+    event = stripe_fake.event(
+        "customer.subscription.updated", {"id": "sub_missing", "object": "subscription"}
+    )
+    assert deliver(Client(), event).status_code == 200
+    stored = StripeEvent.objects.get(event_id=event["id"])
+    later = timezone.now() + timedelta(minutes=11)
+    with time_machine.travel(later, tick=False):
+        for _ in range(webhooks.SWEEP_MAX_ATTEMPTS):
+            assert webhooks.unprocessed() == [stored.pk]
+            with pytest.raises(stripe.InvalidRequestError):
+                process(stored.pk)
+        assert webhooks.unprocessed() == []
+        assert webhooks.stuck_count() == 1
+        assert sweep_stripe_events() == 0
+    stored.refresh_from_db()
+    assert stored.processed_at is None and stored.attempts == webhooks.SWEEP_MAX_ATTEMPTS
 
 
 @pytest.mark.django_db(transaction=True)

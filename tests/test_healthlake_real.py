@@ -84,34 +84,31 @@ def test_a_transaction_and_a_foreign_put_on_a_real_datastore(real, api, outsider
     PUT entries with our ids) and that a PUT onto another tenant's id says nothing."""
     try:
         mine = api.post("Patient", {"resourceType": "Patient"}).json()["id"]
-        bundle = {
-            "resourceType": "Bundle",
-            "type": "transaction",
-            "entry": [
-                {
-                    "fullUrl": "urn:uuid:7d0c1f4e-0000-4000-8000-000000000009",
-                    "resource": {"resourceType": "Patient"},
-                    "request": {"method": "POST", "url": "Patient"},
+        entries: list[dict[str, Any]] = [
+            {
+                "fullUrl": "urn:uuid:7d0c1f4e-0000-4000-8000-000000000009",
+                "resource": {"resourceType": "Patient"},
+                "request": {"method": "POST", "url": "Patient"},
+            },
+            {
+                "resource": {
+                    "resourceType": "Observation",
+                    "status": "final",
+                    "code": {"text": "x"},
+                    "subject": {"reference": "urn:uuid:7d0c1f4e-0000-4000-8000-000000000009"},
                 },
-                {
-                    "resource": {
-                        "resourceType": "Observation",
-                        "status": "final",
-                        "code": {"text": "x"},
-                        "subject": {"reference": "urn:uuid:7d0c1f4e-0000-4000-8000-000000000009"},
-                    },
-                    "request": {"method": "POST", "url": "Observation"},
-                },
-                {
-                    "resource": {"resourceType": "Patient", "id": mine, "gender": "male"},
-                    "request": {"method": "PUT", "url": f"Patient/{mine}", "ifMatch": 'W/"1"'},
-                },
-            ],
-        }
+                "request": {"method": "POST", "url": "Observation"},
+            },
+            {
+                "resource": {"resourceType": "Patient", "id": mine, "gender": "male"},
+                "request": {"method": "PUT", "url": f"Patient/{mine}", "ifMatch": 'W/"1"'},
+            },
+        ]
+        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
         done = api.post("", bundle)
         assert done.status_code == 200, done.content
         assert api.get(f"Patient/{mine}").json()["gender"] == "male"
-        bundle["entry"][2]["request"]["ifMatch"] = 'W/"1"'  # stale now: nothing written
+        entries[2]["request"]["ifMatch"] = 'W/"1"'  # stale now: nothing written
         assert api.post("", bundle).status_code == 412
         foreign = outsider_api.put(f"Patient/{mine}", {"resourceType": "Patient", "id": mine})
         unknown = outsider_api.put(

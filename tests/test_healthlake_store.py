@@ -30,6 +30,7 @@ from clinik.fhir.store.healthlake_setup import build_store
 from clinik.fhir.tenancy import TENANT_SYSTEM
 from tests.healthlake_fake import ACCESS_KEY, REGION, SECRET_KEY, FakeHealthLake
 from tests.healthlake_fixtures import use_fake
+from tests.test_guards import PRODUCTION_ENV
 
 pytestmark = pytest.mark.django_db
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,6 +92,7 @@ def test_start_up_describes_the_datastore_and_refuses_one_unfit_for_phi(
 
 def test_check_deploy_runs_the_datastore_check(settings, monkeypatch, healthlake) -> None:
     settings.DEBUG = False
+    settings.SUBSCRIPTIONS_SECRET_KEYS = [PRODUCTION_ENV["SUBSCRIPTIONS_SECRET_KEYS"]]
     healthlake.cmk = False
     found = checks.run_checks(include_deployment_checks=True, tags=["clinik"])
     assert "clinik.E102" in [m.id for m in found]
@@ -621,6 +623,36 @@ def test_a_transaction_the_datastore_refuses_writes_nothing(api, healthlake) -> 
     assert api.get(f"Patient/{kept['id']}").status_code == 200
     assert AuditEvent.objects.filter(org_id=api.org.pk, action="fhir.create").count() == audited
     store: Any = get_store()
+    assert store.redis.smembers(store._pending_key(api.org.pk)) == set()
+
+
+def test_an_applied_transaction_whose_erase_fails_still_succeeds(api, healthlake) -> None:
+    """After HealthLake applied the transaction, a failing `$erase` must not turn the
+    answer into an error (a retry would write twice): the delete stays pending, and the
+    closure's purge erases it first."""
+    from clinik.audit.models import AuditEvent
+
+    kept = api.post("Patient", {"resourceType": "Patient"}).json()
+    healthlake.fail_erase = True
+    answer = api.post(
+        "",
+        _tx(
+            {
+                "resource": {"resourceType": "Patient"},
+                "request": {"method": "POST", "url": "Patient"},
+            },
+            {"request": {"method": "DELETE", "url": f"Patient/{kept['id']}"}},
+        ),
+    )
+    assert answer.status_code == 200, answer.content
+    assert AuditEvent.objects.filter(org_id=api.org.pk, action="fhir.delete").count() == 1
+    assert api.get(f"Patient/{kept['id']}").status_code == 410
+    store: Any = get_store()
+    assert store.redis.smembers(store._pending_key(api.org.pk)) == {
+        f"Patient/{kept['id']}".encode()
+    }
+    healthlake.fail_erase = False
+    assert store.purge_tenant(api.org.pk)["healthlake_pending_erased"] == 1
     assert store.redis.smembers(store._pending_key(api.org.pk)) == set()
 
 

@@ -71,6 +71,8 @@ def sweep_stripe_events() -> int:
     pending = webhooks.unprocessed()
     for event_pk in pending:
         process_stripe_event.delay(event_pk)
+    if stuck := webhooks.stuck_count():
+        logger.warning("%d Stripe event(s) failed every attempt; not queued again", stuck)
     return len(pending)
 
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db import connection, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from clinik import audit
@@ -47,6 +48,9 @@ RETURNING id
 # A stored event no task has processed this long after it arrived is enqueued again
 # (the broker was down, the web process died before enqueueing, retries ran out).
 SWEEP_AFTER = timedelta(minutes=10)
+# A failing event is queued again by the sweeper until it has failed this often (three
+# tasks' worth of retries); then it waits for a person (counted in the sweeper's log).
+SWEEP_MAX_ATTEMPTS = 27
 
 
 def store(event: dict[str, Any]) -> int | None:
@@ -76,10 +80,19 @@ def unprocessed(now: datetime | None = None, limit: int = 1000) -> list[int]:
     """Stored events still unprocessed SWEEP_AFTER after they arrived, oldest first."""
     before = (now or timezone.now()) - SWEEP_AFTER
     return list(
-        StripeEvent.objects.filter(processed_at__isnull=True, received_at__lt=before)
+        StripeEvent.objects.filter(
+            processed_at__isnull=True, received_at__lt=before, attempts__lt=SWEEP_MAX_ATTEMPTS
+        )
         .order_by("received_at")
         .values_list("pk", flat=True)[:limit]
     )
+
+
+def stuck_count() -> int:
+    """Stored events that failed every attempt the sweeper allows."""
+    return StripeEvent.objects.filter(
+        processed_at__isnull=True, attempts__gte=SWEEP_MAX_ATTEMPTS
+    ).count()
 
 
 def _when(epoch: Any) -> datetime | None:
@@ -89,14 +102,20 @@ def _when(epoch: Any) -> datetime | None:
 def process(event_pk: int) -> bool:
     """Handle one stored event; True if it was processed now. Concurrent calls for the
     same event take turns on its row; the second finds it done."""
-    with transaction.atomic():
-        event = StripeEvent.objects.select_for_update().get(pk=event_pk)
-        if event.processed_at is not None:
-            return False
-        event.attempts += 1
-        _handle(event)
-        event.processed_at = timezone.now()
-        event.save(update_fields=["attempts", "processed_at"])
+    try:
+        with transaction.atomic():
+            event = StripeEvent.objects.select_for_update().get(pk=event_pk)
+            if event.processed_at is not None:
+                return False
+            event.attempts += 1
+            _handle(event)
+            event.processed_at = timezone.now()
+            event.save(update_fields=["attempts", "processed_at"])
+    except Exception:
+        # The failed attempt is counted outside the rolled-back transaction, so the
+        # sweeper's bound holds.
+        StripeEvent.objects.filter(pk=event_pk).update(attempts=F("attempts") + 1)
+        raise
     return True
 
 

@@ -71,10 +71,10 @@ class StoreFeatures:
     unsupported_params: frozenset[tuple[str, str]] = frozenset()
     """(type, code) of R4 search parameters the store cannot answer."""
     system_history: bool = True
+    """Type- and system-level history (not only one resource's)."""
     subscriptions: bool = False
     """Whether Subscription resources are served (notifications need the store to
     report its changes: the PostgreSQL store's fhir_history trigger)."""
-    """Type- and system-level history (not only one resource's)."""
     update_create: bool = True
     """A PUT of an id the tenant has never had creates it (update-as-create)."""
     max_transaction_entries: int | None = None

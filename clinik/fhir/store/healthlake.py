@@ -853,10 +853,19 @@ class HealthLakeTransaction:
                     orjson.dumps({"v": op.staged.version_id, "t": now.isoformat()}),
                     ex=GONE_DAYS * 86400,
                 )
-                store._erase(op.resource_type, op.resource_id)
-                store.redis.srem(store._pending_key(tenant), f"{op.resource_type}/{op.resource_id}")
             else:
                 store.redis.delete(store._gone_key(tenant, op.resource_type, op.resource_id))
+        # The transaction is applied: a failed erase must not turn its answer into a
+        # failure (the client would retry and write twice). The resource stays in the
+        # pending set, which the closure's purge_tenant erases first.
+        for op in self.ops:
+            if op.document is None:
+                try:
+                    store._erase(op.resource_type, op.resource_id)
+                except FhirError:
+                    logger.warning("HealthLake erase after a transaction failed; left pending")
+                    continue
+                store.redis.srem(store._pending_key(tenant), f"{op.resource_type}/{op.resource_id}")
         return committed
 
     def _stored(self, op: _Op, item: dict[str, Any]) -> Version:
