@@ -121,7 +121,7 @@ def closing(owner: Persona, teammate: Persona, rf: Any) -> dict[str, Any]:
             channel_type="rest-hook",
             endpoint="https://hooks.example/in",
             status="active",
-            secret="whsec_test",
+            secret="",
             created_at=now,
             updated_at=now,
         )
