@@ -510,15 +510,9 @@ def process(request: Any, bundle: Any, base: str, representation: bool) -> dict[
         shell = {**bundle, "entry": [_without_resource(e) for e in bundle.get("entry") or []]}
         _validate(shell)  # each batch entry's resource is validated on its own
     entries = parse_entries(bundle, base)
-    limit = get_store().features.max_transaction_entries
-    writes = sum(1 for e in entries if e.method in ("POST", "PUT", "PATCH", "DELETE"))
-    if kind == "transaction" and limit is not None and writes > limit:
-        raise FhirError(
-            400,
-            "not-supported",
-            f"A transaction may write at most {limit} resources with this server's FHIR"
-            " store; split it, or send a batch",
-        )
+    if kind == "transaction":
+        writes = sum(1 for e in entries if e.method in ("POST", "PUT", "PATCH", "DELETE"))
+        get_store().features.check_transaction_writes(writes)
     ctx = Context(tenant=request.org.pk, request=request)
     if kind == "transaction":
         _transaction(ctx, entries, base)

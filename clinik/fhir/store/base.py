@@ -8,6 +8,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
 
+from clinik.fhir.http import FhirError
+
 if TYPE_CHECKING:
     # The query a store answers is data the search parser builds; the parser itself
     # never imports the store (one way: store interface -> query model).
@@ -91,6 +93,17 @@ class StoreFeatures:
             "create",
         )
     )
+
+    def check_transaction_writes(self, writes: int) -> None:
+        """Refuse a transaction that writes more resources than this store takes in one."""
+        limit = self.max_transaction_entries
+        if limit is not None and writes > limit:
+            raise FhirError(
+                400,
+                "not-supported",
+                f"A transaction may write at most {limit} resources with this server's FHIR"
+                " store; split it, or send a batch",
+            )
 
 
 SEARCH_FEATURES = frozenset(

@@ -801,8 +801,7 @@ class HealthLakeTransaction:
         if not self.ops:
             return {}
         store, tenant = self.store, self.tenant
-        if len(self.ops) > MAX_BUNDLE_ENTRIES:
-            raise too_many_writes()
+        store.features.check_transaction_writes(len(self.ops))
         deleting = [
             f"{op.resource_type}/{op.resource_id}" for op in self.ops if op.document is None
         ]
@@ -892,15 +891,6 @@ def _twice() -> FhirError:
         400,
         "not-supported",
         "A transaction may write each resource only once with this server's FHIR store",
-    )
-
-
-def too_many_writes() -> FhirError:
-    return FhirError(
-        400,
-        "not-supported",
-        f"A transaction may write at most {MAX_BUNDLE_ENTRIES} resources with this server's"
-        " FHIR store; split it, or send a batch",
     )
 
 
